@@ -1,0 +1,141 @@
+//! Types shared by faultd's eBPF programs and its daemon.
+//!
+//! Everything here crosses the user/kernel boundary through BPF maps, so every struct is
+//! `#[repr(C)]` with explicit padding: the layout the daemon writes is the layout the
+//! programs read.
+#![no_std]
+
+/// How many faults may act on one (protocol, port) key at once. The programs walk these
+/// slots per packet, so the per-packet cost is bounded by this, never by the total number
+/// of faults installed.
+pub const MAX_FAULTS_PER_PORT: usize = 8;
+
+/// Capacity of the per-fault counter array, and so of the daemon's fault table.
+pub const MAX_FAULTS: u32 = 131_072;
+
+/// Capacity of the rule map: one entry per (protocol, port) with faults on it.
+pub const MAX_PORT_RULES: u32 = 131_072;
+
+/// IP protocol numbers, as they appear in the IPv4 header and IPv6 next-header field.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Actions a slot can take.
+pub const ACTION_DROP: u8 = 1;
+
+/// Directions, relative to the faulted port: bit set = the slot applies.
+/// `TO_PORT`: the packet's destination port is the faulted port (client → server).
+pub const DIR_TO_PORT: u8 = 1;
+/// `FROM_PORT`: the packet's source port is the faulted port (server → client).
+pub const DIR_FROM_PORT: u8 = 2;
+
+/// Address families for a slot's peer filter.
+pub const PEER_ANY: u8 = 0;
+pub const PEER_V4: u8 = 4;
+pub const PEER_V6: u8 = 6;
+
+/// Per-interface role bits (value of the `IFACES` map).
+/// On `lo` every packet crosses egress and then ingress; acting on both would act twice,
+/// so the daemon marks `lo` egress-only.
+pub const ROLE_EGRESS: u32 = 1;
+pub const ROLE_INGRESS: u32 = 2;
+
+/// Key of the rule map.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct PortKey {
+    /// Port in host byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+impl PortKey {
+    pub const fn new(protocol: u8, port: u16) -> Self {
+        Self {
+            port,
+            protocol,
+            _pad: 0,
+        }
+    }
+}
+
+/// One compiled fault acting on a port.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FaultSlot {
+    /// Index of this fault's counters in the `COUNTERS` array.
+    pub counter: u32,
+    /// The slot acts on a packet when `bpf_get_prandom_u32() <= threshold`;
+    /// `u32::MAX` means always.
+    pub threshold: u32,
+    pub action: u8,
+    /// `DIR_*` bits.
+    pub directions: u8,
+    /// `PEER_*`: which family `peer_addr` is in, or any peer.
+    pub peer_family: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
+    /// Action parameter (reserved for actions that take one).
+    pub param: u64,
+    /// Peer address, network byte order, IPv4 in word 0; already masked.
+    pub peer_addr: [u32; 4],
+    /// Prefix mask matching `peer_addr`.
+    pub peer_mask: [u32; 4],
+}
+
+/// Value of the rule map: the faults acting on one (protocol, port), in the order the daemon
+/// compiled them. An update replaces the whole value atomically.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct PortRule {
+    pub len: u32,
+    pub _pad: u32,
+    pub slots: [FaultSlot; MAX_FAULTS_PER_PORT],
+}
+
+impl Default for PortRule {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            slots: [FaultSlot::default(); MAX_FAULTS_PER_PORT],
+        }
+    }
+}
+
+/// Per-fault counters (one copy per CPU; the daemon sums them).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FaultCounters {
+    /// Packets (and their bytes) that matched the fault's target.
+    pub matched_packets: u64,
+    pub matched_bytes: u64,
+    /// Packets the fault acted on (dropped, for `drop`).
+    pub acted_packets: u64,
+    pub acted_bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], Copy, made only of integers, with explicit padding.
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for FaultSlot {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for FaultCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PortKey>(), 4);
+        assert_eq!(size_of::<FaultSlot>(), 56);
+        assert_eq!(size_of::<PortRule>(), 8 + 56 * MAX_FAULTS_PER_PORT);
+        assert_eq!(size_of::<FaultCounters>(), 32);
+    }
+}

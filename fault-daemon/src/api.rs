@@ -1,0 +1,362 @@
+//! The gRPC control service: converts requests into the domain model and back, and owns
+//! the expiry of faults with a TTL.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::datapath::Attachment;
+use crate::faults::{
+    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RuleSink, Target,
+    validate_port, validate_probability,
+};
+use crate::proto::{self, fault_service_server::FaultService};
+
+/// The active faults and where they are compiled to.
+pub struct Engine {
+    pub table: FaultTable,
+    pub sink: Box<dyn RuleSink>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Engine {
+    fn add(&mut self, spec: FaultSpec) -> Result<Fault, FaultError> {
+        self.table.add(spec, SystemTime::now(), self.sink.as_mut())
+    }
+
+    fn remove(&mut self, id: u64) -> Result<Fault, FaultError> {
+        self.table.remove(id, self.sink.as_mut())
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultApi {
+    engine: Arc<Mutex<Engine>>,
+}
+
+impl FaultApi {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine: Arc::new(Mutex::new(engine)),
+        }
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock cannot leave the table half-changed (every change
+        // is applied after its map writes succeed), so a poisoned lock is still usable.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes faults of the table; used on shutdown so the maps are empty before detach.
+    pub fn clear(&self) -> Result<usize, FaultError> {
+        let mut engine = self.engine();
+        let Engine { table, sink, .. } = &mut *engine;
+        table.clear(sink.as_mut())
+    }
+
+    fn expire_later(&self, id: u64, ttl: Duration) {
+        let api = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            // Ids are never reused, so a fault removed meanwhile is simply not found.
+            if api.engine().remove(id).is_ok() {
+                info!(id, "fault expired");
+            }
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl FaultService for FaultApi {
+    async fn add_fault(
+        &self,
+        request: Request<proto::AddFaultRequest>,
+    ) -> Result<Response<proto::Fault>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| FaultError::invalid("spec", "required"))
+            .and_then(spec_from_proto)
+            .map_err(status)?;
+        let fault = self.engine().add(spec).map_err(status)?;
+        info!(
+            id = fault.id,
+            action = fault.spec.action.name(),
+            port = fault.spec.target.port,
+            "fault added"
+        );
+        if let Some(ttl) = fault.spec.ttl {
+            self.expire_later(fault.id, ttl);
+        }
+        Ok(Response::new(fault_to_proto(&fault)))
+    }
+
+    async fn remove_fault(
+        &self,
+        request: Request<proto::RemoveFaultRequest>,
+    ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
+        let fault = self
+            .engine()
+            .remove(request.into_inner().id)
+            .map_err(status)?;
+        info!(id = fault.id, "fault removed");
+        Ok(Response::new(proto::RemoveFaultResponse {
+            removed: Some(fault_to_proto(&fault)),
+        }))
+    }
+
+    async fn list_faults(
+        &self,
+        _: Request<proto::ListFaultsRequest>,
+    ) -> Result<Response<proto::ListFaultsResponse>, Status> {
+        let faults = self.engine().table.iter().map(fault_to_proto).collect();
+        Ok(Response::new(proto::ListFaultsResponse { faults }))
+    }
+
+    async fn clear_faults(
+        &self,
+        _: Request<proto::ClearFaultsRequest>,
+    ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
+        let removed = self.clear().map_err(status)?;
+        info!(removed, "faults cleared");
+        Ok(Response::new(proto::ClearFaultsResponse {
+            removed: removed as u32,
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        let engine = self.engine();
+        let faults = engine
+            .table
+            .iter()
+            .map(|fault| {
+                let c = engine.sink.read_counters(fault.counter)?;
+                Ok(proto::FaultStats {
+                    fault: Some(fault_to_proto(fault)),
+                    counters: Some(proto::Counters {
+                        matched_packets: c.matched_packets,
+                        matched_bytes: c.matched_bytes,
+                        acted_packets: c.acted_packets,
+                        acted_bytes: c.acted_bytes,
+                    }),
+                })
+            })
+            .collect::<Result<_, FaultError>>()
+            .map_err(status)?;
+        let attachments = engine
+            .attachments
+            .iter()
+            .map(|a| proto::Attachment {
+                interface: a.iface.clone(),
+                xdp_mode: a.xdp_mode.into(),
+                tc_mode: a.tc_mode.into(),
+            })
+            .collect();
+        Ok(Response::new(proto::GetStatsResponse {
+            faults,
+            attachments,
+        }))
+    }
+}
+
+fn status(e: FaultError) -> Status {
+    match e {
+        FaultError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        FaultError::NotFound(_) => Status::not_found(e.to_string()),
+        FaultError::Refused(_) => Status::failed_precondition(e.to_string()),
+        FaultError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+        FaultError::Datapath(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Converts and validates a request; errors name the field as the request spells it.
+pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
+    let t = spec
+        .target
+        .ok_or_else(|| FaultError::invalid("target", "required"))?;
+    let protocol = match proto::Protocol::try_from(t.protocol) {
+        Ok(proto::Protocol::Unspecified | proto::Protocol::Tcp) => Protocol::Tcp,
+        Ok(proto::Protocol::Udp) => Protocol::Udp,
+        Ok(proto::Protocol::Any) => Protocol::Any,
+        Err(_) => {
+            return Err(FaultError::invalid(
+                "target.protocol",
+                format!("{} is not a protocol (tcp, udp, any)", t.protocol),
+            ));
+        }
+    };
+    let direction = match proto::Direction::try_from(t.direction) {
+        Ok(proto::Direction::Unspecified | proto::Direction::Both) => Direction::Both,
+        Ok(proto::Direction::ToPort) => Direction::ToPort,
+        Ok(proto::Direction::FromPort) => Direction::FromPort,
+        Err(_) => {
+            return Err(FaultError::invalid(
+                "target.direction",
+                format!(
+                    "{} is not a direction (both, to-port, from-port)",
+                    t.direction
+                ),
+            ));
+        }
+    };
+    let peer = match t.peer.trim() {
+        "" => None,
+        text => Some(Peer::parse(text, "target.peer")?),
+    };
+    let target = Target {
+        port: validate_port(t.port, "target.port")?,
+        protocol,
+        direction,
+        peer,
+    };
+    let kind = spec
+        .action
+        .and_then(|a| a.kind)
+        .ok_or_else(|| FaultError::invalid("action", "required: one of drop"))?;
+    let action = match kind {
+        proto::action::Kind::Drop(d) => Action::Drop {
+            probability: match d.probability {
+                None => 1.0,
+                Some(p) => validate_probability(p, "action.drop.probability")?,
+            },
+        },
+    };
+    let spec = FaultSpec {
+        target,
+        action,
+        ttl: spec.ttl_ms.map(Duration::from_millis),
+        label: spec.label,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
+    let t = &fault.spec.target;
+    let action = match fault.spec.action {
+        Action::Drop { probability } => proto::action::Kind::Drop(proto::Drop {
+            probability: (probability < 1.0).then_some(probability),
+        }),
+    };
+    proto::Fault {
+        id: fault.id,
+        spec: Some(proto::FaultSpec {
+            target: Some(proto::Target {
+                port: t.port.into(),
+                protocol: match t.protocol {
+                    Protocol::Tcp => proto::Protocol::Tcp,
+                    Protocol::Udp => proto::Protocol::Udp,
+                    Protocol::Any => proto::Protocol::Any,
+                } as i32,
+                direction: match t.direction {
+                    Direction::Both => proto::Direction::Both,
+                    Direction::ToPort => proto::Direction::ToPort,
+                    Direction::FromPort => proto::Direction::FromPort,
+                } as i32,
+                peer: t.peer.map(|p| p.to_string()).unwrap_or_default(),
+            }),
+            action: Some(proto::Action { kind: Some(action) }),
+            ttl_ms: fault.spec.ttl.map(|d| d.as_millis() as u64),
+            label: fault.spec.label.clone(),
+        }),
+        created_unix_ms: unix_ms(fault.created),
+        expires_unix_ms: fault.expires.map_or(0, unix_ms),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::tests::MemorySink;
+
+    fn request(port: u32) -> proto::FaultSpec {
+        proto::FaultSpec {
+            target: Some(proto::Target {
+                port,
+                ..Default::default()
+            }),
+            action: Some(proto::Action {
+                kind: Some(proto::action::Kind::Drop(proto::Drop { probability: None })),
+            }),
+            ttl_ms: None,
+            label: "x".into(),
+        }
+    }
+
+    fn field_of(spec: proto::FaultSpec) -> String {
+        match spec_from_proto(spec).unwrap_err() {
+            FaultError::Invalid { field, .. } => field,
+            other => panic!("not an Invalid error: {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        assert_eq!(field_of(request(0)), "target.port");
+        assert_eq!(field_of(request(70000)), "target.port");
+        let mut r = request(80);
+        r.target.as_mut().unwrap().protocol = 9;
+        assert_eq!(field_of(r), "target.protocol");
+        let mut r = request(80);
+        r.target.as_mut().unwrap().direction = 9;
+        assert_eq!(field_of(r), "target.direction");
+        let mut r = request(80);
+        r.target.as_mut().unwrap().peer = "banana".into();
+        assert_eq!(field_of(r), "target.peer");
+        let mut r = request(80);
+        r.action = Some(proto::Action {
+            kind: Some(proto::action::Kind::Drop(proto::Drop {
+                probability: Some(1.5),
+            })),
+        });
+        assert_eq!(field_of(r), "action.drop.probability");
+        let mut r = request(80);
+        r.action = None;
+        assert_eq!(field_of(r), "action");
+        let mut r = request(80);
+        r.ttl_ms = Some(0);
+        assert_eq!(field_of(r), "ttl_ms");
+    }
+
+    #[test]
+    fn a_fault_round_trips_through_the_proto() {
+        let mut r = request(2379);
+        r.target.as_mut().unwrap().peer = "198.18.0.0/15".into();
+        r.target.as_mut().unwrap().direction = proto::Direction::FromPort as i32;
+        r.ttl_ms = Some(30_000);
+        let spec = spec_from_proto(r).unwrap();
+        let mut table = FaultTable::default();
+        let fault = table
+            .add(spec.clone(), SystemTime::now(), &mut MemorySink::default())
+            .unwrap();
+        let back = spec_from_proto(fault_to_proto(&fault).spec.unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[tokio::test]
+    async fn a_ttl_removes_the_fault_by_itself() {
+        let api = FaultApi::new(Engine {
+            table: FaultTable::default(),
+            sink: Box::new(MemorySink::default()),
+            attachments: vec![],
+        });
+        let mut r = request(5000);
+        r.ttl_ms = Some(50);
+        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(r) }))
+            .await
+            .unwrap();
+        assert_eq!(api.engine().table.len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(api.engine().table.len(), 0);
+    }
+}

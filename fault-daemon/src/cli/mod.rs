@@ -1,0 +1,84 @@
+//! `faultctl`: a thin client of faultd's gRPC API. One module per subcommand.
+
+mod clear;
+mod drop;
+mod list;
+mod output;
+mod rm;
+mod stats;
+mod target;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::fault_service_client::FaultServiceClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "faultctl",
+    version,
+    about = "Drive faultd: make chosen traffic misbehave in the kernel",
+    after_help = "Start a daemon with `cargo xtask run -- --iface lo` (or `faultd --iface lo` as root)."
+)]
+pub struct Cli {
+    /// faultd's API address.
+    #[arg(long, global = true, env = "FAULTD_ADDR", default_value = crate::DEFAULT_LISTEN)]
+    pub addr: String,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Blackhole matching packets: they vanish with no FIN, RST or ICMP.
+    Drop(drop::DropArgs),
+    /// List the active faults.
+    List,
+    /// Remove a fault by id.
+    Rm(rm::RmArgs),
+    /// Remove every fault.
+    Clear,
+    /// Per-fault packet and byte counters.
+    Stats,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli.addr).await?;
+    match cli.command {
+        Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
+        Command::List => list::run(&mut client, cli.json).await,
+        Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
+        Command::Clear => clear::run(&mut client, cli.json).await,
+        Command::Stats => stats::run(&mut client, cli.json).await,
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<FaultServiceClient<Channel>> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint =
+        Endpoint::from_shared(uri).with_context(|| format!("--addr {addr:?} is not an address"))?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no faultd answers at {addr}; start one with `cargo xtask run -- --iface lo` \
+                 (or `faultd --iface lo` as root), or point --addr / FAULTD_ADDR at it"
+            )
+        })?;
+    Ok(FaultServiceClient::new(channel))
+}
+
+/// Turns a gRPC error into the daemon's own words.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}

@@ -1,0 +1,87 @@
+//! How faults look to people (tables) and to scripts (JSON).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use comfy_table::{Table, presets::NOTHING};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::proto::{self, fault_service_client::FaultServiceClient};
+
+/// Adds a fault and prints its id (or the whole fault as JSON).
+pub async fn added(
+    client: &mut FaultServiceClient<Channel>,
+    spec: proto::FaultSpec,
+    json: bool,
+) -> anyhow::Result<()> {
+    let fault = client
+        .add_fault(proto::AddFaultRequest { spec: Some(spec) })
+        .await
+        .map_err(super::rpc_error)?
+        .into_inner();
+    if json {
+        println!("{}", fault_json(&fault));
+    } else {
+        println!("{}", fault.id);
+    }
+    Ok(())
+}
+
+pub fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+/// A JSON string value without its quotes; "-" when empty.
+pub fn text(v: &Value) -> String {
+    match v.as_str() {
+        Some("") | None => "-".into(),
+        Some(s) => s.into(),
+    }
+}
+
+pub fn expires_in(expires_unix_ms: i64) -> String {
+    if expires_unix_ms == 0 {
+        return "-".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    format!("{:.1}s", (expires_unix_ms - now).max(0) as f64 / 1000.0)
+}
+
+pub fn fault_json(f: &proto::Fault) -> Value {
+    let spec = f.spec.clone().unwrap_or_default();
+    let t = spec.target.unwrap_or_default();
+    let protocol = match proto::Protocol::try_from(t.protocol) {
+        Ok(proto::Protocol::Udp) => "udp",
+        Ok(proto::Protocol::Any) => "any",
+        _ => "tcp",
+    };
+    let direction = match proto::Direction::try_from(t.direction) {
+        Ok(proto::Direction::ToPort) => "to-port",
+        Ok(proto::Direction::FromPort) => "from-port",
+        _ => "both",
+    };
+    let (action, params) = match spec.action.and_then(|a| a.kind) {
+        Some(proto::action::Kind::Drop(d)) => (
+            "drop",
+            d.probability.map(|p| format!("p={p}")).unwrap_or_default(),
+        ),
+        None => ("unknown", String::new()),
+    };
+    json!({
+        "id": f.id,
+        "action": action,
+        "params": params,
+        "port": t.port,
+        "protocol": protocol,
+        "direction": direction,
+        "peer": t.peer,
+        "ttl_ms": spec.ttl_ms,
+        "label": spec.label,
+        "created_unix_ms": f.created_unix_ms,
+        "expires_unix_ms": (f.expires_unix_ms != 0).then_some(f.expires_unix_ms),
+    })
+}

@@ -1,0 +1,111 @@
+//! Arguments every fault verb shares: what traffic, for how long, with what label.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::proto;
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+    Any,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum DirectionArg {
+    /// Both directions.
+    Both,
+    /// Packets to the port (client → server).
+    ToPort,
+    /// Packets from the port (server → client).
+    FromPort,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// The port whose traffic misbehaves (1-65535).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub protocol: ProtocolArg,
+    /// Which packets, relative to the port.
+    #[arg(long, value_enum, default_value = "both")]
+    pub direction: DirectionArg,
+    /// Only flows with this remote address or network (ADDR or ADDR/PREFIX).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Remove the fault by itself after this long (500ms, 30s, 2m).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// A free-form label, shown by list and stats.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+impl TargetArgs {
+    pub fn spec(&self, action: proto::action::Kind) -> proto::FaultSpec {
+        proto::FaultSpec {
+            target: Some(proto::Target {
+                port: self.port.into(),
+                protocol: match self.protocol {
+                    ProtocolArg::Tcp => proto::Protocol::Tcp,
+                    ProtocolArg::Udp => proto::Protocol::Udp,
+                    ProtocolArg::Any => proto::Protocol::Any,
+                } as i32,
+                direction: match self.direction {
+                    DirectionArg::Both => proto::Direction::Both,
+                    DirectionArg::ToPort => proto::Direction::ToPort,
+                    DirectionArg::FromPort => proto::Direction::FromPort,
+                } as i32,
+                peer: self.peer.clone().unwrap_or_default(),
+            }),
+            action: Some(proto::Action { kind: Some(action) }),
+            ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
+            label: self.label.clone(),
+        }
+    }
+}
+
+/// Durations as people write them: `500ms`, `30s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 30s or 2m ({e})"))?;
+    if d.is_zero() {
+        return Err("a duration must be longer than 0".into());
+    }
+    Ok(d)
+}
+
+/// A probability in (0, 1].
+pub fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("{text:?} is not a probability in (0, 1]")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["-1s", "soon", "", "0s", "10"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probabilities() {
+        assert_eq!(parse_probability("0.3"), Ok(0.3));
+        assert_eq!(parse_probability("1"), Ok(1.0));
+        for bad in ["1.5", "0", "-0.2", "NaN", "x"] {
+            assert!(parse_probability(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The kernel side, through aya: load the embedded programs, attach them to interfaces,
+//! write the maps they read, and take everything away again.
+//!
+//! Programs are attached once; fault changes are map writes only, so traffic on ports
+//! without faults never sees a program swap. Every attachment is a link owned by this
+//! process (never pinned): if faultd is killed, the kernel detaches it.
+
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
+use aya::util::KernelVersion;
+use aya::{Ebpf, include_bytes_aligned};
+use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS};
+use tracing::{info, warn};
+
+use crate::faults::{FaultError, RuleSink};
+
+/// The programs, built by build.rs and embedded so that faultd is one file to copy.
+static PROGRAMS: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
+
+pub const XDP_PROGRAM: &str = "faultd_xdp";
+pub const TC_INGRESS_PROGRAM: &str = "faultd_tc_ingress";
+pub const TC_EGRESS_PROGRAM: &str = "faultd_tc_egress";
+
+/// Where lock files live; one per (network namespace, interface).
+const LOCK_DIR: &str = "/run/faultd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "not permitted to load BPF programs: run faultd as root (or with CAP_BPF and CAP_NET_ADMIN)"
+    )]
+    NotPermitted,
+    #[error("interface {0:?} does not exist in this network namespace")]
+    NoSuchInterface(String),
+    #[error("interface {iface:?} is already held by another faultd (pid {pid})")]
+    Held { iface: String, pid: String },
+    #[error(
+        "interface {0:?} already has an XDP program attached by another tool; faultd will not replace it"
+    )]
+    XdpBusy(String),
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+fn kernel(what: impl Into<String>, source: impl Into<anyhow::Error>) -> DatapathError {
+    DatapathError::Kernel {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+/// How the programs are attached to one interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "driver" or "generic".
+    pub xdp_mode: &'static str,
+    /// "tcx" or "netlink".
+    pub tc_mode: &'static str,
+}
+
+struct Held {
+    attachment: Attachment,
+    /// Set when faultd added a clsact qdisc (kernels without TCX) and must remove it.
+    added_clsact: bool,
+    /// Kept open: the flock on it marks the interface as ours until we exit or die.
+    _lock: File,
+}
+
+pub struct Datapath {
+    /// `None` only while dropping: the programs go first, then the qdiscs they needed.
+    ebpf: Option<Ebpf>,
+    rules: HashMap<MapData, PortKey, PortRule>,
+    counters: PerCpuArray<MapData, FaultCounters>,
+    ifaces: HashMap<MapData, u32, u32>,
+    cpus: usize,
+    held: Vec<Held>,
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel without attaching them anywhere.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| {
+            if is_permission_error(&e) {
+                DatapathError::NotPermitted
+            } else {
+                kernel("loading the eBPF object", e)
+            }
+        })?;
+        for name in [XDP_PROGRAM, TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
+            load_program(&mut ebpf, name)?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| {
+                kernel(
+                    format!("map {name}"),
+                    anyhow::anyhow!("missing from the object"),
+                )
+            })
+        };
+        let rules =
+            HashMap::try_from(take(&mut ebpf, "RULES")?).map_err(|e| kernel("map RULES", e))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
+            .map_err(|e| kernel("map COUNTERS", e))?;
+        let ifaces =
+            HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
+        Ok(Self {
+            ebpf: Some(ebpf),
+            rules,
+            counters,
+            ifaces,
+            cpus,
+            held: Vec::new(),
+        })
+    }
+
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.held.iter().map(|h| h.attachment.clone()).collect()
+    }
+
+    /// Attaches XDP and TC ingress and egress to `iface`.
+    pub fn attach(&mut self, iface: &str) -> Result<Attachment, DatapathError> {
+        let ifindex = ifindex(iface)?;
+        let lock = lock_interface(iface, ifindex)?;
+        let ebpf = self.ebpf.as_mut().expect("programs are loaded");
+
+        let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+        let xdp_mode = match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(_) => "driver",
+            Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
+            Err(_) => match xdp.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(_) => "generic",
+                Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
+                Err(e) => return Err(kernel(format!("attaching XDP to {iface}"), e)),
+            },
+        };
+
+        let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let added_clsact = !has_tcx && add_clsact(iface)?;
+        for (name, attach_type) in [
+            (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
+            (TC_EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = program(ebpf, name)?;
+            prog.attach(iface, attach_type)
+                .map_err(|e| kernel(format!("attaching {name} to {iface}"), e))?;
+        }
+        let tc_mode = if has_tcx { "tcx" } else { "netlink" };
+
+        // On loopback a packet crosses egress and then ingress: act once, at egress.
+        let role = if is_loopback(iface) {
+            ROLE_EGRESS
+        } else {
+            ROLE_EGRESS | ROLE_INGRESS
+        };
+        self.set_role(ifindex, role)?;
+        let attachment = Attachment {
+            iface: iface.into(),
+            ifindex,
+            xdp_mode,
+            tc_mode,
+        };
+        info!(iface, xdp_mode, tc_mode, "attached");
+        self.held.push(Held {
+            attachment: attachment.clone(),
+            added_clsact,
+            _lock: lock,
+        });
+        Ok(attachment)
+    }
+
+    /// Tells the programs which hooks act on interface `ifindex` (`ROLE_*` bits).
+    pub fn set_role(&mut self, ifindex: u32, role: u32) -> Result<(), DatapathError> {
+        self.ifaces
+            .insert(ifindex, role, 0)
+            .map_err(|e| kernel("writing map IFACES", e))
+    }
+
+    /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        self.ebpf.as_mut().expect("programs are loaded")
+    }
+}
+
+impl RuleSink for Datapath {
+    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+        let result = match rule {
+            Some(rule) => self.rules.insert(key, rule, 0),
+            None => match self.rules.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        };
+        result.map_err(|e| FaultError::Datapath(format!("rule map: {e}")))
+    }
+
+    fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
+        let zeros = PerCpuValues::try_from(vec![FaultCounters::default(); self.cpus])
+            .map_err(|e| FaultError::Datapath(format!("counters: {e}")))?;
+        self.counters
+            .set(counter, zeros, 0)
+            .map_err(|e| FaultError::Datapath(format!("counters: {e}")))
+    }
+
+    fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
+        let per_cpu = self
+            .counters
+            .get(&counter, 0)
+            .map_err(|e| FaultError::Datapath(format!("counters: {e}")))?;
+        Ok(per_cpu
+            .iter()
+            .fold(FaultCounters::default(), |sum, c| FaultCounters {
+                matched_packets: sum.matched_packets + c.matched_packets,
+                matched_bytes: sum.matched_bytes + c.matched_bytes,
+                acted_packets: sum.acted_packets + c.acted_packets,
+                acted_bytes: sum.acted_bytes + c.acted_bytes,
+            }))
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // Dropping the object closes every link: the programs leave the interfaces.
+        drop(self.ebpf.take());
+        for held in &self.held {
+            if held.added_clsact {
+                remove_clsact(&held.attachment.iface);
+            }
+            info!(iface = held.attachment.iface, "detached");
+        }
+    }
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| {
+        kernel(
+            format!("program {name}"),
+            anyhow::anyhow!("missing from the object"),
+        )
+    })?;
+    let loaded = match prog {
+        aya::programs::Program::Xdp(p) => p.load(),
+        aya::programs::Program::SchedClassifier(p) => p.load(),
+        _ => {
+            return Err(kernel(
+                format!("program {name}"),
+                anyhow::anyhow!("unexpected type"),
+            ));
+        }
+    };
+    loaded.map_err(|e| {
+        if is_permission_error(&e) {
+            DatapathError::NotPermitted
+        } else {
+            kernel(format!("loading program {name}"), e)
+        }
+    })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or_else(|| {
+        kernel(
+            format!("program {name}"),
+            anyhow::anyhow!("missing from the object"),
+        )
+    })?;
+    prog.try_into()
+        .map_err(|e| kernel(format!("program {name}"), e))
+}
+
+fn ifindex(iface: &str) -> Result<u32, DatapathError> {
+    let name =
+        std::ffi::CString::new(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(DatapathError::NoSuchInterface(iface.into())),
+        n => Ok(n),
+    }
+}
+
+fn is_loopback(iface: &str) -> bool {
+    fs::read_to_string(format!("/sys/class/net/{iface}/type")).is_ok_and(|t| t.trim() == "772")
+}
+
+/// Takes an exclusive, non-blocking flock that the kernel releases when faultd exits or dies.
+fn lock_interface(iface: &str, ifindex: u32) -> Result<File, DatapathError> {
+    fs::create_dir_all(LOCK_DIR).map_err(|e| kernel(format!("creating {LOCK_DIR}"), e))?;
+    // Interfaces are per network namespace: name the lock after both.
+    let netns = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    let path = format!("{LOCK_DIR}/netns-{netns}-ifindex-{ifindex}.lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| kernel(format!("opening {path}"), e))?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            let pid = fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(DatapathError::Held {
+                iface: iface.into(),
+                pid,
+            });
+        }
+        return Err(kernel(format!("locking {path}"), err));
+    }
+    file.set_len(0).ok();
+    write!(file, "{}", std::process::id()).ok();
+    Ok(file)
+}
+
+/// Adds a clsact qdisc unless one is there; `true` when faultd added it.
+fn add_clsact(iface: &str) -> Result<bool, DatapathError> {
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::NetlinkError(e)) if e.to_string().contains("exists") => Ok(false),
+        Err(e) => Err(kernel(format!("adding clsact to {iface}"), e)),
+    }
+}
+
+fn remove_clsact(iface: &str) {
+    let status = Command::new("tc")
+        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        warn!(iface, "could not remove the clsact qdisc faultd added");
+    }
+}
+
+type DynError = dyn std::error::Error + 'static;
+
+fn has_os_error(e: &DynError, codes: &[i32]) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|c| codes.contains(&c))
+    })
+}
+
+fn is_permission_error(e: &DynError) -> bool {
+    has_os_error(e, &[libc::EPERM, libc::EACCES])
+}
+
+fn is_busy(e: &DynError) -> bool {
+    has_os_error(e, &[libc::EBUSY, libc::EEXIST])
+}

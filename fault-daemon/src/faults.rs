@@ -1,0 +1,713 @@
+//! The domain model: what a fault is, how it is validated, and how the set of active faults
+//! compiles into the rule-map entries the programs read.
+//!
+//! Nothing here touches the kernel: compiled entries go to a [`RuleSink`], which the
+//! datapath implements, so the whole model is unit-tested without privilege.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use fault_common::{
+    ACTION_DROP, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters, FaultSlot, MAX_FAULTS,
+    MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP, PortKey, PortRule,
+};
+
+/// Longest TTL accepted: a year. Longer is almost surely a unit mistake.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest label accepted, in bytes.
+pub const MAX_LABEL: usize = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FaultError {
+    /// The request is malformed; `field` is its path in the request, e.g. `target.port`.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("no fault with id {0}")]
+    NotFound(u64),
+    /// The request is valid but cannot be carried out in this state.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Exhausted(String),
+    /// The kernel refused a map write.
+    #[error("datapath: {0}")]
+    Datapath(String),
+}
+
+impl FaultError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Any,
+}
+
+impl Protocol {
+    /// The IP protocol numbers this expands to in the rule map.
+    fn numbers(self) -> &'static [u8] {
+        match self {
+            Protocol::Tcp => &[PROTO_TCP],
+            Protocol::Udp => &[PROTO_UDP],
+            Protocol::Any => &[PROTO_TCP, PROTO_UDP],
+        }
+    }
+
+    pub fn covers_tcp(self) -> bool {
+        self != Protocol::Udp
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Any => "any",
+        })
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Both,
+    ToPort,
+    FromPort,
+}
+
+impl Direction {
+    fn bits(self) -> u8 {
+        match self {
+            Direction::Both => DIR_TO_PORT | DIR_FROM_PORT,
+            Direction::ToPort => DIR_TO_PORT,
+            Direction::FromPort => DIR_FROM_PORT,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Both => "both",
+            Direction::ToPort => "to-port",
+            Direction::FromPort => "from-port",
+        })
+    }
+}
+
+/// A remote address or network: only flows with such a peer are faulted.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Peer {
+    /// Parses `ADDR` or `ADDR/PREFIX`; errors name `field`.
+    pub fn parse(text: &str, field: &str) -> Result<Self, FaultError> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text.trim().parse().map_err(|_| {
+            FaultError::invalid(field, format!("{text:?} is not an IP address or CIDR"))
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => {
+                    return Err(FaultError::invalid(
+                        field,
+                        format!("prefix /{p} is out of range for {addr} (0..={max})"),
+                    ));
+                }
+            },
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Address and mask as the programs compare them: network byte order words.
+    fn words(&self) -> (u8, [u32; 4], [u32; 4]) {
+        let (family, bytes, bits) = match self.addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (PEER_V4, b, self.prefix as u32)
+            }
+            IpAddr::V6(a) => (PEER_V6, a.octets(), self.prefix as u32),
+        };
+        let mut mask_bytes = [0u8; 16];
+        for (i, m) in mask_bytes.iter_mut().enumerate() {
+            let start = i as u32 * 8;
+            *m = match bits.saturating_sub(start) {
+                0 => 0,
+                n if n >= 8 => 0xff,
+                n => !(0xffu8 >> n),
+            };
+        }
+        let word = |b: &[u8; 16], i: usize| {
+            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        };
+        let mut addr = [0u32; 4];
+        let mut mask = [0u32; 4];
+        for i in 0..4 {
+            mask[i] = word(&mask_bytes, i);
+            addr[i] = word(&bytes, i) & mask[i];
+        }
+        (family, addr, mask)
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Target {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub direction: Direction,
+    pub peer: Option<Peer>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Packets vanish; `probability` in (0, 1].
+    Drop { probability: f64 },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Drop { .. } => "drop",
+        }
+    }
+
+    /// Parameters for people, e.g. `p=0.3`.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Drop { probability } if *probability >= 1.0 => String::new(),
+            Action::Drop { probability } => format!("p={probability}"),
+        }
+    }
+
+    fn slot(&self) -> (u8, u32, u64) {
+        match self {
+            Action::Drop { probability } => (ACTION_DROP, threshold(*probability), 0),
+        }
+    }
+}
+
+/// Maps a probability in (0, 1] to the threshold the programs compare a random u32 with:
+/// the slot acts when `rand <= threshold`, which happens with probability (threshold+1)/2^32.
+pub fn threshold(probability: f64) -> u32 {
+    let scaled = (probability * 4_294_967_296.0).round();
+    if scaled >= 4_294_967_296.0 {
+        u32::MAX
+    } else {
+        (scaled as u64).saturating_sub(1) as u32
+    }
+}
+
+pub fn validate_probability(p: f64, field: &str) -> Result<f64, FaultError> {
+    if p.is_finite() && p > 0.0 && p <= 1.0 {
+        Ok(p)
+    } else {
+        Err(FaultError::invalid(
+            field,
+            format!("{p} is not a probability in (0, 1]"),
+        ))
+    }
+}
+
+pub fn validate_port(port: u32, field: &str) -> Result<u16, FaultError> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(FaultError::invalid(
+            field,
+            format!("{port} is not a port (1..=65535)"),
+        )),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultSpec {
+    pub target: Target,
+    pub action: Action,
+    pub ttl: Option<Duration>,
+    pub label: String,
+}
+
+impl FaultSpec {
+    /// Checks the parts that no type rules out.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        if self.target.port == 0 {
+            return Err(FaultError::invalid(
+                "target.port",
+                "0 is not a port (1..=65535)",
+            ));
+        }
+        match self.action {
+            Action::Drop { probability } => {
+                validate_probability(probability, "action.drop.probability")?;
+            }
+        }
+        if let Some(ttl) = self.ttl {
+            if ttl.is_zero() || ttl > MAX_TTL {
+                return Err(FaultError::invalid(
+                    "ttl_ms",
+                    format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
+                ));
+            }
+        }
+        if self.label.len() > MAX_LABEL {
+            return Err(FaultError::invalid(
+                "label",
+                format!("{} bytes is longer than {MAX_LABEL}", self.label.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = PortKey> + '_ {
+        self.target
+            .protocol
+            .numbers()
+            .iter()
+            .map(|&proto| PortKey::new(proto, self.target.port))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub id: u64,
+    pub spec: FaultSpec,
+    pub created: SystemTime,
+    pub expires: Option<SystemTime>,
+    /// Index of the fault's counters in the per-CPU counter array.
+    pub counter: u32,
+}
+
+impl Fault {
+    fn slot(&self) -> FaultSlot {
+        let (action, threshold, param) = self.spec.action.slot();
+        let (peer_family, peer_addr, peer_mask) = match self.spec.target.peer {
+            Some(peer) => peer.words(),
+            None => (PEER_ANY, [0; 4], [0; 4]),
+        };
+        FaultSlot {
+            counter: self.counter,
+            threshold,
+            action,
+            directions: self.spec.target.direction.bits(),
+            peer_family,
+            param,
+            peer_addr,
+            peer_mask,
+            ..Default::default()
+        }
+    }
+}
+
+/// Where compiled entries go: the datapath's maps, or a recording in tests.
+pub trait RuleSink: Send {
+    /// Installs (replacing atomically) or, with `None`, removes the entry for `key`.
+    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError>;
+    /// Zeroes a counter slot before a new fault uses it.
+    fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError>;
+    /// The counters of a slot, summed over CPUs.
+    fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError>;
+}
+
+/// The set of active faults, indexed by the rule-map key they compile into.
+#[derive(Default)]
+pub struct FaultTable {
+    faults: BTreeMap<u64, Fault>,
+    by_key: HashMap<PortKey, Vec<u64>>,
+    last_id: u64,
+    free_counters: Vec<u32>,
+    next_counter: u32,
+    /// Ports (tcp) no fault may touch: faultd's own API.
+    protected_tcp_ports: Vec<u16>,
+}
+
+impl FaultTable {
+    pub fn new(protected_tcp_ports: Vec<u16>) -> Self {
+        Self {
+            protected_tcp_ports,
+            ..Default::default()
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Fault> {
+        self.faults.get(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Fault> {
+        self.faults.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.faults.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.faults.is_empty()
+    }
+
+    /// The entry the programs should see for `key`, or `None` when no fault is on it.
+    pub fn compile(&self, key: PortKey) -> Option<PortRule> {
+        let ids = self.by_key.get(&key)?;
+        let mut rule = PortRule::default();
+        for (slot, id) in rule.slots.iter_mut().zip(ids) {
+            *slot = self.faults[id].slot();
+        }
+        rule.len = ids.len().min(MAX_FAULTS_PER_PORT) as u32;
+        Some(rule)
+    }
+
+    /// Validates `spec` and installs it: the table changes only if every map write succeeds.
+    pub fn add(
+        &mut self,
+        spec: FaultSpec,
+        now: SystemTime,
+        sink: &mut dyn RuleSink,
+    ) -> Result<Fault, FaultError> {
+        spec.validate()?;
+        self.check_room(&spec)?;
+        let counter = self.take_counter()?;
+        let fault = Fault {
+            id: self.last_id + 1,
+            expires: spec.ttl.map(|ttl| now + ttl),
+            spec,
+            created: now,
+            counter,
+        };
+        if let Err(e) = sink.reset_counters(counter) {
+            self.free_counters.push(counter);
+            return Err(e);
+        }
+        self.insert(fault.clone());
+        if let Err(e) = self.write_keys(&fault.spec, sink) {
+            self.unlink(fault.id);
+            // Best effort: put back what the programs saw before.
+            let _ = self.write_keys(&fault.spec, sink);
+            return Err(e);
+        }
+        self.last_id = fault.id;
+        Ok(fault)
+    }
+
+    pub fn remove(&mut self, id: u64, sink: &mut dyn RuleSink) -> Result<Fault, FaultError> {
+        let fault = self.unlink(id).ok_or(FaultError::NotFound(id))?;
+        if let Err(e) = self.write_keys(&fault.spec, sink) {
+            self.insert(fault.clone());
+            let _ = self.write_keys(&fault.spec, sink);
+            return Err(e);
+        }
+        Ok(fault)
+    }
+
+    pub fn clear(&mut self, sink: &mut dyn RuleSink) -> Result<usize, FaultError> {
+        let ids: Vec<u64> = self.faults.keys().copied().collect();
+        for id in &ids {
+            self.remove(*id, sink)?;
+        }
+        Ok(ids.len())
+    }
+
+    fn check_room(&self, spec: &FaultSpec) -> Result<(), FaultError> {
+        let t = &spec.target;
+        if t.protocol.covers_tcp() && self.protected_tcp_ports.contains(&t.port) {
+            return Err(FaultError::Refused(format!(
+                "target.port: {} is faultd's own API port; a fault there would cut faultd off",
+                t.port
+            )));
+        }
+        for key in spec.keys() {
+            let used = self.by_key.get(&key).map_or(0, Vec::len);
+            if used >= MAX_FAULTS_PER_PORT {
+                return Err(FaultError::Exhausted(format!(
+                    "port {} already has {MAX_FAULTS_PER_PORT} faults, the most one port can carry",
+                    t.port
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn take_counter(&mut self) -> Result<u32, FaultError> {
+        if let Some(c) = self.free_counters.pop() {
+            return Ok(c);
+        }
+        if self.next_counter >= MAX_FAULTS {
+            return Err(FaultError::Exhausted(format!(
+                "{MAX_FAULTS} faults are installed, the most faultd can hold"
+            )));
+        }
+        self.next_counter += 1;
+        Ok(self.next_counter - 1)
+    }
+
+    fn insert(&mut self, fault: Fault) {
+        for key in fault.spec.keys() {
+            let ids = self.by_key.entry(key).or_default();
+            ids.push(fault.id);
+            ids.sort_unstable();
+        }
+        self.faults.insert(fault.id, fault);
+    }
+
+    fn unlink(&mut self, id: u64) -> Option<Fault> {
+        let fault = self.faults.remove(&id)?;
+        for key in fault.spec.keys() {
+            if let Some(ids) = self.by_key.get_mut(&key) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+        self.free_counters.push(fault.counter);
+        Some(fault)
+    }
+
+    fn write_keys(&self, spec: &FaultSpec, sink: &mut dyn RuleSink) -> Result<(), FaultError> {
+        for key in spec.keys() {
+            sink.write_rule(key, self.compile(key).as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// Records what the datapath would be told.
+    #[derive(Default)]
+    pub struct MemorySink {
+        pub rules: HashMap<PortKey, PortRule>,
+        pub fail_writes: bool,
+        pub writes: usize,
+    }
+
+    impl RuleSink for MemorySink {
+        fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+            if self.fail_writes {
+                return Err(FaultError::Datapath("map full".into()));
+            }
+            self.writes += 1;
+            match rule {
+                Some(r) => self.rules.insert(key, *r),
+                None => self.rules.remove(&key),
+            };
+            Ok(())
+        }
+        fn reset_counters(&mut self, _: u32) -> Result<(), FaultError> {
+            Ok(())
+        }
+        fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
+            Ok(FaultCounters::default())
+        }
+    }
+
+    pub fn drop_spec(port: u16, protocol: Protocol) -> FaultSpec {
+        FaultSpec {
+            target: Target {
+                port,
+                protocol,
+                direction: Direction::Both,
+                peer: None,
+            },
+            action: Action::Drop { probability: 1.0 },
+            ttl: None,
+            label: String::new(),
+        }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+    }
+
+    #[test]
+    fn drop_on_any_protocol_compiles_into_tcp_and_udp_entries() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let fault = table
+            .add(drop_spec(2379, Protocol::Any), now(), &mut sink)
+            .unwrap();
+        assert_eq!(fault.id, 1);
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let rule = sink.rules[&PortKey::new(proto, 2379)];
+            assert_eq!(rule.len, 1);
+            assert_eq!(rule.slots[0].action, ACTION_DROP);
+            assert_eq!(rule.slots[0].threshold, u32::MAX);
+            assert_eq!(rule.slots[0].directions, DIR_TO_PORT | DIR_FROM_PORT);
+        }
+        table.remove(fault.id, &mut sink).unwrap();
+        assert!(sink.rules.is_empty());
+    }
+
+    #[test]
+    fn faults_on_one_port_compose_in_one_entry() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let mut a = drop_spec(80, Protocol::Tcp);
+        a.target.direction = Direction::ToPort;
+        let mut b = drop_spec(80, Protocol::Tcp);
+        b.action = Action::Drop { probability: 0.5 };
+        let fa = table.add(a, now(), &mut sink).unwrap();
+        let fb = table.add(b, now(), &mut sink).unwrap();
+        let rule = sink.rules[&PortKey::new(PROTO_TCP, 80)];
+        assert_eq!(rule.len, 2);
+        assert_eq!(rule.slots[0].counter, fa.counter);
+        assert_eq!(rule.slots[0].directions, DIR_TO_PORT);
+        assert_eq!(rule.slots[1].counter, fb.counter);
+        assert_ne!(fa.counter, fb.counter);
+        table.remove(fa.id, &mut sink).unwrap();
+        let rule = sink.rules[&PortKey::new(PROTO_TCP, 80)];
+        assert_eq!(rule.len, 1);
+        assert_eq!(rule.slots[0].counter, fb.counter);
+    }
+
+    #[test]
+    fn a_port_carries_at_most_max_faults() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        for _ in 0..MAX_FAULTS_PER_PORT {
+            table
+                .add(drop_spec(9, Protocol::Udp), now(), &mut sink)
+                .unwrap();
+        }
+        let err = table
+            .add(drop_spec(9, Protocol::Udp), now(), &mut sink)
+            .unwrap_err();
+        assert!(matches!(err, FaultError::Exhausted(_)), "{err}");
+        assert_eq!(table.len(), MAX_FAULTS_PER_PORT);
+    }
+
+    #[test]
+    fn failed_write_changes_nothing() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        sink.fail_writes = true;
+        assert!(
+            table
+                .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+                .is_err()
+        );
+        assert_eq!(table.len(), 1);
+        sink.fail_writes = false;
+        // The id and counter of the failed add are not burnt.
+        let f = table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_eq!(f.id, 2);
+        assert_eq!(f.counter, 1);
+    }
+
+    #[test]
+    fn counters_are_reused_after_removal() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let a = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        table.remove(a.id, &mut sink).unwrap();
+        let b = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_eq!(b.counter, a.counter);
+        assert_ne!(b.id, a.id, "ids are never reused");
+    }
+
+    #[test]
+    fn api_port_is_protected_for_tcp_only() {
+        let mut table = FaultTable::new(vec![7447]);
+        let mut sink = MemorySink::default();
+        for proto in [Protocol::Tcp, Protocol::Any] {
+            let err = table
+                .add(drop_spec(7447, proto), now(), &mut sink)
+                .unwrap_err();
+            assert!(err.to_string().contains("API port"), "{err}");
+        }
+        table
+            .add(drop_spec(7447, Protocol::Udp), now(), &mut sink)
+            .unwrap();
+    }
+
+    #[test]
+    fn invalid_specs_name_their_field() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let mut s = drop_spec(0, Protocol::Tcp);
+        assert_eq!(
+            table.add(s.clone(), now(), &mut sink).unwrap_err(),
+            FaultError::invalid("target.port", "0 is not a port (1..=65535)")
+        );
+        s.target.port = 5;
+        for p in [1.5, 0.0, -0.1, f64::NAN] {
+            s.action = Action::Drop { probability: p };
+            let err = table.add(s.clone(), now(), &mut sink).unwrap_err();
+            assert!(
+                err.to_string().starts_with("action.drop.probability:"),
+                "{err}"
+            );
+        }
+        s.action = Action::Drop { probability: 1.0 };
+        s.ttl = Some(Duration::ZERO);
+        assert!(
+            table
+                .add(s.clone(), now(), &mut sink)
+                .unwrap_err()
+                .to_string()
+                .starts_with("ttl_ms:")
+        );
+        assert!(table.is_empty());
+        assert!(sink.rules.is_empty());
+    }
+
+    #[test]
+    fn threshold_matches_probability() {
+        assert_eq!(threshold(1.0), u32::MAX);
+        assert_eq!(threshold(0.5), (1u32 << 31) - 1);
+        assert_eq!(threshold(1e-12), 0);
+    }
+
+    #[test]
+    fn peers_parse_and_mask() {
+        let p = Peer::parse("198.18.7.9/15", "target.peer").unwrap();
+        let (family, addr, mask) = p.words();
+        assert_eq!(family, PEER_V4);
+        assert_eq!(addr[0].to_ne_bytes(), [198, 18, 0, 0]);
+        assert_eq!(mask[0].to_ne_bytes(), [255, 254, 0, 0]);
+        assert_eq!(&addr[1..], &[0, 0, 0]);
+        let p = Peer::parse("fd00::1/8", "target.peer").unwrap();
+        let (family, addr, mask) = p.words();
+        assert_eq!(family, PEER_V6);
+        assert_eq!(addr[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+        assert_eq!(mask[0].to_ne_bytes(), [0xff, 0, 0, 0]);
+        assert_eq!(Peer::parse("::1", "p").unwrap().prefix, 128);
+        for bad in ["banana", "10.0.0.1/33", "fd00::/129", "1.2.3.4/x"] {
+            let err = Peer::parse(bad, "target.peer").unwrap_err();
+            assert!(err.to_string().starts_with("target.peer:"), "{err}");
+        }
+    }
+}

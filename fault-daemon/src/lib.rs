@@ -1,0 +1,19 @@
+//! faultd: a kernel-level network fault injector.
+//!
+//! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
+//! - [`datapath`]: load and attach the eBPF programs, write their maps.
+//! - [`api`]: the gRPC control service.
+//! - [`cli`]: `faultctl`, a thin gRPC client.
+
+pub mod api;
+pub mod cli;
+pub mod datapath;
+pub mod faults;
+
+/// Generated from `proto/faultd/v1/faultd.proto`.
+pub mod proto {
+    tonic::include_proto!("faultd.v1");
+}
+
+/// Where faultd serves its API unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";

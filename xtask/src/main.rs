@@ -1,0 +1,120 @@
+//! faultd's project tasks: `cargo xtask setup | run | test`.
+//!
+//! Every task installs what is missing first and is quick when everything is there, so a
+//! fresh machine needs nothing but the two commands in README.md.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing faultd needs (idempotent).
+    Setup,
+    /// Set up, build faultd in release mode and run it as root: `cargo xtask run -- --iface lo`.
+    Run {
+        /// Arguments for faultd.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test suite (unit, program, system).
+    Test,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse().task) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::all(),
+        Task::Run { args } => {
+            setup::all()?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "fault-daemon",
+                "--bin",
+                "faultd",
+                "--bin",
+                "faultctl",
+            ])?;
+            let faultd = workspace_root().join("target/release/faultd");
+            let status = as_root(&faultd.to_string_lossy(), &args)
+                .status()
+                .context("starting faultd")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => {
+            setup::all()?;
+            require_root(
+                "the program and system tests load eBPF programs and create network namespaces",
+            )?;
+            cargo(&["test", "--workspace", "--no-fail-fast"])
+        }
+    }
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+/// Runs `program args` as root, through sudo when we are not root already.
+fn as_root(program: &str, args: &[String]) -> Command {
+    if is_root() {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("-E").arg(program).args(args);
+        cmd
+    }
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Installs what faultd needs on a fresh machine of this kind, and nothing when it is there.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: LLVM for bpf-linker, protoc for the gRPC code, iproute2 for the tests'
+/// namespaces and veths.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "protobuf-compiler", "iproute2"];
+/// Python modules the tests import, and the PyPI packages that provide them.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("grpc", "grpcio"), ("grpc_tools", "grpcio-tools")];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn all() -> anyhow::Result<()> {
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    python_packages()?;
+    Ok(())
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn loud(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd.status().with_context(|| what.to_string())?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run as root, or `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    loud(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    loud(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("apt-get install {}", missing.join(" ")),
+    )
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup (the eBPF programs build with the nightly toolchain)")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    loud(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src --toolchain nightly",
+    )
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    loud(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "^0.13", "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
+        "cargo install bpf-linker (about a minute)",
+    )
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            !quiet(Command::new("python3").args(["-c", &format!("import {module}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    loud(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
+        &format!("pip install {}", missing.join(" ")),
+    )
+}
