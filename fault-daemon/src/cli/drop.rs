@@ -11,7 +11,7 @@ pub struct DropArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Drop only this share of matching packets, in (0, 1].
-    #[arg(long, value_parser = parse_probability)]
+    #[arg(long, value_parser = parse_probability, allow_hyphen_values = true)]
     pub probability: Option<f64>,
 }
 

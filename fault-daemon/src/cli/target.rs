@@ -37,7 +37,7 @@ pub struct TargetArgs {
     #[arg(long)]
     pub peer: Option<String>,
     /// Remove the fault by itself after this long (500ms, 30s, 2m).
-    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// A free-form label, shown by list and stats.
     #[arg(long, default_value = "")]
