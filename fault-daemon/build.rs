@@ -1,7 +1,10 @@
 //! Builds the eBPF programs (embedded in faultd) and the gRPC code.
 use anyhow::{Context as _, anyhow};
 
-const PROTOS: &[&str] = &["../proto/faultd/v1/faultd.proto"];
+const PROTOS: &[&str] = &[
+    "../proto/faultd/v1/faultd.proto",
+    "../proto/grpc/testing/reconnect.proto",
+];
 
 fn main() -> anyhow::Result<()> {
     build_ebpf()?;

@@ -21,7 +21,41 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Actions a slot can take.
+/// Packets vanish.
 pub const ACTION_DROP: u8 = 1;
+/// Each packet is dropped and answered with a RST to its sender.
+pub const ACTION_RESET: u8 = 2;
+/// SYNs (without ACK) are answered with RST|ACK: connect() fails with ECONNREFUSED.
+pub const ACTION_REFUSE_RST: u8 = 3;
+/// SYNs (without ACK) vanish: connect() times out. For UDP: datagrams to the port vanish.
+pub const ACTION_REFUSE_DROP: u8 = 4;
+/// The flow is cut (`then`) once its payload bytes exceed `param`.
+pub const ACTION_LIMIT_BYTES: u8 = 5;
+/// The flow is cut (`then`) once `param` ns have passed since its first packet.
+pub const ACTION_LIMIT_AGE: u8 = 6;
+/// Nothing happens to packets; each SYN to the port is reported as an event.
+pub const ACTION_RECORD: u8 = 7;
+
+/// How a limit cuts a flow.
+pub const THEN_DROP: u8 = 0;
+pub const THEN_RESET: u8 = 1;
+
+/// Kinds of events in the `EVENTS` ring buffer.
+/// A fault matched a flow for the first time.
+pub const EVENT_FIRST_HIT: u32 = 1;
+/// A forged RST was sent to a packet's sender.
+pub const EVENT_RST_SENT: u32 = 2;
+/// A SYN was refused (answered with RST or dropped).
+pub const EVENT_SYN_REFUSED: u32 = 3;
+/// A SYN to a recorded port was seen.
+pub const EVENT_SYN: u32 = 4;
+/// A limit cut a flow.
+pub const EVENT_FLOW_CUT: u32 = 5;
+
+/// Capacity of the per-flow state map (LRU: the oldest flows are forgotten first).
+pub const MAX_FLOWS: u32 = 65_536;
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
 
 /// Directions, relative to the faulted port: bit set = the slot applies.
 /// `TO_PORT`: the packet's destination port is the faulted port (client → server).
@@ -39,6 +73,8 @@ pub const PEER_V6: u8 = 6;
 /// so the daemon marks `lo` egress-only.
 pub const ROLE_EGRESS: u32 = 1;
 pub const ROLE_INGRESS: u32 = 2;
+/// The interface is a loopback: what leaves it comes straight back in.
+pub const ROLE_LOOPBACK: u32 = 4;
 
 /// Key of the rule map.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -74,9 +110,12 @@ pub struct FaultSlot {
     pub directions: u8,
     /// `PEER_*`: which family `peer_addr` is in, or any peer.
     pub peer_family: u8,
-    pub _pad0: u8,
-    pub _pad1: u32,
-    /// Action parameter (reserved for actions that take one).
+    /// `THEN_*`: how a limit cuts the flow.
+    pub then: u8,
+    pub _pad: u32,
+    /// The fault's id: keys per-flow state and events, and is never reused.
+    pub fault_id: u64,
+    /// Action parameter: bytes for `LIMIT_BYTES`, nanoseconds for `LIMIT_AGE`.
     pub param: u64,
     /// Peer address, network byte order, IPv4 in word 0; already masked.
     pub peer_addr: [u32; 4],
@@ -116,6 +155,55 @@ pub struct FaultCounters {
     pub acted_bytes: u64,
 }
 
+/// Per-flow state of one fault, keyed from the faulted port's side so that both directions
+/// of a flow share it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FlowKey {
+    pub fault_id: u64,
+    pub family: u8,
+    pub protocol: u8,
+    /// The faulted port, and the port at the other end.
+    pub port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// Address on the faulted port's side, and the remote address (network byte order).
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowState {
+    /// bpf_ktime_get_ns() of the first packet the fault matched on this flow.
+    pub first_ns: u64,
+    /// Payload bytes seen, both directions.
+    pub bytes: u64,
+    /// Non-zero once a limit has cut the flow: every later packet is cut too.
+    pub cut: u32,
+    pub _pad: u32,
+}
+
+/// One record of the `EVENTS` ring buffer.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Event {
+    /// bpf_ktime_get_ns(): CLOCK_MONOTONIC.
+    pub ktime_ns: u64,
+    pub fault_id: u64,
+    /// `EVENT_*`.
+    pub kind: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: u16,
+    /// The packet's ports and addresses, as it travelled.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad2: u32,
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -124,6 +212,9 @@ mod pod {
     unsafe impl aya::Pod for FaultSlot {}
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for FaultCounters {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]
@@ -134,8 +225,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PortKey>(), 4);
-        assert_eq!(size_of::<FaultSlot>(), 56);
-        assert_eq!(size_of::<PortRule>(), 8 + 56 * MAX_FAULTS_PER_PORT);
+        assert_eq!(size_of::<FaultSlot>(), 64);
+        assert_eq!(size_of::<PortRule>(), 8 + 64 * MAX_FAULTS_PER_PORT);
         assert_eq!(size_of::<FaultCounters>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 48);
+        assert_eq!(size_of::<FlowState>(), 24);
+        assert_eq!(size_of::<Event>(), 64);
     }
 }

@@ -1,16 +1,19 @@
 //! The gRPC control service: converts requests into the domain model and back, and owns
 //! the expiry of faults with a TTL.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::datapath::Attachment;
+use crate::events::EventHub;
 use crate::faults::{
-    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RuleSink, Target,
-    validate_port, validate_probability,
+    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RefuseMode,
+    RuleSink, Target, Then, validate_port, validate_probability,
 };
 use crate::proto::{self, fault_service_server::FaultService};
 
@@ -34,12 +37,14 @@ impl Engine {
 #[derive(Clone)]
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
+    events: Arc<EventHub>,
 }
 
 impl FaultApi {
-    pub fn new(engine: Engine) -> Self {
+    pub fn new(engine: Engine, events: Arc<EventHub>) -> Self {
         Self {
             engine: Arc::new(Mutex::new(engine)),
+            events,
         }
     }
 
@@ -68,8 +73,29 @@ impl FaultApi {
     }
 }
 
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl FaultService for FaultApi {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let proto::WatchEventsRequest { follow, fault_id } = request.into_inner();
+        let wanted = move |e: &proto::Event| fault_id == 0 || e.fault_id == fault_id;
+        let (history, live) = self.events.subscribe();
+        let past = tokio_stream::iter(history.into_iter().filter(wanted).map(Ok));
+        if !follow {
+            return Ok(Response::new(Box::pin(past)));
+        }
+        // A subscriber that falls far behind loses the oldest events, not the stream.
+        let future = tokio_stream::wrappers::BroadcastStream::new(live)
+            .filter_map(move |e| e.ok().filter(wanted).map(Ok));
+        Ok(Response::new(Box::pin(past.chain(future))))
+    }
+
     async fn add_fault(
         &self,
         request: Request<proto::AddFaultRequest>,
@@ -214,18 +240,13 @@ pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> 
         direction,
         peer,
     };
-    let kind = spec
-        .action
-        .and_then(|a| a.kind)
-        .ok_or_else(|| FaultError::invalid("action", "required: one of drop"))?;
-    let action = match kind {
-        proto::action::Kind::Drop(d) => Action::Drop {
-            probability: match d.probability {
-                None => 1.0,
-                Some(p) => validate_probability(p, "action.drop.probability")?,
-            },
-        },
-    };
+    let kind = spec.action.and_then(|a| a.kind).ok_or_else(|| {
+        FaultError::invalid(
+            "action",
+            "required: one of drop, reset, refuse, limit_bytes, limit_age, record",
+        )
+    })?;
+    let action = action_from_proto(kind, protocol)?;
     let spec = FaultSpec {
         target,
         action,
@@ -236,13 +257,100 @@ pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> 
     Ok(spec)
 }
 
+fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Action, FaultError> {
+    use proto::action::Kind;
+    let probability = |p: Option<f64>, field: &str| match p {
+        None => Ok(1.0),
+        Some(p) => validate_probability(p, field),
+    };
+    let then = |t: i32, field: &str| match proto::Then::try_from(t) {
+        Ok(proto::Then::Unspecified) if protocol == Protocol::Tcp => Ok(Then::Reset),
+        Ok(proto::Then::Unspecified | proto::Then::Drop) => Ok(Then::Drop),
+        Ok(proto::Then::Reset) => Ok(Then::Reset),
+        Err(_) => Err(FaultError::invalid(
+            field,
+            format!("{t} is not drop or reset"),
+        )),
+    };
+    Ok(match kind {
+        Kind::Drop(d) => Action::Drop {
+            probability: probability(d.probability, "action.drop.probability")?,
+        },
+        Kind::Reset(r) => Action::Reset {
+            probability: probability(r.probability, "action.reset.probability")?,
+        },
+        Kind::Refuse(r) => Action::Refuse {
+            mode: match proto::RefuseMode::try_from(r.mode) {
+                Ok(proto::RefuseMode::Unspecified | proto::RefuseMode::Rst) => RefuseMode::Rst,
+                Ok(proto::RefuseMode::Drop) => RefuseMode::Drop,
+                Err(_) => {
+                    return Err(FaultError::invalid(
+                        "action.refuse.mode",
+                        format!("{} is not rst or drop", r.mode),
+                    ));
+                }
+            },
+        },
+        Kind::LimitBytes(l) => Action::LimitBytes {
+            bytes: u64::try_from(l.bytes).map_err(|_| {
+                FaultError::invalid(
+                    "action.limit_bytes.bytes",
+                    format!("{} is negative", l.bytes),
+                )
+            })?,
+            then: then(l.then, "action.limit_bytes.then")?,
+        },
+        Kind::LimitAge(l) => Action::LimitAge {
+            after: match u64::try_from(l.after_ms) {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(FaultError::invalid(
+                        "action.limit_age.after_ms",
+                        format!("{} ms is not a positive duration", l.after_ms),
+                    ));
+                }
+            },
+            then: then(l.then, "action.limit_age.then")?,
+        },
+        Kind::Record(_) => Action::Record,
+    })
+}
+
+fn action_to_proto(action: &Action) -> proto::action::Kind {
+    use proto::action::Kind;
+    let partial = |p: f64| (p < 1.0).then_some(p);
+    let then = |t: &Then| match t {
+        Then::Drop => proto::Then::Drop,
+        Then::Reset => proto::Then::Reset,
+    } as i32;
+    match action {
+        Action::Drop { probability } => Kind::Drop(proto::Drop {
+            probability: partial(*probability),
+        }),
+        Action::Reset { probability } => Kind::Reset(proto::Reset {
+            probability: partial(*probability),
+        }),
+        Action::Refuse { mode } => Kind::Refuse(proto::Refuse {
+            mode: match mode {
+                RefuseMode::Rst => proto::RefuseMode::Rst,
+                RefuseMode::Drop => proto::RefuseMode::Drop,
+            } as i32,
+        }),
+        Action::LimitBytes { bytes, then: t } => Kind::LimitBytes(proto::LimitBytes {
+            bytes: *bytes as i64,
+            then: then(t),
+        }),
+        Action::LimitAge { after, then: t } => Kind::LimitAge(proto::LimitAge {
+            after_ms: after.as_millis() as i64,
+            then: then(t),
+        }),
+        Action::Record => Kind::Record(proto::Record {}),
+    }
+}
+
 pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
     let t = &fault.spec.target;
-    let action = match fault.spec.action {
-        Action::Drop { probability } => proto::action::Kind::Drop(proto::Drop {
-            probability: (probability < 1.0).then_some(probability),
-        }),
-    };
+    let action = action_to_proto(&fault.spec.action);
     proto::Fault {
         id: fault.id,
         spec: Some(proto::FaultSpec {
@@ -326,6 +434,43 @@ mod tests {
         let mut r = request(80);
         r.ttl_ms = Some(0);
         assert_eq!(field_of(r), "ttl_ms");
+        let with = |kind: proto::action::Kind| {
+            let mut r = request(80);
+            r.action = Some(proto::Action { kind: Some(kind) });
+            r
+        };
+        use proto::action::Kind;
+        let bytes = Kind::LimitBytes(proto::LimitBytes { bytes: -1, then: 0 });
+        assert_eq!(field_of(with(bytes)), "action.limit_bytes.bytes");
+        let age = Kind::LimitAge(proto::LimitAge {
+            after_ms: 0,
+            then: 0,
+        });
+        assert_eq!(field_of(with(age)), "action.limit_age.after_ms");
+        let mode = Kind::Refuse(proto::Refuse { mode: 7 });
+        assert_eq!(field_of(with(mode)), "action.refuse.mode");
+        let mut udp_reset = with(Kind::Reset(proto::Reset { probability: None }));
+        udp_reset.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
+        assert_eq!(field_of(udp_reset), "target.protocol");
+    }
+
+    #[test]
+    fn limits_default_to_reset_for_tcp_and_drop_for_udp() {
+        let kind = || proto::action::Kind::LimitBytes(proto::LimitBytes { bytes: 10, then: 0 });
+        assert_eq!(
+            action_from_proto(kind(), Protocol::Tcp).unwrap(),
+            Action::LimitBytes {
+                bytes: 10,
+                then: Then::Reset
+            }
+        );
+        assert_eq!(
+            action_from_proto(kind(), Protocol::Udp).unwrap(),
+            Action::LimitBytes {
+                bytes: 10,
+                then: Then::Drop
+            }
+        );
     }
 
     #[test]
@@ -345,11 +490,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
-        let api = FaultApi::new(Engine {
-            table: FaultTable::default(),
-            sink: Box::new(MemorySink::default()),
-            attachments: vec![],
-        });
+        let api = FaultApi::new(
+            Engine {
+                table: FaultTable::default(),
+                sink: Box::new(MemorySink::default()),
+                attachments: vec![],
+            },
+            Arc::default(),
+        );
         let mut r = request(5000);
         r.ttl_ms = Some(50);
         api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(r) }))

@@ -11,11 +11,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
 use aya::util::KernelVersion;
 use aya::{Ebpf, include_bytes_aligned};
-use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS};
+use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
 use tracing::{info, warn};
 
 use crate::faults::{FaultError, RuleSink};
@@ -76,6 +76,7 @@ struct Held {
     added_clsact: bool,
     /// Kept open: the flock on it marks the interface as ours until we exit or die.
     _lock: File,
+    lock_path: String,
 }
 
 pub struct Datapath {
@@ -84,6 +85,7 @@ pub struct Datapath {
     rules: HashMap<MapData, PortKey, PortRule>,
     counters: PerCpuArray<MapData, FaultCounters>,
     ifaces: HashMap<MapData, u32, u32>,
+    events: Option<RingBuf<MapData>>,
     cpus: usize,
     held: Vec<Held>,
 }
@@ -115,12 +117,15 @@ impl Datapath {
             .map_err(|e| kernel("map COUNTERS", e))?;
         let ifaces =
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
             counters,
             ifaces,
+            events: Some(events),
             cpus,
             held: Vec::new(),
         })
@@ -133,7 +138,7 @@ impl Datapath {
     /// Attaches XDP and TC ingress and egress to `iface`.
     pub fn attach(&mut self, iface: &str) -> Result<Attachment, DatapathError> {
         let ifindex = ifindex(iface)?;
-        let lock = lock_interface(iface, ifindex)?;
+        let (lock, lock_path) = lock_interface(iface, ifindex)?;
         let ebpf = self.ebpf.as_mut().expect("programs are loaded");
 
         let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
@@ -161,7 +166,7 @@ impl Datapath {
 
         // On loopback a packet crosses egress and then ingress: act once, at egress.
         let role = if is_loopback(iface) {
-            ROLE_EGRESS
+            ROLE_EGRESS | ROLE_LOOPBACK
         } else {
             ROLE_EGRESS | ROLE_INGRESS
         };
@@ -177,6 +182,7 @@ impl Datapath {
             attachment: attachment.clone(),
             added_clsact,
             _lock: lock,
+            lock_path,
         });
         Ok(attachment)
     }
@@ -186,6 +192,11 @@ impl Datapath {
         self.ifaces
             .insert(ifindex, role, 0)
             .map_err(|e| kernel("writing map IFACES", e))
+    }
+
+    /// The ring buffer the programs write events to (once; the reader owns it).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -238,6 +249,7 @@ impl Drop for Datapath {
             if held.added_clsact {
                 remove_clsact(&held.attachment.iface);
             }
+            let _ = fs::remove_file(&held.lock_path);
             info!(iface = held.attachment.iface, "detached");
         }
     }
@@ -298,7 +310,7 @@ fn is_loopback(iface: &str) -> bool {
 }
 
 /// Takes an exclusive, non-blocking flock that the kernel releases when faultd exits or dies.
-fn lock_interface(iface: &str, ifindex: u32) -> Result<File, DatapathError> {
+fn lock_interface(iface: &str, ifindex: u32) -> Result<(File, String), DatapathError> {
     fs::create_dir_all(LOCK_DIR).map_err(|e| kernel(format!("creating {LOCK_DIR}"), e))?;
     // Interfaces are per network namespace: name the lock after both.
     let netns = fs::metadata("/proc/thread-self/ns/net")
@@ -329,7 +341,7 @@ fn lock_interface(iface: &str, ifindex: u32) -> Result<File, DatapathError> {
     }
     file.set_len(0).ok();
     write!(file, "{}", std::process::id()).ok();
-    Ok(file)
+    Ok((file, path))
 }
 
 /// Adds a clsact qdisc unless one is there; `true` when faultd added it.
@@ -361,7 +373,8 @@ fn has_os_error(e: &DynError, codes: &[i32]) -> bool {
 }
 
 fn is_permission_error(e: &DynError) -> bool {
-    has_os_error(e, &[libc::EPERM, libc::EACCES])
+    // Only EPERM: the verifier answers EACCES when it rejects a program.
+    has_os_error(e, &[libc::EPERM])
 }
 
 fn is_busy(e: &DynError) -> bool {

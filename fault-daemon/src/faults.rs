@@ -10,8 +10,10 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use fault_common::{
-    ACTION_DROP, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters, FaultSlot, MAX_FAULTS,
-    MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP, PortKey, PortRule,
+    ACTION_DROP, ACTION_LIMIT_AGE, ACTION_LIMIT_BYTES, ACTION_RECORD, ACTION_REFUSE_DROP,
+    ACTION_REFUSE_RST, ACTION_RESET, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters, FaultSlot,
+    MAX_FAULTS, MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP, PortKey,
+    PortRule, THEN_DROP, THEN_RESET,
 };
 
 /// Longest TTL accepted: a year. Longer is almost surely a unit mistake.
@@ -183,30 +185,105 @@ pub struct Target {
     pub peer: Option<Peer>,
 }
 
+/// How a limit kills a flow once it is reached.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Then {
+    Drop,
+    Reset,
+}
+
+impl fmt::Display for Then {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Then::Drop => "drop",
+            Then::Reset => "reset",
+        })
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RefuseMode {
+    /// connect() fails at once with ECONNREFUSED.
+    Rst,
+    /// connect() times out.
+    Drop,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum Action {
     /// Packets vanish; `probability` in (0, 1].
     Drop { probability: f64 },
+    /// Packets are dropped and answered with a RST to their sender.
+    Reset { probability: f64 },
+    /// New connections (SYN without ACK) fail; established ones are untouched.
+    Refuse { mode: RefuseMode },
+    /// Each flow dies once its payload bytes exceed `bytes`.
+    LimitBytes { bytes: u64, then: Then },
+    /// Each flow dies once `after` has passed since its first packet.
+    LimitAge { after: Duration, then: Then },
+    /// Connection attempts are recorded as events; packets are untouched.
+    Record,
 }
 
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Drop { .. } => "drop",
+            Action::Reset { .. } => "reset",
+            Action::Refuse { .. } => "refuse",
+            Action::LimitBytes { .. } => "limit-bytes",
+            Action::LimitAge { .. } => "limit-age",
+            Action::Record => "record",
         }
     }
 
-    /// Parameters for people, e.g. `p=0.3`.
-    pub fn describe(&self) -> String {
-        match self {
-            Action::Drop { probability } if *probability >= 1.0 => String::new(),
-            Action::Drop { probability } => format!("p={probability}"),
-        }
+    /// Whether the action acts on connection attempts only, which go to the port.
+    fn on_syns(&self) -> bool {
+        matches!(self, Action::Refuse { .. } | Action::Record)
     }
 
-    fn slot(&self) -> (u8, u32, u64) {
+    /// Whether the action forges TCP packets, and so cannot apply to UDP.
+    fn needs_tcp(&self) -> bool {
+        matches!(
+            self,
+            Action::Reset { .. }
+                | Action::Refuse {
+                    mode: RefuseMode::Rst
+                }
+                | Action::LimitBytes {
+                    then: Then::Reset,
+                    ..
+                }
+                | Action::LimitAge {
+                    then: Then::Reset,
+                    ..
+                }
+                | Action::Record
+        )
+    }
+
+    /// (action code, probability threshold, parameter, then) as the programs read them.
+    fn slot(&self) -> (u8, u32, u64, u8) {
+        let then = |t: &Then| match t {
+            Then::Drop => THEN_DROP,
+            Then::Reset => THEN_RESET,
+        };
         match self {
-            Action::Drop { probability } => (ACTION_DROP, threshold(*probability), 0),
+            Action::Drop { probability } => (ACTION_DROP, threshold(*probability), 0, 0),
+            Action::Reset { probability } => (ACTION_RESET, threshold(*probability), 0, 0),
+            Action::Refuse {
+                mode: RefuseMode::Rst,
+            } => (ACTION_REFUSE_RST, u32::MAX, 0, 0),
+            Action::Refuse {
+                mode: RefuseMode::Drop,
+            } => (ACTION_REFUSE_DROP, u32::MAX, 0, 0),
+            Action::LimitBytes { bytes, then: t } => {
+                (ACTION_LIMIT_BYTES, u32::MAX, *bytes, then(t))
+            }
+            Action::LimitAge { after, then: t } => {
+                (ACTION_LIMIT_AGE, u32::MAX, after.as_nanos() as u64, then(t))
+            }
+            Action::Record => (ACTION_RECORD, u32::MAX, 0, 0),
         }
     }
 }
@@ -264,6 +341,31 @@ impl FaultSpec {
             Action::Drop { probability } => {
                 validate_probability(probability, "action.drop.probability")?;
             }
+            Action::Reset { probability } => {
+                validate_probability(probability, "action.reset.probability")?;
+            }
+            Action::LimitAge { after, .. } if after.is_zero() || after > MAX_TTL => {
+                return Err(FaultError::invalid(
+                    "action.limit_age.after_ms",
+                    format!("{} ms is not in 1 ms ..= 365 days", after.as_millis()),
+                ));
+            }
+            _ => {}
+        }
+        if self.action.needs_tcp() && self.target.protocol != Protocol::Tcp {
+            return Err(FaultError::invalid(
+                "target.protocol",
+                format!(
+                    "{} needs tcp, got {}: only TCP has connections to reset or SYNs to see{}",
+                    self.action.name(),
+                    self.target.protocol,
+                    match self.action {
+                        Action::Refuse { .. } => " (for udp use refuse --mode drop)",
+                        Action::LimitBytes { .. } | Action::LimitAge { .. } => " (use --then drop)",
+                        _ => "",
+                    }
+                ),
+            ));
         }
         if let Some(ttl) = self.ttl {
             if ttl.is_zero() || ttl > MAX_TTL {
@@ -303,7 +405,13 @@ pub struct Fault {
 
 impl Fault {
     fn slot(&self) -> FaultSlot {
-        let (action, threshold, param) = self.spec.action.slot();
+        let (action, threshold, param, then) = self.spec.action.slot();
+        // Connection attempts travel to the port, whatever direction was asked for.
+        let directions = if self.spec.action.on_syns() {
+            DIR_TO_PORT
+        } else {
+            self.spec.target.direction.bits()
+        };
         let (peer_family, peer_addr, peer_mask) = match self.spec.target.peer {
             Some(peer) => peer.words(),
             None => (PEER_ANY, [0; 4], [0; 4]),
@@ -312,8 +420,10 @@ impl Fault {
             counter: self.counter,
             threshold,
             action,
-            directions: self.spec.target.direction.bits(),
+            directions,
             peer_family,
+            then,
+            fault_id: self.id,
             param,
             peer_addr,
             peer_mask,
@@ -682,6 +792,66 @@ pub mod tests {
         );
         assert!(table.is_empty());
         assert!(sink.rules.is_empty());
+    }
+
+    #[test]
+    fn tcp_only_actions_refuse_udp_and_any() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let actions = [
+            Action::Reset { probability: 1.0 },
+            Action::Refuse {
+                mode: RefuseMode::Rst,
+            },
+            Action::LimitBytes {
+                bytes: 5,
+                then: Then::Reset,
+            },
+            Action::LimitAge {
+                after: Duration::from_secs(1),
+                then: Then::Reset,
+            },
+            Action::Record,
+        ];
+        for action in actions {
+            for protocol in [Protocol::Udp, Protocol::Any] {
+                let mut spec = drop_spec(53, protocol);
+                spec.action = action;
+                let err = table.add(spec, now(), &mut sink).unwrap_err();
+                assert!(err.to_string().starts_with("target.protocol:"), "{err}");
+            }
+        }
+        let mut spec = drop_spec(53, Protocol::Udp);
+        spec.action = Action::Refuse {
+            mode: RefuseMode::Drop,
+        };
+        table.add(spec, now(), &mut sink).unwrap();
+    }
+
+    #[test]
+    fn actions_compile_to_their_slots() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let mut spec = drop_spec(80, Protocol::Tcp);
+        spec.target.direction = Direction::FromPort;
+        spec.action = Action::Refuse {
+            mode: RefuseMode::Rst,
+        };
+        let refuse = table.add(spec.clone(), now(), &mut sink).unwrap();
+        spec.action = Action::LimitAge {
+            after: Duration::from_millis(1500),
+            then: Then::Drop,
+        };
+        let age = table.add(spec, now(), &mut sink).unwrap();
+        let rule = sink.rules[&PortKey::new(PROTO_TCP, 80)];
+        assert_eq!(rule.slots[0].action, ACTION_REFUSE_RST);
+        assert_eq!(rule.slots[0].directions, DIR_TO_PORT, "SYNs go to the port");
+        assert_eq!(rule.slots[0].fault_id, refuse.id);
+        assert_eq!(rule.slots[1].action, ACTION_LIMIT_AGE);
+        assert_eq!(rule.slots[1].param, 1_500_000_000);
+        assert_eq!(rule.slots[1].then, THEN_DROP);
+        assert_eq!(rule.slots[1].directions, DIR_FROM_PORT);
+        assert_eq!(rule.slots[1].fault_id, age.id);
     }
 
     #[test]

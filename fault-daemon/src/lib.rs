@@ -2,13 +2,17 @@
 //!
 //! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
 //! - [`datapath`]: load and attach the eBPF programs, write their maps.
+//! - [`events`]: kernel events, kept and broadcast to subscribers.
 //! - [`api`]: the gRPC control service.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
+//! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod api;
 pub mod cli;
 pub mod datapath;
+pub mod events;
 pub mod faults;
+pub mod reconnect;
 
 /// Generated from `proto/faultd/v1/faultd.proto`.
 pub mod proto {

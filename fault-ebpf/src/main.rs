@@ -1,15 +1,19 @@
 #![no_std]
 #![no_main]
 
+mod events;
 mod packet;
+mod reset;
 mod rules;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
+use fault_common::{EVENT_RST_SENT, ROLE_LOOPBACK};
 use rules::{Hook, Verdict};
 
 /// Ingress, as early as possible: carries the actions that need no socket buffer.
@@ -17,12 +21,13 @@ use rules::{Hook, Verdict};
 pub fn faultd_xdp(ctx: XdpContext) -> u32 {
     match try_xdp(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Drop | Verdict::Reset { .. } => xdp_action::XDP_DROP,
     }
 }
 
+/// XDP never receives `Reset`: the rules give RST actions to the TC hooks.
 fn try_xdp(ctx: &XdpContext) -> Verdict {
-    if !rules::hook_enabled(Hook::Xdp, ctx.ingress_ifindex() as u32) {
+    if rules::role_at(Hook::Xdp, ctx.ingress_ifindex() as u32).is_none() {
         return Verdict::Pass;
     }
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
@@ -34,31 +39,44 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
 /// Ingress, after XDP: carries the actions that need the socket buffer.
 #[classifier]
 pub fn faultd_tc_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(try_tc(&ctx, Hook::TcIngress))
+    try_tc(&ctx, Hook::TcIngress)
 }
 
 /// Egress: every action on the way out. On `lo` this sees both directions of a flow.
 #[classifier]
 pub fn faultd_tc_egress(ctx: TcContext) -> i32 {
-    tc_verdict(try_tc(&ctx, Hook::TcEgress))
+    try_tc(&ctx, Hook::TcEgress)
 }
 
-fn try_tc(ctx: &TcContext, hook: Hook) -> Verdict {
+fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if !rules::hook_enabled(hook, ifindex) {
-        return Verdict::Pass;
-    }
-    let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
-        return Verdict::Pass;
+    let Some(role) = rules::role_at(hook, ifindex) else {
+        return TC_ACT_OK;
     };
-    rules::decide(&pkt, hook, ctx.len() as u64)
-}
-
-fn tc_verdict(verdict: Verdict) -> i32 {
-    match verdict {
+    let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    match rules::decide(&pkt, hook, ctx.len() as u64) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Reset { fault_id } => {
+            let way = match hook {
+                Hook::TcEgress if role & ROLE_LOOPBACK != 0 => reset::Way::Onward,
+                Hook::TcEgress => reset::Way::BackIn,
+                _ => reset::Way::BackOut,
+            };
+            match reset::send_rst(ctx, &pkt, ifindex, way) {
+                Ok(action) => {
+                    events::emit(EVENT_RST_SENT, fault_id, &pkt, unsafe {
+                        bpf_ktime_get_ns()
+                    });
+                    action
+                }
+                // The packet is half rewritten or cannot be answered: it must not go on.
+                Err(_) => TC_ACT_SHOT,
+            }
+        }
     }
 }
 

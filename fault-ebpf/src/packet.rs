@@ -15,6 +15,11 @@ const IPV6_EXT_ROUTING: u8 = 43;
 const IPV6_EXT_DEST: u8 = 60;
 const MAX_IPV6_EXT: usize = 4;
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// What the fault rules need to know about a packet.
 pub struct Packet {
     pub family: u8,
@@ -24,6 +29,23 @@ pub struct Packet {
     /// Addresses in network byte order; IPv4 in word 0.
     pub src_addr: [u32; 4],
     pub dst_addr: [u32; 4],
+    /// L4 payload bytes (for a GSO packet, of the whole super-packet).
+    pub payload_len: u32,
+    /// TCP only (zero for UDP): flags, sequence and acknowledgment numbers (host order).
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+}
+
+impl Packet {
+    /// A SYN without ACK: a new connection attempt.
+    pub fn is_syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    pub fn is_rst(&self) -> bool {
+        self.tcp_flags & TCP_RST != 0
+    }
 }
 
 /// Returns a pointer to a `T` at `offset`, or `None` when it would run past the packet.
@@ -45,7 +67,7 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
     let ether_type = u16::from_be(read::<u16>(data, data_end, 12)?);
-    let (family, protocol, l4, src_addr, dst_addr) = match ether_type {
+    let (family, protocol, l4, l4_total, src_addr, dst_addr) = match ether_type {
         ETH_P_IP => parse_ipv4(data, data_end)?,
         ETH_P_IPV6 => parse_ipv6(data, data_end)?,
         _ => return None,
@@ -53,19 +75,39 @@ pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return None;
     }
-    let src_port = u16::from_be(read::<u16>(data, data_end, l4)?);
-    let dst_port = u16::from_be(read::<u16>(data, data_end, l4 + 2)?);
-    Some(Packet {
+    let mut pkt = Packet {
         family,
         protocol,
-        src_port,
-        dst_port,
+        src_port: 0,
+        dst_port: 0,
         src_addr,
         dst_addr,
-    })
+        payload_len: 0,
+        tcp_flags: 0,
+        seq: 0,
+        ack: 0,
+    };
+    // Each header is read whole with one bounds check: the verifier tracks one range per
+    // packet pointer, and separate reads at variable offsets lose it.
+    if protocol == PROTO_TCP {
+        let tcp: [u8; 20] = read(data, data_end, l4)?;
+        pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+        pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+        pkt.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        pkt.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+        pkt.tcp_flags = tcp[13];
+        pkt.payload_len = l4_total.saturating_sub(((tcp[12] >> 4) as u32) * 4);
+    } else {
+        let udp: [u8; 8] = read(data, data_end, l4)?;
+        pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
+        pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+        pkt.payload_len = l4_total.saturating_sub(8);
+    }
+    Some(pkt)
 }
 
-type L3 = (u8, u8, usize, [u32; 4], [u32; 4]);
+/// family, protocol, L4 offset, L4 length (header + payload), source, destination.
+type L3 = (u8, u8, usize, u32, [u32; 4], [u32; 4]);
 
 #[inline(always)]
 fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
@@ -79,6 +121,7 @@ fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
     if frag & 0x1fff != 0 {
         return None;
     }
+    let total: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 2)?);
     let protocol: u8 = read(data, data_end, ETH_HLEN + 9)?;
     let src: u32 = read(data, data_end, ETH_HLEN + 12)?;
     let dst: u32 = read(data, data_end, ETH_HLEN + 16)?;
@@ -86,6 +129,7 @@ fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
         PEER_V4,
         protocol,
         ETH_HLEN + header_len,
+        (total as u32).saturating_sub(header_len as u32),
         [src, 0, 0, 0],
         [dst, 0, 0, 0],
     ))
@@ -93,6 +137,7 @@ fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
 
 #[inline(always)]
 fn parse_ipv6(data: usize, data_end: usize) -> Option<L3> {
+    let payload: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 4)?);
     let mut next: u8 = read(data, data_end, ETH_HLEN + 6)?;
     let src: [u32; 4] = read(data, data_end, ETH_HLEN + 8)?;
     let dst: [u32; 4] = read(data, data_end, ETH_HLEN + 24)?;
@@ -105,5 +150,13 @@ fn parse_ipv6(data: usize, data_end: usize) -> Option<L3> {
         next = hdr[0];
         offset += (hdr[1] as usize + 1) * 8;
     }
-    Some((PEER_V6, next, offset, src, dst))
+    let ext_len = (offset - ETH_HLEN - IPV6_HLEN) as u32;
+    Some((
+        PEER_V6,
+        next,
+        offset,
+        (payload as u32).saturating_sub(ext_len),
+        src,
+        dst,
+    ))
 }

@@ -1,9 +1,15 @@
 //! `faultctl`: a thin client of faultd's gRPC API. One module per subcommand.
 
+mod backoff;
 mod clear;
 mod drop;
+mod events;
+mod limit;
 mod list;
 mod output;
+mod record;
+mod refuse;
+mod reset;
 mod rm;
 mod stats;
 mod target;
@@ -36,6 +42,20 @@ pub struct Cli {
 pub enum Command {
     /// Blackhole matching packets: they vanish with no FIN, RST or ICMP.
     Drop(drop::DropArgs),
+    /// Answer each packet of a matching TCP flow with a RST: both ends see ECONNRESET.
+    Reset(reset::ResetArgs),
+    /// Refuse new connections (SYNs); established ones keep working.
+    Refuse(refuse::RefuseArgs),
+    /// Kill each connection after N payload bytes.
+    LimitBytes(limit::LimitBytesArgs),
+    /// Kill each connection once it is older than T.
+    LimitAge(limit::LimitAgeArgs),
+    /// Record every connection attempt (SYN) to the port, with kernel timestamps.
+    Record(record::RecordArgs),
+    /// Print the kernel's events: first hits, RSTs sent, SYNs refused or recorded.
+    Events(events::EventsArgs),
+    /// Judge a client's reconnect backoff from the SYNs recorded on a port.
+    Backoff(backoff::BackoffArgs),
     /// List the active faults.
     List,
     /// Remove a fault by id.
@@ -50,6 +70,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli.addr).await?;
     match cli.command {
         Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
+        Command::Reset(args) => reset::run(&mut client, args, cli.json).await,
+        Command::Refuse(args) => refuse::run(&mut client, args, cli.json).await,
+        Command::LimitBytes(args) => limit::run_bytes(&mut client, args, cli.json).await,
+        Command::LimitAge(args) => limit::run_age(&mut client, args, cli.json).await,
+        Command::Record(args) => record::run(&mut client, args, cli.json).await,
+        Command::Events(args) => events::run(&mut client, args, cli.json).await,
+        Command::Backoff(args) => backoff::run(&mut client, args, cli.json).await,
         Command::List => list::run(&mut client, cli.json).await,
         Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
         Command::Clear => clear::run(&mut client, cli.json).await,

@@ -64,13 +64,7 @@ pub fn fault_json(f: &proto::Fault) -> Value {
         Ok(proto::Direction::FromPort) => "from-port",
         _ => "both",
     };
-    let (action, params) = match spec.action.and_then(|a| a.kind) {
-        Some(proto::action::Kind::Drop(d)) => (
-            "drop",
-            d.probability.map(|p| format!("p={p}")).unwrap_or_default(),
-        ),
-        None => ("unknown", String::new()),
-    };
+    let (action, params) = describe(spec.action.and_then(|a| a.kind));
     json!({
         "id": f.id,
         "action": action,
@@ -84,4 +78,36 @@ pub fn fault_json(f: &proto::Fault) -> Value {
         "created_unix_ms": f.created_unix_ms,
         "expires_unix_ms": (f.expires_unix_ms != 0).then_some(f.expires_unix_ms),
     })
+}
+
+/// An action's name and its parameters for people, e.g. ("limit-bytes", "bytes=100 then=reset").
+fn describe(kind: Option<proto::action::Kind>) -> (&'static str, String) {
+    use proto::action::Kind;
+    let p = |p: Option<f64>| p.map(|p| format!("p={p}")).unwrap_or_default();
+    let then = |t: i32| match proto::Then::try_from(t) {
+        Ok(proto::Then::Drop) => "drop",
+        _ => "reset",
+    };
+    match kind {
+        Some(Kind::Drop(d)) => ("drop", p(d.probability)),
+        Some(Kind::Reset(r)) => ("reset", p(r.probability)),
+        Some(Kind::Refuse(r)) => (
+            "refuse",
+            match proto::RefuseMode::try_from(r.mode) {
+                Ok(proto::RefuseMode::Drop) => "mode=drop",
+                _ => "mode=rst",
+            }
+            .into(),
+        ),
+        Some(Kind::LimitBytes(l)) => (
+            "limit-bytes",
+            format!("bytes={} then={}", l.bytes, then(l.then)),
+        ),
+        Some(Kind::LimitAge(l)) => (
+            "limit-age",
+            format!("after={}ms then={}", l.after_ms, then(l.then)),
+        ),
+        Some(Kind::Record(_)) => ("record", String::new()),
+        None => ("unknown", String::new()),
+    }
 }

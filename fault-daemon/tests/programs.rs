@@ -1,0 +1,1215 @@
+//! Program tests: the eBPF programs run on hand-built frames through BPF_PROG_TEST_RUN, with
+//! faults installed exactly the way the daemon installs them (`FaultTable::add` into the
+//! `Datapath`'s maps). Every test loads its own copy of the programs and maps, so tests are
+//! independent and run in parallel.
+//!
+//! What BPF_PROG_TEST_RUN gives the programs (kernel 6.18, net/bpf/test_run.c; checked by
+//! `test_run_runs_on_loopback_and_counts_whole_frames` below):
+//! - sched_cls (`faultd_tc_ingress`, `faultd_tc_egress`): the skb is built on the loopback
+//!   device of the caller's network namespace unless `ctx_in` names another device, so
+//!   `skb->ifindex` is 1 (loopback is ifindex 1 in every namespace). The Ethernet header is
+//!   pushed back before the program runs: `skb->len` is the whole frame.
+//! - XDP (`faultd_xdp`): the frame is given the rx queue 0 of that same loopback device
+//!   unless `ctx_in` (`xdp_md.ingress_ifindex`) names another, so `ingress_ifindex` is **1**
+//!   too — not 0: a role written for ifindex 0 is never seen. `data_end - data` is the whole
+//!   frame.
+//!
+//! So every test marks ifindex 1 in the `IFACES` map. Input sizes: XDP takes any frame of 14
+//! bytes or more. sched_cls takes 14 bytes or more too, except that an IPv4 (IPv6) ethertype
+//! needs a whole 20-byte (40-byte) IP header behind it, else the syscall fails with EINVAL:
+//! frames cut inside the IP header can only be given to XDP.
+//!
+//! Verdicts: XDP_DROP = 1, XDP_PASS = 2; TC_ACT_OK = 0, TC_ACT_SHOT = 2. `drop` is carried
+//! by XDP (on the way in) and TC egress, never by TC ingress (fault-ebpf/src/rules.rs,
+//! `Hook::carries`): a packet that crosses XDP and then TC ingress is acted on and counted
+//! once.
+//!
+//! These tests need root. Without it each one says so and returns; with it, any failure to
+//! load the programs is a test failure, never a skip.
+
+#[path = "support/packets.rs"]
+mod packets;
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use fault_common::{FaultCounters, ROLE_EGRESS, ROLE_INGRESS};
+use faultd::datapath::{Datapath, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM};
+use faultd::faults::{
+    Action, Direction, Fault, FaultSpec, FaultTable, Peer, Protocol, RuleSink, Target, threshold,
+};
+use packets::tcp_flags::{ACK, PSH, SYN};
+use packets::*;
+
+/// The ifindex BPF_PROG_TEST_RUN reports to both program types: loopback.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+/// The three programs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+const ALL_HOOKS: [Hook; 3] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress];
+/// The hooks that carry `drop`.
+const DROP_HOOKS: [Hook; 2] = [Hook::Xdp, Hook::TcEgress];
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// One program run: its verdict and the frame it let out.
+struct Run {
+    verdict: Verdict,
+    out: Vec<u8>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP: not root; program tests load eBPF programs and run BPF_PROG_TEST_RUN \
+             (the CI suite runs as root)"
+        );
+        return false;
+    }
+    true
+}
+
+/// A private copy of the programs and their maps, with the daemon's fault table.
+struct Bench {
+    dp: Datapath,
+    table: FaultTable,
+}
+
+impl Bench {
+    /// Programs loaded, with the test-run ifindex marked for every hook.
+    fn new() -> Option<Self> {
+        let mut bench = Self::bare()?;
+        bench.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS);
+        Some(bench)
+    }
+
+    /// Programs loaded, `IFACES` empty: no interface is faulted. `None` when not root.
+    fn bare() -> Option<Self> {
+        if !is_root() {
+            return None;
+        }
+        let dp = Datapath::load().unwrap_or_else(|e| panic!("loading the programs as root: {e}"));
+        Some(Self {
+            dp,
+            table: FaultTable::default(),
+        })
+    }
+
+    fn role(&mut self, ifindex: u32, role: u32) {
+        self.dp.set_role(ifindex, role).expect("writing IFACES");
+    }
+
+    fn add(&mut self, spec: FaultSpec) -> Fault {
+        self.table
+            .add(spec, SystemTime::now(), &mut self.dp)
+            .expect("installing the fault")
+    }
+
+    fn remove(&mut self, fault: &Fault) {
+        self.table
+            .remove(fault.id, &mut self.dp)
+            .expect("removing the fault");
+    }
+
+    fn counters(&self, fault: &Fault) -> FaultCounters {
+        self.dp
+            .read_counters(fault.counter)
+            .expect("reading counters")
+    }
+
+    /// Runs `frame` through `hook` `repeat` times; the verdict is the last run's.
+    fn run_with(&mut self, hook: Hook, frame: &[u8], repeat: u32, ctx: Option<&[u8]>) -> Run {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            repeat,
+            ..Default::default()
+        };
+        let ebpf = self.dp.ebpf_mut();
+        let result = match hook {
+            Hook::Xdp => {
+                let prog: &mut Xdp = ebpf
+                    .program_mut(XDP_PROGRAM)
+                    .expect("XDP program")
+                    .try_into()
+                    .expect("an XDP program");
+                prog.test_run(opts)
+            }
+            Hook::TcIngress | Hook::TcEgress => {
+                let name = if hook == Hook::TcIngress {
+                    TC_INGRESS_PROGRAM
+                } else {
+                    TC_EGRESS_PROGRAM
+                };
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .expect("TC program")
+                    .try_into()
+                    .expect("a sched_cls program");
+                prog.test_run(opts)
+            }
+        }
+        .unwrap_or_else(|e| panic!("test_run on {hook:?}: {e:?}\n{}", hex(frame)));
+        let verdict = match (hook, result.return_value) {
+            (Hook::Xdp, XDP_PASS) | (Hook::TcIngress | Hook::TcEgress, TC_ACT_OK) => Verdict::Pass,
+            (Hook::Xdp, XDP_DROP) | (Hook::TcIngress | Hook::TcEgress, TC_ACT_SHOT) => {
+                Verdict::Drop
+            }
+            (_, other) => panic!("{hook:?} returned unexpected verdict {other}"),
+        };
+        out.truncate(result.data_size_out as usize);
+        Run { verdict, out }
+    }
+
+    fn run(&mut self, hook: Hook, frame: &[u8]) -> Run {
+        self.run_with(hook, frame, 1, None)
+    }
+
+    /// The verdict; a passed frame must come out byte for byte as it went in.
+    fn verdict(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
+        let run = self.run(hook, frame);
+        if run.verdict == Verdict::Pass {
+            assert_eq!(
+                run.out,
+                frame,
+                "{hook:?} passed the frame but changed it:\nin:\n{}out:\n{}",
+                hex(frame),
+                hex(&run.out)
+            );
+        }
+        run.verdict
+    }
+
+    /// Asserts the verdict of every hook in `hooks` for `frame`.
+    fn expect(&mut self, hooks: &[Hook], frame: &[u8], want: Verdict, what: &str) {
+        for &hook in hooks {
+            let got = self.verdict(hook, frame);
+            assert_eq!(got, want, "{what}: {hook:?}\n{}", hex(frame));
+        }
+    }
+}
+
+/// A fault spec as the API would build it.
+fn spec(
+    action: Action,
+    port: u16,
+    protocol: Protocol,
+    direction: Direction,
+    peer: Option<&str>,
+) -> FaultSpec {
+    FaultSpec {
+        target: Target {
+            port,
+            protocol,
+            direction,
+            peer: peer.map(|p| Peer::parse(p, "target.peer").expect("peer")),
+        },
+        action,
+        ttl: None,
+        label: "program-test".into(),
+    }
+}
+
+fn drop_spec(port: u16, protocol: Protocol, direction: Direction, peer: Option<&str>) -> FaultSpec {
+    spec(
+        Action::Drop { probability: 1.0 },
+        port,
+        protocol,
+        direction,
+        peer,
+    )
+}
+
+fn tcp(src: &str, dst: &str) -> Vec<u8> {
+    FrameBuilder::tcp(sock(src), sock(dst))
+        .flags(ACK | PSH)
+        .seq(1000)
+        .ack(2000)
+        .payload(b"hello")
+        .build()
+}
+
+fn udp(src: &str, dst: &str) -> Vec<u8> {
+    FrameBuilder::udp(sock(src), sock(dst))
+        .payload(b"datagram")
+        .build()
+}
+
+fn counters(matched: &[&[u8]], acted: &[&[u8]]) -> FaultCounters {
+    FaultCounters {
+        matched_packets: matched.len() as u64,
+        matched_bytes: matched.iter().map(|f| f.len() as u64).sum(),
+        acted_packets: acted.len() as u64,
+        acted_bytes: acted.iter().map(|f| f.len() as u64).sum(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The test-run environment itself
+// ---------------------------------------------------------------------------------------
+
+/// The facts the rest of this file relies on: both program types run on ifindex 1 (not 0)
+/// under BPF_PROG_TEST_RUN, and the byte counters see the whole frame.
+#[test]
+fn test_run_runs_on_loopback_and_counts_whole_frames() {
+    let Some(mut b) = Bench::bare() else { return };
+    // SAFETY: a valid NUL-terminated string.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    assert_eq!(lo, TEST_RUN_IFINDEX, "loopback is ifindex 1 in every netns");
+
+    let fault = b.add(drop_spec(2379, Protocol::Tcp, Direction::Both, None));
+    let frame = tcp("10.0.0.1:40000", "10.0.0.2:2379");
+
+    // A role for ifindex 0 only: no hook sees ifindex 0.
+    b.role(0, ROLE_INGRESS | ROLE_EGRESS);
+    b.expect(&ALL_HOOKS, &frame, Verdict::Pass, "role on ifindex 0 only");
+    assert_eq!(b.counters(&fault), FaultCounters::default());
+
+    // A role for ifindex 1: XDP and TC egress act.
+    b.role(0, 0);
+    b.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS);
+    b.expect(&DROP_HOOKS, &frame, Verdict::Drop, "role on ifindex 1");
+    assert_eq!(
+        b.counters(&fault),
+        counters(&[&frame, &frame], &[&frame, &frame])
+    );
+
+    // Naming loopback explicitly in the XDP context changes nothing.
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, TEST_RUN_IFINDEX, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect(); // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue, egress
+    let run = b.run_with(Hook::Xdp, &frame, 1, Some(&ctx));
+    assert_eq!(run.verdict, Verdict::Drop);
+
+    // Byte counters count the whole frame, Ethernet header included, at both hook types.
+    let big = FrameBuilder::tcp(sock("10.0.0.1:40000"), sock("10.0.0.2:2379"))
+        .payload(&[0x5a; 1000])
+        .build();
+    let before = b.counters(&fault);
+    b.expect(&DROP_HOOKS, &big, Verdict::Drop, "big frame");
+    let after = b.counters(&fault);
+    assert_eq!(
+        after.matched_bytes - before.matched_bytes,
+        2 * big.len() as u64
+    );
+    assert_eq!(after.acted_bytes - before.acted_bytes, 2 * big.len() as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// drop: ports, protocols, directions
+// ---------------------------------------------------------------------------------------
+
+/// TCP port drop, direction both: IPv4 and IPv6 packets to the port and from it are dropped
+/// at XDP and TC egress; other ports and UDP on the same port pass; counters add up.
+#[test]
+fn drop_tcp_port_drops_both_directions_on_v4_and_v6() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(2379, Protocol::Tcp, Direction::Both, None));
+
+    let dropped = [
+        tcp("10.0.0.1:40000", "10.0.0.2:2379"),
+        tcp("10.0.0.2:2379", "10.0.0.1:40000"),
+        tcp("[fd00::1]:40000", "[fd00::2]:2379"),
+        tcp("[fd00::2]:2379", "[fd00::1]:40000"),
+        FrameBuilder::tcp(sock("127.0.0.1:55555"), sock("127.0.0.1:2379"))
+            .flags(SYN)
+            .seq(7)
+            .ack(0)
+            .build(),
+        // Both ports are the faulted port: one match, one drop.
+        tcp("10.0.0.1:2379", "10.0.0.2:2379"),
+    ];
+    let passed = [
+        tcp("10.0.0.1:40000", "10.0.0.2:2380"),
+        tcp("10.0.0.2:2380", "10.0.0.1:40000"),
+        tcp("[fd00::1]:40000", "[fd00::2]:2378"),
+        tcp("10.0.0.1:2378", "10.0.0.2:2380"),
+        udp("10.0.0.1:40000", "10.0.0.2:2379"),
+        udp("10.0.0.2:2379", "10.0.0.1:40000"),
+        udp("[fd00::1]:40000", "[fd00::2]:2379"),
+        udp("[fd00::2]:2379", "[fd00::1]:40000"),
+    ];
+    for frame in &dropped {
+        b.expect(&DROP_HOOKS, frame, Verdict::Drop, "tcp on port 2379");
+    }
+    for frame in &passed {
+        b.expect(&DROP_HOOKS, frame, Verdict::Pass, "not tcp on port 2379");
+    }
+    let each: Vec<&[u8]> = dropped
+        .iter()
+        .flat_map(|f| [f.as_slice(), f.as_slice()])
+        .collect();
+    assert_eq!(b.counters(&fault), counters(&each, &each));
+}
+
+/// `any` compiles into a TCP and a UDP entry: both are dropped, v4 and v6, and counted on
+/// the one fault. A `udp` fault leaves TCP alone.
+#[test]
+fn drop_any_protocol_catches_tcp_and_udp_and_udp_spares_tcp() {
+    let Some(mut b) = Bench::new() else { return };
+    let any = b.add(drop_spec(53, Protocol::Any, Direction::Both, None));
+    let only_udp = b.add(drop_spec(5353, Protocol::Udp, Direction::Both, None));
+
+    let on_53 = [
+        tcp("10.0.0.1:40000", "10.0.0.2:53"),
+        udp("10.0.0.1:40000", "10.0.0.2:53"),
+        udp("10.0.0.2:53", "10.0.0.1:40000"),
+        tcp("[fd00::2]:53", "[fd00::1]:40000"),
+        udp("[fd00::1]:40000", "[fd00::2]:53"),
+    ];
+    for frame in &on_53 {
+        b.expect(&DROP_HOOKS, frame, Verdict::Drop, "any on port 53");
+    }
+    let udp_5353 = udp("[fd00::1]:5353", "[ff02::fb]:5353");
+    b.expect(&DROP_HOOKS, &udp_5353, Verdict::Drop, "udp on 5353");
+    let tcp_5353 = tcp("10.0.0.1:40000", "10.0.0.2:5353");
+    b.expect(
+        &DROP_HOOKS,
+        &tcp_5353,
+        Verdict::Pass,
+        "tcp on a udp-only port",
+    );
+
+    let each: Vec<&[u8]> = on_53
+        .iter()
+        .flat_map(|f| [f.as_slice(), f.as_slice()])
+        .collect();
+    assert_eq!(b.counters(&any), counters(&each, &each));
+    assert_eq!(
+        b.counters(&only_udp),
+        counters(&[&udp_5353, &udp_5353], &[&udp_5353, &udp_5353])
+    );
+}
+
+/// `to-port` drops only packets whose destination port is the port (client → server).
+#[test]
+fn direction_to_port_drops_only_packets_to_the_port() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(8080, Protocol::Any, Direction::ToPort, None));
+
+    let to_port = [
+        tcp("10.0.0.1:40000", "10.0.0.2:8080"),
+        udp("10.0.0.1:40000", "10.0.0.2:8080"),
+        tcp("[fd00::1]:40000", "[fd00::2]:8080"),
+        // Destination is the port, and so is the source.
+        tcp("10.0.0.1:8080", "10.0.0.2:8080"),
+    ];
+    let from_port = [
+        tcp("10.0.0.2:8080", "10.0.0.1:40000"),
+        udp("10.0.0.2:8080", "10.0.0.1:40000"),
+        tcp("[fd00::2]:8080", "[fd00::1]:40000"),
+    ];
+    for frame in &to_port {
+        b.expect(&DROP_HOOKS, frame, Verdict::Drop, "to the port");
+    }
+    for frame in &from_port {
+        b.expect(&DROP_HOOKS, frame, Verdict::Pass, "from the port");
+    }
+    // Packets from the port do not even count as matched.
+    let each: Vec<&[u8]> = to_port
+        .iter()
+        .flat_map(|f| [f.as_slice(), f.as_slice()])
+        .collect();
+    assert_eq!(b.counters(&fault), counters(&each, &each));
+}
+
+/// `from-port` drops only packets whose source port is the port (server → client).
+#[test]
+fn direction_from_port_drops_only_packets_from_the_port() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(8080, Protocol::Any, Direction::FromPort, None));
+
+    let from_port = [
+        tcp("10.0.0.2:8080", "10.0.0.1:40000"),
+        udp("10.0.0.2:8080", "10.0.0.1:40000"),
+        tcp("[fd00::2]:8080", "[fd00::1]:40000"),
+        // Both ports are 8080: the destination entry does not match this direction, the
+        // source entry does.
+        tcp("10.0.0.1:8080", "10.0.0.2:8080"),
+    ];
+    let to_port = [
+        tcp("10.0.0.1:40000", "10.0.0.2:8080"),
+        udp("10.0.0.1:40000", "10.0.0.2:8080"),
+        tcp("[fd00::1]:40000", "[fd00::2]:8080"),
+    ];
+    for frame in &from_port {
+        b.expect(&DROP_HOOKS, frame, Verdict::Drop, "from the port");
+    }
+    for frame in &to_port {
+        b.expect(&DROP_HOOKS, frame, Verdict::Pass, "to the port");
+    }
+    let each: Vec<&[u8]> = from_port
+        .iter()
+        .flat_map(|f| [f.as_slice(), f.as_slice()])
+        .collect();
+    assert_eq!(b.counters(&fault), counters(&each, &each));
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer filters
+// ---------------------------------------------------------------------------------------
+
+/// An IPv4 CIDR peer: only flows with a remote address in it are dropped. The remote is the
+/// source of a packet to the port and the destination of a packet from it.
+#[test]
+fn peer_ipv4_cidr_drops_only_that_remote() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(
+        6379,
+        Protocol::Tcp,
+        Direction::Both,
+        Some("198.18.7.9/15"), // 198.18.0.0 – 198.19.255.255
+    ));
+
+    let dropped = [
+        tcp("198.18.0.1:40000", "10.0.0.2:6379"), // to the port, remote = source
+        tcp("198.19.255.255:40000", "10.0.0.2:6379"), // last address of the /15
+        tcp("10.0.0.2:6379", "198.19.1.2:40000"), // from the port, remote = destination
+    ];
+    let passed = [
+        tcp("198.20.0.1:40000", "10.0.0.2:6379"), // just past the /15
+        tcp("198.17.255.255:40000", "10.0.0.2:6379"), // just before it
+        tcp("10.0.0.2:6379", "198.20.0.1:40000"),
+        // The peer is on the port's side, not the remote side.
+        tcp("10.0.0.1:40000", "198.18.0.2:6379"),
+        tcp("198.18.0.2:6379", "10.0.0.1:40000"),
+        // A v4 peer never matches IPv6.
+        tcp("[::ffff:198.18.0.1]:40000", "[fd00::2]:6379"),
+        tcp("[fd00::1]:40000", "[fd00::2]:6379"),
+    ];
+    for frame in &dropped {
+        b.expect(&DROP_HOOKS, frame, Verdict::Drop, "remote in 198.18.0.0/15");
+    }
+    for frame in &passed {
+        b.expect(
+            &DROP_HOOKS,
+            frame,
+            Verdict::Pass,
+            "remote outside 198.18.0.0/15",
+        );
+    }
+    let each: Vec<&[u8]> = dropped
+        .iter()
+        .flat_map(|f| [f.as_slice(), f.as_slice()])
+        .collect();
+    assert_eq!(b.counters(&fault), counters(&each, &each));
+}
+
+/// IPv6 peers: a single address (/128 by default) and a prefix, each only its remote.
+#[test]
+fn peer_ipv6_address_and_prefix_drop_only_that_remote() {
+    let Some(mut b) = Bench::new() else { return };
+    let single = b.add(drop_spec(
+        443,
+        Protocol::Tcp,
+        Direction::Both,
+        Some("fd00::1"),
+    ));
+    let prefix = b.add(drop_spec(
+        8443,
+        Protocol::Udp,
+        Direction::Both,
+        Some("2001:db8:aa00::/40"),
+    ));
+
+    b.expect(
+        &DROP_HOOKS,
+        &tcp("[fd00::1]:40000", "[fd00::99]:443"),
+        Verdict::Drop,
+        "from the named peer to the port",
+    );
+    b.expect(
+        &DROP_HOOKS,
+        &tcp("[fd00::99]:443", "[fd00::1]:40000"),
+        Verdict::Drop,
+        "from the port to the named peer",
+    );
+    for (frame, what) in [
+        (tcp("[fd00::2]:40000", "[fd00::99]:443"), "another address"),
+        (
+            tcp("[fd00::1:0:0:1]:40000", "[fd00::99]:443"),
+            "differs in a middle word",
+        ),
+        (
+            tcp("[fd00::99]:40000", "[fd00::1]:443"),
+            "peer on the port's side",
+        ),
+        (tcp("10.0.0.1:40000", "10.0.0.2:443"), "IPv4"),
+    ] {
+        b.expect(&DROP_HOOKS, &frame, Verdict::Pass, what);
+    }
+    assert_eq!(b.counters(&single).acted_packets, 4);
+    assert_eq!(b.counters(&single).matched_packets, 4);
+
+    for (frame, want, what) in [
+        (
+            udp("[2001:db8:aa00::1]:5000", "[fd00::2]:8443"),
+            Verdict::Drop,
+            "first /40",
+        ),
+        (
+            udp("[2001:db8:aaff:ffff::1]:5000", "[fd00::2]:8443"),
+            Verdict::Drop,
+            "end of /40",
+        ),
+        (
+            udp("[fd00::2]:8443", "[2001:db8:aa12::7]:5000"),
+            Verdict::Drop,
+            "from the port",
+        ),
+        (
+            udp("[2001:db8:ab00::1]:5000", "[fd00::2]:8443"),
+            Verdict::Pass,
+            "next /40",
+        ),
+        (
+            udp("[2001:db8:a900::1]:5000", "[fd00::2]:8443"),
+            Verdict::Pass,
+            "previous /40",
+        ),
+        (
+            udp("[2001:db9:aa00::1]:5000", "[fd00::2]:8443"),
+            Verdict::Pass,
+            "other /32",
+        ),
+    ] {
+        b.expect(&DROP_HOOKS, &frame, want, what);
+    }
+    assert_eq!(b.counters(&prefix).acted_packets, 6);
+}
+
+// ---------------------------------------------------------------------------------------
+// Probability
+// ---------------------------------------------------------------------------------------
+
+/// `drop 30 %` acts on a binomial share of packets, within ±5 σ over 10 000 packets, and
+/// the counters agree exactly with the verdicts.
+#[test]
+fn drop_probability_is_binomial() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(spec(
+        Action::Drop { probability: 0.3 },
+        9000,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    ));
+    const N: u64 = 10_000;
+    let p = (threshold(0.3) as f64 + 1.0) / 4_294_967_296.0;
+    let mean = N as f64 * p;
+    let sigma = (N as f64 * p * (1.0 - p)).sqrt();
+    let within = |acted: u64| (acted as f64 - mean).abs() <= 5.0 * sigma;
+    let frame = tcp("10.0.0.1:40000", "10.0.0.2:9000");
+
+    // XDP in one syscall: `repeat` runs the program N times; the verdict returned is only
+    // the last run's, but the counters see every run.
+    b.run_with(Hook::Xdp, &frame, N as u32, None);
+    let c = b.counters(&fault);
+    assert_eq!(c.matched_packets, N, "every repeat is counted");
+    assert_eq!(c.matched_bytes, N * frame.len() as u64);
+    assert!(
+        within(c.acted_packets),
+        "XDP dropped {} of {N}, expected {mean:.0} ± {:.0}",
+        c.acted_packets,
+        5.0 * sigma
+    );
+    assert_eq!(c.acted_bytes, c.acted_packets * frame.len() as u64);
+
+    // TC egress, one syscall per packet: tally the verdicts themselves.
+    let mut drops = 0;
+    for _ in 0..N {
+        if b.verdict(Hook::TcEgress, &frame) == Verdict::Drop {
+            drops += 1;
+        }
+    }
+    assert!(
+        within(drops),
+        "TC egress dropped {drops} of {N}, expected {mean:.0} ± {:.0}",
+        5.0 * sigma
+    );
+    let c2 = b.counters(&fault);
+    assert_eq!(c2.matched_packets - c.matched_packets, N);
+    assert_eq!(
+        c2.acted_packets - c.acted_packets,
+        drops,
+        "acted = verdicts"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Header parsing
+// ---------------------------------------------------------------------------------------
+
+/// TCP and UDP behind IPv6 extension headers (hop-by-hop, destination options, routing,
+/// longer ones, chains) are still matched, by port and by peer.
+#[test]
+fn ipv6_extension_headers_are_stepped_over() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(
+        2379,
+        Protocol::Any,
+        Direction::Both,
+        Some("fd00::/16"),
+    ));
+    let chains: &[&[(Ipv6Ext, u8)]] = &[
+        &[(Ipv6Ext::HopByHop, 0)],
+        &[(Ipv6Ext::DestinationOptions, 0)],
+        &[(Ipv6Ext::HopByHop, 3)],
+        &[(Ipv6Ext::Routing, 0)],
+        &[(Ipv6Ext::HopByHop, 0), (Ipv6Ext::DestinationOptions, 1)],
+        &[
+            (Ipv6Ext::HopByHop, 0),
+            (Ipv6Ext::Routing, 0),
+            (Ipv6Ext::DestinationOptions, 0),
+        ],
+    ];
+    let mut acted = 0;
+    for chain in chains {
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            for (src, dst, want) in [
+                ("[fd00::1]:40000", "[fd00::2]:2379", Verdict::Drop),
+                ("[fd00::2]:2379", "[fd00::1]:40000", Verdict::Drop),
+                ("[fd00::1]:40000", "[fd00::2]:2380", Verdict::Pass),
+                ("[fe80::1]:40000", "[fd00::2]:2379", Verdict::Pass),
+            ] {
+                let mut builder = FrameBuilder::with_protocol(protocol, sock(src), sock(dst))
+                    .payload(b"behind extension headers");
+                for &(kind, units) in chain.iter() {
+                    builder = builder.ipv6_ext(kind, units);
+                }
+                let frame = builder.build();
+                verify_checksums(&frame).expect("the builder's own frame");
+                b.expect(
+                    &DROP_HOOKS,
+                    &frame,
+                    want,
+                    &format!("{chain:?} proto {protocol}"),
+                );
+                if want == Verdict::Drop {
+                    acted += 2;
+                }
+            }
+        }
+    }
+    assert_eq!(b.counters(&fault).acted_packets, acted);
+}
+
+/// IPv4 headers with options (IHL > 5) are parsed past the options.
+#[test]
+fn ipv4_options_are_stepped_over() {
+    let Some(mut b) = Bench::new() else { return };
+    b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    for options in [&[1u8, 1, 1, 0][..], &[0x94, 4, 0, 0], &[1; 40]] {
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            let frame = FrameBuilder::with_protocol(
+                protocol,
+                sock("10.0.0.1:40000"),
+                sock("10.0.0.2:2379"),
+            )
+            .ipv4_options(options)
+            .build();
+            verify_checksums(&frame).expect("the builder's own frame");
+            b.expect(&DROP_HOOKS, &frame, Verdict::Drop, "IPv4 with options");
+        }
+    }
+}
+
+/// Frames the programs cannot classify pass untouched and uncounted, even with a fault on
+/// every protocol of the port their bytes mention: non-IP, other L4 protocols, IPv4
+/// fragments after the first, and frames truncated anywhere before the fields the rules need.
+#[test]
+fn unclassifiable_and_truncated_frames_pass() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+
+    let v4 = tcp("10.0.0.1:40000", "10.0.0.2:2379");
+    let v6 = tcp("[fd00::1]:40000", "[fd00::2]:2379");
+    let v6_ext = FrameBuilder::tcp(sock("[fd00::1]:40000"), sock("[fd00::2]:2379"))
+        .ipv6_ext(Ipv6Ext::HopByHop, 1)
+        .build();
+    let l4_v4 = ETH_HLEN + IPV4_HLEN;
+    let l4_v6 = ETH_HLEN + IPV6_HLEN;
+    let mut frames: Vec<(Vec<u8>, &str)> = vec![
+        (
+            arp_request("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()),
+            "ARP",
+        ),
+        (
+            ethertype(&v4, 0x88b5),
+            "unknown ethertype over an IPv4 body",
+        ),
+        (ethertype(&v4, 0x8100), "VLAN-tagged (not followed)"),
+        (ethertype(&v4[..ETH_HLEN], 0x88b5), "Ethernet header only"),
+        (v4[..l4_v4].to_vec(), "IPv4 header, no L4"),
+        (v4[..l4_v4 + 3].to_vec(), "IPv4, TCP ports cut"),
+        (v4[..l4_v4 + 13].to_vec(), "IPv4, TCP cut before the flags"),
+        (v6[..l4_v6].to_vec(), "IPv6 header, no L4"),
+        (v6[..l4_v6 + 13].to_vec(), "IPv6, TCP cut before the flags"),
+        (v6_ext[..l4_v6 + 12].to_vec(), "IPv6 hop-by-hop header cut"),
+        (
+            v6_ext[..l4_v6 + 16 + 3].to_vec(),
+            "IPv6, ports after the extension cut",
+        ),
+        (bad_ihl(&v4), "IPv4 with IHL < 5"),
+        (
+            FrameBuilder::udp(sock("10.0.0.1:2379"), sock("10.0.0.2:2379"))
+                .ipv4_fragment(185, false)
+                .build(),
+            "IPv4 fragment after the first",
+        ),
+        (with_protocol(&v4, 1), "ICMP whose bytes look like ports"),
+        (with_protocol(&v4, 132), "SCTP on the port"),
+        (
+            // Ethernet minimum-frame padding on a packet of another port changes nothing.
+            FrameBuilder::udp(sock("10.0.0.1:40000"), sock("10.0.0.2:53"))
+                .pad_frame_to(60)
+                .build(),
+            "padded frame on another port",
+        ),
+    ];
+    for (frame, what) in &frames {
+        b.expect(&ALL_HOOKS, frame, Verdict::Pass, what);
+    }
+    // Cut inside the IP header: only XDP accepts these under BPF_PROG_TEST_RUN.
+    frames = vec![
+        (v4[..ETH_HLEN].to_vec(), "IPv4 ethertype, no header"),
+        (v4[..ETH_HLEN + 1].to_vec(), "one byte of IPv4"),
+        (v4[..ETH_HLEN + 10].to_vec(), "IPv4 header cut at 10 bytes"),
+        (
+            v4[..ETH_HLEN + 19].to_vec(),
+            "IPv4 header cut before the last address byte",
+        ),
+        (
+            v6[..ETH_HLEN + 30].to_vec(),
+            "IPv6 header cut in the source address",
+        ),
+        (
+            v6[..ETH_HLEN + 39].to_vec(),
+            "IPv6 header cut before the last address byte",
+        ),
+    ];
+    for (frame, what) in &frames {
+        b.expect(&[Hook::Xdp], frame, Verdict::Pass, what);
+    }
+    assert_eq!(b.counters(&fault), FaultCounters::default());
+
+    // The same fault does drop the whole frames these were cut from.
+    b.expect(&DROP_HOOKS, &v4, Verdict::Drop, "whole IPv4 frame");
+    b.expect(&DROP_HOOKS, &v6_ext, Verdict::Drop, "whole IPv6 frame");
+}
+
+fn ethertype(frame: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn bad_ihl(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN] = 0x44;
+    f
+}
+
+/// Rewrites the IPv4 protocol field (and the header checksum with it).
+fn with_protocol(frame: &[u8], protocol: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN + 9] = protocol;
+    f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+    let c = internet_checksum(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------------------
+
+/// Counters: matched = every packet the fault's target covers, acted = the ones it dropped,
+/// packets and bytes, over frames of many sizes; other traffic is not counted.
+#[test]
+fn counters_equal_what_was_sent_and_dropped() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(spec(
+        Action::Drop { probability: 0.5 },
+        5432,
+        Protocol::Any,
+        Direction::Both,
+        None,
+    ));
+    let mut want = FaultCounters::default();
+    for i in 0..400usize {
+        let payload = vec![i as u8; (i * 37) % 1400];
+        let (src, dst): (SocketAddr, SocketAddr) = match i % 4 {
+            0 => (sock("10.1.0.1:40000"), sock("10.1.0.2:5432")),
+            1 => (sock("10.1.0.2:5432"), sock("10.1.0.1:40000")),
+            2 => (sock("[fd00::1]:40000"), sock("[fd00::2]:5432")),
+            _ => (sock("[fd00::2]:5432"), sock("[fd00::1]:40000")),
+        };
+        let protocol = if i % 3 == 0 { IPPROTO_UDP } else { IPPROTO_TCP };
+        let frame = FrameBuilder::with_protocol(protocol, src, dst)
+            .payload(&payload)
+            .build();
+        let other =
+            FrameBuilder::with_protocol(protocol, sock("10.1.0.1:40000"), sock("10.1.0.2:5433"))
+                .payload(&payload)
+                .build();
+        let hook = DROP_HOOKS[i % 2];
+        assert_eq!(b.verdict(hook, &other), Verdict::Pass);
+        want.matched_packets += 1;
+        want.matched_bytes += frame.len() as u64;
+        if b.verdict(hook, &frame) == Verdict::Drop {
+            want.acted_packets += 1;
+            want.acted_bytes += frame.len() as u64;
+        }
+    }
+    assert_eq!(b.counters(&fault), want);
+    assert!(
+        want.acted_packets > 100 && want.acted_packets < 300,
+        "half of 400 dropped, got {}",
+        want.acted_packets
+    );
+}
+
+/// Faults on one port compose in order: the first (50 %) sees every packet, the second
+/// (100 %) sees exactly the ones the first let through, and every packet is dropped once.
+#[test]
+fn composed_faults_see_what_earlier_ones_let_through() {
+    let Some(mut b) = Bench::new() else { return };
+    let half = b.add(spec(
+        Action::Drop { probability: 0.5 },
+        7000,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    ));
+    let all = b.add(drop_spec(7000, Protocol::Tcp, Direction::ToPort, None));
+    let frame = tcp("10.0.0.1:40000", "10.0.0.2:7000");
+    const N: u64 = 1000;
+    for _ in 0..N {
+        assert_eq!(b.verdict(Hook::TcEgress, &frame), Verdict::Drop);
+    }
+    let h = b.counters(&half);
+    let a = b.counters(&all);
+    assert_eq!(h.matched_packets, N);
+    assert!(h.acted_packets > 350 && h.acted_packets < 650, "{h:?}");
+    assert_eq!(a.matched_packets, N - h.acted_packets);
+    assert_eq!(a.acted_packets, a.matched_packets);
+    assert_eq!(
+        h.acted_packets + a.acted_packets,
+        N,
+        "each packet dropped once"
+    );
+
+    // From the port only the first fault applies (the second is to-port).
+    let back = tcp("10.0.0.2:7000", "10.0.0.1:40000");
+    let mut dropped = 0;
+    for _ in 0..N {
+        if b.verdict(Hook::TcEgress, &back) == Verdict::Drop {
+            dropped += 1;
+        }
+    }
+    assert_eq!(
+        b.counters(&all),
+        a,
+        "a to-port fault never sees packets from the port"
+    );
+    assert_eq!(b.counters(&half).acted_packets - h.acted_packets, dropped);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hooks and interface roles
+// ---------------------------------------------------------------------------------------
+
+/// TC ingress never carries `drop`: alone it passes and counts nothing, and the real
+/// ingress path (XDP, then TC ingress for what XDP let through) acts and counts once.
+#[test]
+fn tc_ingress_never_carries_drop() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    let frames = [
+        tcp("10.0.0.1:40000", "10.0.0.2:2379"),
+        udp("[fd00::2]:2379", "[fd00::1]:40000"),
+    ];
+    for frame in &frames {
+        b.expect(&[Hook::TcIngress], frame, Verdict::Pass, "TC ingress");
+    }
+    assert_eq!(b.counters(&fault), FaultCounters::default());
+
+    for frame in &frames {
+        assert_eq!(b.verdict(Hook::Xdp, frame), Verdict::Drop);
+    }
+    let once: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(b.counters(&fault), counters(&once, &once));
+}
+
+/// An interface's role decides which hooks act on it: none when it is not in IFACES (or has
+/// no role bits), TC egress only when it is egress-only (how faultd marks `lo`), XDP only
+/// when it is ingress-only.
+#[test]
+fn interface_roles_decide_which_hooks_act() {
+    let Some(mut b) = Bench::bare() else { return };
+    let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    let frame = tcp("10.0.0.1:40000", "10.0.0.2:2379");
+
+    // Not in IFACES at all, and only other interfaces are.
+    b.expect(&ALL_HOOKS, &frame, Verdict::Pass, "IFACES empty");
+    b.role(0, ROLE_INGRESS | ROLE_EGRESS);
+    b.role(7, ROLE_INGRESS | ROLE_EGRESS);
+    b.expect(&ALL_HOOKS, &frame, Verdict::Pass, "ifindex 1 not in IFACES");
+    b.role(TEST_RUN_IFINDEX, 0);
+    b.expect(&ALL_HOOKS, &frame, Verdict::Pass, "no role bits");
+    assert_eq!(b.counters(&fault), FaultCounters::default());
+
+    b.role(TEST_RUN_IFINDEX, ROLE_EGRESS);
+    b.expect(
+        &[Hook::Xdp, Hook::TcIngress],
+        &frame,
+        Verdict::Pass,
+        "egress-only, ingress hooks",
+    );
+    b.expect(
+        &[Hook::TcEgress],
+        &frame,
+        Verdict::Drop,
+        "egress-only, egress hook",
+    );
+    assert_eq!(b.counters(&fault), counters(&[&frame], &[&frame]));
+
+    b.role(TEST_RUN_IFINDEX, ROLE_INGRESS);
+    b.expect(
+        &[Hook::TcEgress, Hook::TcIngress],
+        &frame,
+        Verdict::Pass,
+        "ingress-only",
+    );
+    b.expect(&[Hook::Xdp], &frame, Verdict::Drop, "ingress-only, XDP");
+    assert_eq!(
+        b.counters(&fault),
+        counters(&[&frame, &frame], &[&frame, &frame])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Removal
+// ---------------------------------------------------------------------------------------
+
+/// Removing faults takes effect at once: with one of two faults on a port left, only it
+/// acts; with none left, packets pass and no counter moves.
+#[test]
+fn removed_faults_let_packets_pass_again() {
+    let Some(mut b) = Bench::new() else { return };
+    let to_port = b.add(drop_spec(2379, Protocol::Tcp, Direction::ToPort, None));
+    let any = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    let to = tcp("10.0.0.1:40000", "10.0.0.2:2379");
+    let from = tcp("10.0.0.2:2379", "10.0.0.1:40000");
+    let dgram = udp("10.0.0.1:40000", "10.0.0.2:2379");
+    for f in [&to, &from, &dgram] {
+        b.expect(&DROP_HOOKS, f, Verdict::Drop, "both faults on");
+    }
+
+    b.remove(&any);
+    b.expect(&DROP_HOOKS, &to, Verdict::Drop, "to-port fault still on");
+    b.expect(
+        &DROP_HOOKS,
+        &from,
+        Verdict::Pass,
+        "any removed: from the port",
+    );
+    b.expect(&DROP_HOOKS, &dgram, Verdict::Pass, "any removed: udp");
+
+    b.remove(&to_port);
+    let before = b.counters(&to_port);
+    for f in [&to, &from, &dgram] {
+        b.expect(&ALL_HOOKS, f, Verdict::Pass, "all removed");
+    }
+    assert_eq!(
+        b.counters(&to_port),
+        before,
+        "a removed fault is not counted"
+    );
+
+    // A new fault on the port acts again, counted from zero in a reused counter slot.
+    let again = b.add(drop_spec(2379, Protocol::Udp, Direction::Both, None));
+    b.expect(&DROP_HOOKS, &dgram, Verdict::Drop, "re-added");
+    b.expect(&DROP_HOOKS, &to, Verdict::Pass, "re-added for udp only");
+    assert_eq!(
+        b.counters(&again),
+        counters(&[&dgram, &dgram], &[&dgram, &dgram])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The packet builder and validator themselves (no privilege needed)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn builder_checksums_match_published_vectors() {
+    // RFC 1071 §3 worked example.
+    assert_eq!(
+        internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+        !0xddf2u16
+    );
+    // The IPv4 header example in Wikipedia's "IPv4 header checksum": 192.168.0.1 →
+    // 192.168.0.199, total length 0x73, UDP, TTL 64, DF, id 0 → checksum 0xb861.
+    let frame = FrameBuilder::udp(sock("192.168.0.1:1"), sock("192.168.0.199:2"))
+        .ipv4_id(0)
+        .payload(&[0; 0x73 - 28])
+        .build();
+    let want = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
+    assert_eq!(frame[ETH_HLEN..ETH_HLEN + IPV4_HLEN], want);
+}
+
+#[test]
+fn builder_frames_parse_back_field_by_field() {
+    let f = FrameBuilder::tcp(sock("10.0.0.1:40000"), sock("10.0.0.2:2379"))
+        .src_mac([1, 2, 3, 4, 5, 6])
+        .dst_mac([6, 5, 4, 3, 2, 1])
+        .flags(SYN | ACK)
+        .seq(0xdead_beef)
+        .ack(0x0102_0304)
+        .window(1234)
+        .tcp_options(&[2, 4, 0x05, 0xb4]) // MSS 1460
+        .ttl(17)
+        .payload(b"abc")
+        .build();
+    let p = parse_frame(&f).unwrap();
+    assert_eq!(p.eth.src, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(p.eth.dst, [6, 5, 4, 3, 2, 1]);
+    assert_eq!(p.eth.ethertype, ETH_P_IP);
+    assert_eq!(p.src(), sock("10.0.0.1:40000"));
+    assert_eq!(p.dst(), sock("10.0.0.2:2379"));
+    assert_eq!(p.ip.ttl, 17);
+    assert_eq!(p.ip.ipv4_frag, 0x4000, "DF");
+    let t = p.tcp().unwrap();
+    assert_eq!(
+        (t.flags, t.seq, t.ack, t.window),
+        (SYN | ACK, 0xdead_beef, 0x0102_0304, 1234)
+    );
+    assert_eq!(t.header_len, 24);
+    assert_eq!(t.options, [2, 4, 0x05, 0xb4]);
+    assert_eq!(p.payload, b"abc");
+    assert_eq!(f.len(), ETH_HLEN + IPV4_HLEN + 24 + 3);
+    verify_checksums(&f).unwrap();
+
+    let f = FrameBuilder::udp(sock("[fd00::1]:5353"), sock("[ff02::fb]:53"))
+        .ipv6_ext(Ipv6Ext::HopByHop, 0)
+        .ipv6_ext(Ipv6Ext::DestinationOptions, 2)
+        .payload(b"query")
+        .pad_frame_to(200)
+        .build();
+    let p = parse_frame(&f).unwrap();
+    assert_eq!(p.eth.ethertype, ETH_P_IPV6);
+    assert_eq!(p.ip.ipv6_ext, [IPPROTO_HOPOPTS, IPPROTO_DSTOPTS]);
+    assert_eq!(p.ip.protocol, IPPROTO_UDP);
+    assert_eq!(p.ip.l4_offset, ETH_HLEN + IPV6_HLEN + 8 + 24);
+    assert_eq!(p.src(), sock("[fd00::1]:5353"));
+    assert_eq!(p.dst(), sock("[ff02::fb]:53"));
+    assert_eq!(p.udp().unwrap().len, 8 + 5);
+    assert_eq!(p.payload, b"query", "Ethernet padding is not payload");
+    assert_eq!(f.len(), 200);
+    verify_checksums(&f).unwrap();
+}
+
+#[test]
+fn verify_checksums_catches_every_corruption() {
+    let frames = [
+        tcp("10.0.0.1:40000", "10.0.0.2:2379"),
+        udp("10.0.0.1:40000", "10.0.0.2:2379"),
+        tcp("[fd00::1]:40000", "[fd00::2]:2379"),
+        FrameBuilder::udp(sock("[fd00::1]:1"), sock("[fd00::2]:2"))
+            .ipv6_ext(Ipv6Ext::DestinationOptions, 0)
+            .payload(b"x")
+            .build(),
+    ];
+    for frame in &frames {
+        verify_checksums(frame).unwrap();
+        let p = parse_frame(frame).unwrap();
+        // Any flipped bit in what the checksums cover is caught: the IPv4 header, the
+        // addresses (IPv6 pseudo-header), the whole segment.
+        let covered: Vec<usize> = if p.ip.src.is_ipv4() {
+            (ETH_HLEN..frame.len()).collect()
+        } else {
+            (ETH_HLEN + 8..ETH_HLEN + IPV6_HLEN)
+                .chain(p.ip.l4_offset..frame.len())
+                .collect()
+        };
+        // Fields that give the packet its shape (version/IHL, total length, protocol, TCP
+        // data offset, UDP length) are caught as format errors rather than checksum ones.
+        let l4 = p.ip.l4_offset;
+        let structural = |at: usize| {
+            (p.ip.src.is_ipv4()
+                && [ETH_HLEN, ETH_HLEN + 2, ETH_HLEN + 3, ETH_HLEN + 9].contains(&at))
+                || (p.tcp().is_some() && at == l4 + 12)
+                || (p.udp().is_some() && (at == l4 + 4 || at == l4 + 5))
+        };
+        for at in covered {
+            let mut bad = frame.clone();
+            bad[at] ^= 0x10;
+            let err = verify_checksums(&bad)
+                .expect_err(&format!("byte {at} flipped went unnoticed\n{}", hex(&bad)));
+            assert!(
+                structural(at) || err.contains("checksum"),
+                "byte {at}: {err}"
+            );
+        }
+    }
+    // The TTL is in the IPv4 header checksum but not in the pseudo-header.
+    let mut ttl = frames[0].clone();
+    ttl[ETH_HLEN + 8] -= 1;
+    assert!(verify_ipv4_checksum(&ttl).is_err());
+    assert!(verify_l4_checksum(&ttl).is_ok());
+    // A zero UDP checksum means "none" over IPv4 and is refused over IPv6.
+    let none4 = FrameBuilder::udp(sock("10.0.0.1:1"), sock("10.0.0.2:2"))
+        .l4_checksum_override(0)
+        .build();
+    assert_eq!(verify_checksums(&none4), Ok(()));
+    let none6 = FrameBuilder::udp(sock("[fd00::1]:1"), sock("[fd00::2]:2"))
+        .l4_checksum_override(0)
+        .build();
+    assert!(verify_checksums(&none6).is_err());
+}
+
+/// A UDP checksum that computes to 0 is sent as 0xffff, and verifies.
+#[test]
+fn builder_sends_a_zero_udp_checksum_as_ffff() {
+    for (src, dst) in [
+        ("10.0.0.1:1000", "10.0.0.2:2000"),
+        ("[fd00::1]:1", "[fd00::2]:2"),
+    ] {
+        let with = |last: [u8; 2]| {
+            FrameBuilder::udp(sock(src), sock(dst))
+                .payload(&[0xab, 0xcd, last[0], last[1]])
+                .build()
+        };
+        // Make the last word of the payload equal to the checksum computed with it zero:
+        // the sum then folds to 0xffff, whose complement is 0.
+        let zeroed = with([0, 0]);
+        let c = parse_frame(&zeroed).unwrap().udp().unwrap().checksum;
+        let frame = with(c.to_be_bytes());
+        assert_eq!(parse_frame(&frame).unwrap().udp().unwrap().checksum, 0xffff);
+        verify_checksums(&frame).unwrap();
+    }
+}

@@ -1,0 +1,183 @@
+//! Forging a TCP RST in place of a packet, addressed back to the packet's sender.
+//!
+//! RFC 793, "Reset Generation": if the offending segment has ACK set, the RST takes its
+//! sequence number from the segment's acknowledgment number (exactly the sender's
+//! `rcv_nxt`, so it is accepted at once); otherwise the RST has sequence 0 and acknowledges
+//! the segment (sequence + payload + SYN + FIN), with ACK set.
+//!
+//! The packet is shrunk to the bare headers (no options, no payload) and rewritten whole,
+//! with full, correct IPv4 and TCP checksums computed here rather than left to offload.
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::bpf_skb_change_tail,
+    programs::TcContext,
+};
+use fault_common::{PEER_V4, PROTO_TCP};
+
+use crate::packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+const ETH: usize = 14;
+const IPV4: usize = 20;
+const IPV6: usize = 40;
+const TCP: usize = 20;
+const V4_LEN: usize = ETH + IPV4 + TCP;
+const V6_LEN: usize = ETH + IPV6 + TCP;
+
+/// How the forged RST reaches the packet's sender.
+pub enum Way {
+    /// The packet was leaving a loopback, which hands it straight back to this host: let
+    /// it go on. (Redirecting it would strip its route, and a 127.0.0.0/8 packet without
+    /// one is dropped as a martian.)
+    Onward,
+    /// The packet was leaving through the interface: redirect the RST into this host.
+    BackIn,
+    /// The packet arrived on the interface: send the RST back out of it.
+    BackOut,
+}
+
+/// Rewrites the packet into the RST for its sender and sends it there.
+#[inline(always)]
+pub fn send_rst(ctx: &TcContext, pkt: &Packet, ifindex: u32, way: Way) -> Result<i32, i64> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    if pkt.family == PEER_V4 {
+        let frame = v4_frame(pkt, &macs);
+        resize(ctx, V4_LEN)?;
+        ctx.store(0, &frame, 0)?;
+    } else {
+        let frame = v6_frame(pkt, &macs);
+        resize(ctx, V6_LEN)?;
+        ctx.store(0, &frame, 0)?;
+    }
+    let flags = match way {
+        Way::Onward => return Ok(TC_ACT_OK),
+        Way::BackIn => BPF_F_INGRESS as u64,
+        Way::BackOut => 0,
+    };
+    // SAFETY: plain helper call; the verdict it returns is TC_ACT_REDIRECT on success.
+    let rc = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, flags) };
+    if rc != TC_ACT_REDIRECT as i64 {
+        return Err(rc);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
+
+#[inline(always)]
+fn resize(ctx: &TcContext, len: usize) -> Result<(), i64> {
+    // SAFETY: the context pointer is valid for the program's run. The helper also
+    // linearises the skb and drops its GSO state: this is a control reply now.
+    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
+    if rc != 0 { Err(rc) } else { Ok(()) }
+}
+
+/// Sequence number, acknowledgment number and flags of the RST answering `pkt`.
+#[inline(always)]
+fn rst_numbers(pkt: &Packet) -> (u32, u32, u8) {
+    if pkt.tcp_flags & TCP_ACK != 0 {
+        return (pkt.ack, 0, TCP_RST);
+    }
+    let mut seg_len = pkt.payload_len;
+    if pkt.tcp_flags & TCP_SYN != 0 {
+        seg_len += 1;
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        seg_len += 1;
+    }
+    (0, pkt.seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
+}
+
+#[inline(always)]
+fn put_u16(buf: &mut [u8], at: usize, v: u16) {
+    buf[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline(always)]
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Ethernet header with the addresses swapped.
+#[inline(always)]
+fn put_eth(buf: &mut [u8], macs: &[u8; 12], ether_type: u16) {
+    buf[0..6].copy_from_slice(&macs[6..12]);
+    buf[6..12].copy_from_slice(&macs[0..6]);
+    put_u16(buf, 12, ether_type);
+}
+
+/// TCP header with the ports swapped; checksum left zero.
+#[inline(always)]
+fn put_tcp(buf: &mut [u8], at: usize, pkt: &Packet) {
+    let (seq, ack, flags) = rst_numbers(pkt);
+    put_u16(buf, at, pkt.dst_port);
+    put_u16(buf, at + 2, pkt.src_port);
+    put_u32(buf, at + 4, seq);
+    put_u32(buf, at + 8, ack);
+    buf[at + 12] = (TCP as u8 / 4) << 4;
+    buf[at + 13] = flags;
+    // Window, checksum and urgent pointer stay zero.
+}
+
+#[inline(always)]
+fn v4_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V4_LEN] {
+    let mut f = [0u8; V4_LEN];
+    put_eth(&mut f, macs, 0x0800);
+    let ip = ETH;
+    f[ip] = 0x45;
+    put_u16(&mut f, ip + 2, (IPV4 + TCP) as u16);
+    put_u16(&mut f, ip + 6, 0x4000); // don't fragment
+    f[ip + 8] = 64;
+    f[ip + 9] = PROTO_TCP;
+    f[ip + 12..ip + 16].copy_from_slice(&pkt.dst_addr[0].to_ne_bytes());
+    f[ip + 16..ip + 20].copy_from_slice(&pkt.src_addr[0].to_ne_bytes());
+    let ip_sum = sum_words(0, &f, ip, IPV4);
+    put_u16(&mut f, ip + 10, !fold(ip_sum));
+
+    let tcp = ETH + IPV4;
+    put_tcp(&mut f, tcp, pkt);
+    // Pseudo-header: addresses, protocol, TCP length.
+    let mut sum = sum_words(0, &f, ip + 12, 8);
+    sum += PROTO_TCP as u32 + TCP as u32;
+    sum = sum_words(sum, &f, tcp, TCP);
+    put_u16(&mut f, tcp + 16, !fold(sum));
+    f
+}
+
+#[inline(always)]
+fn v6_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V6_LEN] {
+    let mut f = [0u8; V6_LEN];
+    put_eth(&mut f, macs, 0x86DD);
+    let ip = ETH;
+    f[ip] = 0x60;
+    put_u16(&mut f, ip + 4, TCP as u16);
+    f[ip + 6] = PROTO_TCP;
+    f[ip + 7] = 64;
+    for i in 0..4 {
+        f[ip + 8 + 4 * i..ip + 12 + 4 * i].copy_from_slice(&pkt.dst_addr[i].to_ne_bytes());
+        f[ip + 24 + 4 * i..ip + 28 + 4 * i].copy_from_slice(&pkt.src_addr[i].to_ne_bytes());
+    }
+    let tcp = ETH + IPV6;
+    put_tcp(&mut f, tcp, pkt);
+    let mut sum = sum_words(0, &f, ip + 8, 32);
+    sum += PROTO_TCP as u32 + TCP as u32;
+    sum = sum_words(sum, &f, tcp, TCP);
+    put_u16(&mut f, tcp + 16, !fold(sum));
+    f
+}
+
+/// One's-complement sum of the big-endian 16-bit words of `buf[at..at + len]` (len even).
+#[inline(always)]
+fn sum_words(mut sum: u32, buf: &[u8], at: usize, len: usize) -> u32 {
+    let mut i = 0;
+    while i < len {
+        sum += ((buf[at + i] as u32) << 8) | buf[at + i + 1] as u32;
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
