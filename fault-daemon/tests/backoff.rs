@@ -49,18 +49,41 @@ fn backoff_is_judged_from_kernel_timestamps() {
     let bad = ns.faultctl(&["backoff", "--port", "7836", "--json"]);
     assert!(!bad.status.success(), "a constant 500 ms retry passed");
     let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
-    assert_eq!(report["attempts"], 4, "record and refuse on one port count each SYN once: {report}");
+    assert_eq!(
+        report["attempts"], 4,
+        "record and refuse on one port count each SYN once: {report}"
+    );
     assert_eq!(report["verdict"], "fail");
     let gaps = report["gaps"].as_array().unwrap();
     assert!(gaps.iter().all(|g| g["verdict"] == "too_soon"), "{report}");
     for g in gaps {
         let ms = g["gap_ms"].as_f64().unwrap();
-        assert!((450.0..700.0).contains(&ms), "kernel gap {ms} ms for a 500 ms sleep");
+        assert!(
+            (450.0..700.0).contains(&ms),
+            "kernel gap {ms} ms for a 500 ms sleep"
+        );
     }
     let err = stderr_text(&bad);
-    assert!(err.contains("gap 1 was") && err.contains("too soon"), "{err}");
+    assert!(
+        err.contains("gap 1 was") && err.contains("too soon"),
+        "{err}"
+    );
 
     // A custom policy that matches the 500 ms client passes it.
-    let custom = ns.faultctl(&["backoff", "--port", "7836", "--initial", "500ms", "--multiplier", "1", "--jitter", "0.2"]);
-    assert!(custom.status.success(), "{}", String::from_utf8_lossy(&custom.stdout));
+    let custom = ns.faultctl(&[
+        "backoff",
+        "--port",
+        "7836",
+        "--initial",
+        "500ms",
+        "--multiplier",
+        "1",
+        "--jitter",
+        "0.2",
+    ]);
+    assert!(
+        custom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&custom.stdout)
+    );
 }

@@ -56,14 +56,22 @@ impl BackoffArgs {
 }
 
 /// Exits non-zero when the backoff fails, so scripts can use the verdict.
-pub async fn run(client: &mut FaultServiceClient<Channel>, args: BackoffArgs, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut FaultServiceClient<Channel>,
+    args: BackoffArgs,
+    json: bool,
+) -> anyhow::Result<()> {
     let policy = args.policy()?;
     let attempts = attempts(client, args.port).await?;
     let report = backoff::check(&attempts, &policy);
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{} connection attempt(s) to port {} recorded by the kernel", attempts.len(), args.port);
+        println!(
+            "{} connection attempt(s) to port {} recorded by the kernel",
+            attempts.len(),
+            args.port
+        );
         println!("{report}");
     }
     if !report.passed() {
@@ -74,9 +82,15 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, args: BackoffArgs, js
 
 /// Kernel timestamps of the connection attempts (SYNs) to `port`. A SYN retransmitted by
 /// the same socket (same source address and port) is one attempt, counted at its first SYN.
-async fn attempts(client: &mut FaultServiceClient<Channel>, port: u16) -> anyhow::Result<Vec<Duration>> {
+async fn attempts(
+    client: &mut FaultServiceClient<Channel>,
+    port: u16,
+) -> anyhow::Result<Vec<Duration>> {
     let mut stream = client
-        .watch_events(proto::WatchEventsRequest { follow: false, fault_id: 0 })
+        .watch_events(proto::WatchEventsRequest {
+            follow: false,
+            fault_id: 0,
+        })
         .await
         .map_err(super::rpc_error)?
         .into_inner();
