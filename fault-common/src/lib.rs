@@ -35,6 +35,32 @@ pub const ACTION_LIMIT_BYTES: u8 = 5;
 pub const ACTION_LIMIT_AGE: u8 = 6;
 /// Nothing happens to packets; each SYN to the port is reported as an event.
 pub const ACTION_RECORD: u8 = 7;
+/// The packet leaves `param` ns (± `aux` µs of jitter) later: its `skb->tstamp` is set to
+/// an Earliest Departure Time that the `fq` qdisc honours. TC egress only.
+pub const ACTION_DELAY: u8 = 8;
+/// The fault's traffic is held to `param` bytes per second, with a burst of `aux` bytes.
+/// `then` says how: `RATE_POLICE` drops what is over, `RATE_PACE` delays it (EDT + fq).
+pub const ACTION_RATE: u8 = 9;
+/// One payload byte of the packet is flipped; the L4 checksum is fixed up to match, so the
+/// receiving application reads the corrupted data.
+pub const ACTION_CORRUPT: u8 = 10;
+/// The packet is sent twice.
+pub const ACTION_DUPLICATE: u8 = 11;
+/// The TCP window the packet advertises is rewritten to 0: its sender looks like a peer
+/// that stopped reading. SYNs and RSTs are left alone so connections still open and close.
+pub const ACTION_STALL: u8 = 12;
+
+/// How a rate slot holds traffic to its rate.
+pub const RATE_POLICE: u8 = 0;
+pub const RATE_PACE: u8 = 1;
+
+/// Furthest into the future a delay may send a packet: the `fq` qdisc's default horizon,
+/// beyond which it drops packets instead of holding them.
+pub const DELAY_HORIZON_NS: u64 = 10_000_000_000;
+
+/// `skb->mark` bit carried by the copy a duplicate fault makes, so that the programs let the
+/// copy pass instead of duplicating it again. The programs clear it before the copy goes on.
+pub const DUPLICATE_MARK: u32 = 0x4000_0000;
 
 /// How a limit cuts a flow.
 pub const THEN_DROP: u8 = 0;
@@ -110,12 +136,14 @@ pub struct FaultSlot {
     pub directions: u8,
     /// `PEER_*`: which family `peer_addr` is in, or any peer.
     pub peer_family: u8,
-    /// `THEN_*`: how a limit cuts the flow.
+    /// `THEN_*`: how a limit cuts the flow; `RATE_*` for a rate.
     pub then: u8,
-    pub _pad: u32,
+    /// Second parameter: jitter in µs for `DELAY`, burst bytes for `RATE`.
+    pub aux: u32,
     /// The fault's id: keys per-flow state and events, and is never reused.
     pub fault_id: u64,
-    /// Action parameter: bytes for `LIMIT_BYTES`, nanoseconds for `LIMIT_AGE`.
+    /// Action parameter: bytes for `LIMIT_BYTES`, nanoseconds for `LIMIT_AGE` and `DELAY`,
+    /// bytes per second for `RATE`.
     pub param: u64,
     /// Peer address, network byte order, IPv4 in word 0; already masked.
     pub peer_addr: [u32; 4],

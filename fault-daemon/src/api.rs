@@ -9,28 +9,76 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::capabilities;
 use crate::datapath::Attachment;
 use crate::events::EventHub;
 use crate::faults::{
-    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RefuseMode,
-    RuleSink, Target, Then, validate_port, validate_probability,
+    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RateMode,
+    RefuseMode, RuleSink, Target, Then, validate_port, validate_probability,
 };
 use crate::proto::{self, fault_service_server::FaultService};
+use crate::qdisc::Fq;
 
 /// The active faults and where they are compiled to.
 pub struct Engine {
     pub table: FaultTable,
     pub sink: Box<dyn RuleSink>,
     pub attachments: Vec<Attachment>,
+    /// The fq qdisc that departure times (delay, paced rate) need.
+    pub fq: Fq,
 }
 
 impl Engine {
-    fn add(&mut self, spec: FaultSpec) -> Result<Fault, FaultError> {
-        self.table.add(spec, SystemTime::now(), self.sink.as_mut())
+    pub fn new(table: FaultTable, sink: Box<dyn RuleSink>, attachments: Vec<Attachment>) -> Self {
+        let ifaces = attachments.iter().map(|a| a.iface.clone()).collect();
+        Self {
+            table,
+            sink,
+            attachments,
+            fq: Fq::new(ifaces),
+        }
+    }
+
+    /// Installs a fault, and fq first when it needs it: a delay where fq cannot be had is
+    /// refused (FAILED_PRECONDITION); a rate is then policed instead of paced.
+    fn add(&mut self, mut spec: FaultSpec) -> Result<Fault, FaultError> {
+        spec.validate()?;
+        let fq_before = self.fq.is_active();
+        if let Action::Rate { mode, .. } = &mut spec.action {
+            *mode = match self.fq.install() {
+                Ok(()) => RateMode::Pace,
+                Err(_) => RateMode::Police,
+            };
+        }
+        if spec.action.needs_fq() {
+            self.fq
+                .install()
+                .map_err(|why| FaultError::Refused(format!("action.delay: {why}")))?;
+        }
+        let added = self.table.add(spec, SystemTime::now(), self.sink.as_mut());
+        if added.is_err() && !fq_before {
+            self.release_fq_if_unused();
+        }
+        added
     }
 
     fn remove(&mut self, id: u64) -> Result<Fault, FaultError> {
-        self.table.remove(id, self.sink.as_mut())
+        let removed = self.table.remove(id, self.sink.as_mut())?;
+        self.release_fq_if_unused();
+        Ok(removed)
+    }
+
+    fn clear(&mut self) -> Result<usize, FaultError> {
+        let cleared = self.table.clear(self.sink.as_mut());
+        self.release_fq_if_unused();
+        cleared
+    }
+
+    /// Puts back the interfaces' own qdiscs once no fault sets departure times.
+    fn release_fq_if_unused(&mut self) {
+        if self.fq.is_active() && !self.table.iter().any(|f| f.spec.action.needs_fq()) {
+            self.fq.restore();
+        }
     }
 }
 
@@ -56,9 +104,12 @@ impl FaultApi {
 
     /// Removes faults of the table; used on shutdown so the maps are empty before detach.
     pub fn clear(&self) -> Result<usize, FaultError> {
-        let mut engine = self.engine();
-        let Engine { table, sink, .. } = &mut *engine;
-        table.clear(sink.as_mut())
+        self.engine().clear()
+    }
+
+    /// What this kernel and these attachments support; also logged at start-up.
+    pub fn capabilities(&self) -> proto::Capabilities {
+        capabilities::report(&self.engine().attachments)
     }
 
     fn expire_later(&self, id: u64, ttl: Duration) {
@@ -94,6 +145,18 @@ impl FaultService for FaultApi {
         let future = tokio_stream::wrappers::BroadcastStream::new(live)
             .filter_map(move |e| e.ok().filter(wanted).map(Ok));
         Ok(Response::new(Box::pin(past.chain(future))))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _: Request<proto::GetCapabilitiesRequest>,
+    ) -> Result<Response<proto::Capabilities>, Status> {
+        let api = self.clone();
+        // The fq probe runs `tc`: keep it off the async threads.
+        let caps = tokio::task::spawn_blocking(move || api.capabilities())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(caps))
     }
 
     async fn add_fault(
@@ -243,7 +306,8 @@ pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> 
     let kind = spec.action.and_then(|a| a.kind).ok_or_else(|| {
         FaultError::invalid(
             "action",
-            "required: one of drop, reset, refuse, limit_bytes, limit_age, record",
+            "required: one of drop, reset, refuse, limit_bytes, limit_age, record, loss, \
+             delay, rate, corrupt, duplicate, stall",
         )
     })?;
     let action = action_from_proto(kind, protocol)?;
@@ -313,7 +377,53 @@ fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Ac
             then: then(l.then, "action.limit_age.then")?,
         },
         Kind::Record(_) => Action::Record,
+        Kind::Loss(l) => Action::Loss {
+            probability: percent(l.percent, "action.loss.percent")?,
+        },
+        Kind::Corrupt(c) => Action::Corrupt {
+            probability: percent(c.percent, "action.corrupt.percent")?,
+        },
+        Kind::Duplicate(d) => Action::Duplicate {
+            probability: percent(d.percent, "action.duplicate.percent")?,
+        },
+        Kind::Delay(d) => Action::Delay {
+            latency: micros(d.latency_us, "action.delay.latency_us")?,
+            jitter: micros(d.jitter_us, "action.delay.jitter_us")?,
+        },
+        Kind::Rate(r) => Action::Rate {
+            bytes_per_sec: match u64::try_from(r.bits_per_second) {
+                Ok(bits) if bits > 0 => bits.div_ceil(8),
+                _ => {
+                    return Err(FaultError::invalid(
+                        "action.rate.bits_per_second",
+                        format!("{} is not a rate above 0", r.bits_per_second),
+                    ));
+                }
+            },
+            // The engine decides, from what the kernel offers.
+            mode: RateMode::Police,
+        },
+        Kind::Stall(_) => Action::Stall,
     })
+}
+
+/// A percentage in (0, 100] as a probability; errors name `field`.
+fn percent(p: f64, field: &str) -> Result<f64, FaultError> {
+    if p.is_finite() && p > 0.0 && p <= 100.0 {
+        Ok(p / 100.0)
+    } else {
+        Err(FaultError::invalid(
+            field,
+            format!("{p} is not a percentage in (0, 100]"),
+        ))
+    }
+}
+
+/// A non-negative count of microseconds; errors name `field`.
+fn micros(us: i64, field: &str) -> Result<Duration, FaultError> {
+    u64::try_from(us)
+        .map(Duration::from_micros)
+        .map_err(|_| FaultError::invalid(field, format!("{us} µs is negative")))
 }
 
 fn action_to_proto(action: &Action) -> proto::action::Kind {
@@ -345,6 +455,27 @@ fn action_to_proto(action: &Action) -> proto::action::Kind {
             then: then(t),
         }),
         Action::Record => Kind::Record(proto::Record {}),
+        Action::Loss { probability } => Kind::Loss(proto::Loss {
+            percent: probability * 100.0,
+        }),
+        Action::Corrupt { probability } => Kind::Corrupt(proto::Corrupt {
+            percent: probability * 100.0,
+        }),
+        Action::Duplicate { probability } => Kind::Duplicate(proto::Duplicate {
+            percent: probability * 100.0,
+        }),
+        Action::Delay { latency, jitter } => Kind::Delay(proto::Delay {
+            latency_us: latency.as_micros() as i64,
+            jitter_us: jitter.as_micros() as i64,
+        }),
+        Action::Rate {
+            bytes_per_sec,
+            mode,
+        } => Kind::Rate(proto::Rate {
+            bits_per_second: (*bytes_per_sec * 8) as i64,
+            mode: mode.to_string(),
+        }),
+        Action::Stall => Kind::Stall(proto::Stall {}),
     }
 }
 

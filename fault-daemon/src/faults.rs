@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use fault_common::{
-    ACTION_DROP, ACTION_LIMIT_AGE, ACTION_LIMIT_BYTES, ACTION_RECORD, ACTION_REFUSE_DROP,
-    ACTION_REFUSE_RST, ACTION_RESET, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters, FaultSlot,
-    MAX_FAULTS, MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP, PortKey,
-    PortRule, THEN_DROP, THEN_RESET,
+    ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
+    ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
+    ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters,
+    FaultSlot, MAX_FAULTS, MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP,
+    PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP, THEN_RESET,
 };
 
 /// Longest TTL accepted: a year. Longer is almost surely a unit mistake.
@@ -223,6 +224,49 @@ pub enum Action {
     LimitAge { after: Duration, then: Then },
     /// Connection attempts are recorded as events; packets are untouched.
     Record,
+    /// A random share of packets vanish: `drop` under the name people look for.
+    Loss { probability: f64 },
+    /// Packets leave `latency` ± `jitter` later (Earliest Departure Time, needs `fq`).
+    Delay { latency: Duration, jitter: Duration },
+    /// Traffic held to `bytes_per_sec`: paced (delayed) where `fq` is available, policed
+    /// (dropped above the rate) elsewhere. The daemon chooses; see [`RateMode`].
+    Rate { bytes_per_sec: u64, mode: RateMode },
+    /// One payload byte of a random share of packets is flipped, checksum kept valid.
+    Corrupt { probability: f64 },
+    /// A random share of packets is sent twice.
+    Duplicate { probability: f64 },
+    /// The TCP window advertised by matching packets is rewritten to 0.
+    Stall,
+}
+
+/// How a rate fault holds traffic to its rate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RateMode {
+    /// Packets over the rate wait (EDT pacing through fq): no loss, like netem's rate.
+    Pace,
+    /// Packets over the rate (beyond a small burst) are dropped, like `tc police`.
+    Police,
+}
+
+impl fmt::Display for RateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateMode::Pace => "pace",
+            RateMode::Police => "police",
+        })
+    }
+}
+
+/// Largest delay accepted: latency + jitter must stay within the fq qdisc's horizon, beyond
+/// which fq drops packets rather than holding them.
+pub const MAX_DELAY: Duration = Duration::from_nanos(DELAY_HORIZON_NS);
+/// Highest rate accepted: 100 Gbit/s in bytes.
+pub const MAX_RATE_BYTES: u64 = 12_500_000_000;
+
+/// Burst a policer lets through at once: 10 ms worth of the rate, at least two full-size
+/// (64 KiB GSO) packets so that a policed TCP flow is not starved by its own segments.
+fn police_burst(bytes_per_sec: u64) -> u32 {
+    (bytes_per_sec / 100).clamp(2 * 65_536, u32::MAX as u64) as u32
 }
 
 impl Action {
@@ -234,7 +278,25 @@ impl Action {
             Action::LimitBytes { .. } => "limit-bytes",
             Action::LimitAge { .. } => "limit-age",
             Action::Record => "record",
+            Action::Loss { .. } => "loss",
+            Action::Delay { .. } => "delay",
+            Action::Rate { .. } => "rate",
+            Action::Corrupt { .. } => "corrupt",
+            Action::Duplicate { .. } => "duplicate",
+            Action::Stall => "stall",
         }
+    }
+
+    /// Whether the action sets departure times, which only the fq qdisc honours.
+    pub fn needs_fq(&self) -> bool {
+        matches!(
+            self,
+            Action::Delay { .. }
+                | Action::Rate {
+                    mode: RateMode::Pace,
+                    ..
+                }
+        )
     }
 
     /// Whether the action acts on connection attempts only, which go to the port.
@@ -259,31 +321,65 @@ impl Action {
                     ..
                 }
                 | Action::Record
+                | Action::Stall
         )
     }
 
-    /// (action code, probability threshold, parameter, then) as the programs read them.
-    fn slot(&self) -> (u8, u32, u64, u8) {
+    /// (action code, probability threshold, parameter, then, aux) as the programs read them.
+    fn slot(&self) -> (u8, u32, u64, u8, u32) {
         let then = |t: &Then| match t {
             Then::Drop => THEN_DROP,
             Then::Reset => THEN_RESET,
         };
+        let always = u32::MAX;
         match self {
-            Action::Drop { probability } => (ACTION_DROP, threshold(*probability), 0, 0),
-            Action::Reset { probability } => (ACTION_RESET, threshold(*probability), 0, 0),
+            Action::Drop { probability } | Action::Loss { probability } => {
+                (ACTION_DROP, threshold(*probability), 0, 0, 0)
+            }
+            Action::Reset { probability } => (ACTION_RESET, threshold(*probability), 0, 0, 0),
             Action::Refuse {
                 mode: RefuseMode::Rst,
-            } => (ACTION_REFUSE_RST, u32::MAX, 0, 0),
+            } => (ACTION_REFUSE_RST, always, 0, 0, 0),
             Action::Refuse {
                 mode: RefuseMode::Drop,
-            } => (ACTION_REFUSE_DROP, u32::MAX, 0, 0),
+            } => (ACTION_REFUSE_DROP, always, 0, 0, 0),
             Action::LimitBytes { bytes, then: t } => {
-                (ACTION_LIMIT_BYTES, u32::MAX, *bytes, then(t))
+                (ACTION_LIMIT_BYTES, always, *bytes, then(t), 0)
             }
-            Action::LimitAge { after, then: t } => {
-                (ACTION_LIMIT_AGE, u32::MAX, after.as_nanos() as u64, then(t))
+            Action::LimitAge { after, then: t } => (
+                ACTION_LIMIT_AGE,
+                always,
+                after.as_nanos() as u64,
+                then(t),
+                0,
+            ),
+            Action::Record => (ACTION_RECORD, always, 0, 0, 0),
+            Action::Delay { latency, jitter } => (
+                ACTION_DELAY,
+                always,
+                latency.as_nanos() as u64,
+                0,
+                jitter.as_micros() as u32,
+            ),
+            Action::Rate {
+                bytes_per_sec,
+                mode: RateMode::Pace,
+            } => (ACTION_RATE, always, *bytes_per_sec, RATE_PACE, 0),
+            Action::Rate {
+                bytes_per_sec,
+                mode: RateMode::Police,
+            } => (
+                ACTION_RATE,
+                always,
+                *bytes_per_sec,
+                RATE_POLICE,
+                police_burst(*bytes_per_sec),
+            ),
+            Action::Corrupt { probability } => (ACTION_CORRUPT, threshold(*probability), 0, 0, 0),
+            Action::Duplicate { probability } => {
+                (ACTION_DUPLICATE, threshold(*probability), 0, 0, 0)
             }
-            Action::Record => (ACTION_RECORD, u32::MAX, 0, 0),
+            Action::Stall => (ACTION_STALL, always, 0, 0, 0),
         }
     }
 }
@@ -308,6 +404,35 @@ pub fn validate_probability(p: f64, field: &str) -> Result<f64, FaultError> {
             format!("{p} is not a probability in (0, 1]"),
         ))
     }
+}
+
+fn validate_delay(latency: Duration, jitter: Duration) -> Result<(), FaultError> {
+    if latency.is_zero() {
+        return Err(FaultError::invalid(
+            "action.delay.latency_us",
+            "a delay must be longer than 0",
+        ));
+    }
+    if jitter > latency {
+        return Err(FaultError::invalid(
+            "action.delay.jitter_us",
+            format!(
+                "jitter {jitter:?} is larger than the latency {latency:?}: \
+                 packets cannot leave before they were sent"
+            ),
+        ));
+    }
+    if latency + jitter > MAX_DELAY {
+        return Err(FaultError::invalid(
+            "action.delay.latency_us",
+            format!(
+                "latency + jitter = {:?} is beyond the horizon of {MAX_DELAY:?} (fq drops \
+                 packets scheduled further ahead)",
+                latency + jitter
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub fn validate_port(port: u32, field: &str) -> Result<u16, FaultError> {
@@ -344,6 +469,28 @@ impl FaultSpec {
             Action::Reset { probability } => {
                 validate_probability(probability, "action.reset.probability")?;
             }
+            Action::Loss { probability } => {
+                validate_probability(probability, "action.loss.percent")?;
+            }
+            Action::Corrupt { probability } => {
+                validate_probability(probability, "action.corrupt.percent")?;
+            }
+            Action::Duplicate { probability } => {
+                validate_probability(probability, "action.duplicate.percent")?;
+            }
+            Action::Delay { latency, jitter } => validate_delay(latency, jitter)?,
+            Action::Rate { bytes_per_sec, .. } if bytes_per_sec == 0 => {
+                return Err(FaultError::invalid(
+                    "action.rate.bits_per_second",
+                    "a rate must be above 0",
+                ));
+            }
+            Action::Rate { bytes_per_sec, .. } if bytes_per_sec > MAX_RATE_BYTES => {
+                return Err(FaultError::invalid(
+                    "action.rate.bits_per_second",
+                    format!("{} bit/s is above 100gbit", bytes_per_sec * 8),
+                ));
+            }
             Action::LimitAge { after, .. } if after.is_zero() || after > MAX_TTL => {
                 return Err(FaultError::invalid(
                     "action.limit_age.after_ms",
@@ -356,7 +503,7 @@ impl FaultSpec {
             return Err(FaultError::invalid(
                 "target.protocol",
                 format!(
-                    "{} needs tcp, got {}: only TCP has connections to reset or SYNs to see{}",
+                    "{} needs tcp, got {}: only TCP has connections to reset, SYNs to see and a window to close{}",
                     self.action.name(),
                     self.target.protocol,
                     match self.action {
@@ -405,7 +552,7 @@ pub struct Fault {
 
 impl Fault {
     fn slot(&self) -> FaultSlot {
-        let (action, threshold, param, then) = self.spec.action.slot();
+        let (action, threshold, param, then, aux) = self.spec.action.slot();
         // Connection attempts travel to the port, whatever direction was asked for.
         let directions = if self.spec.action.on_syns() {
             DIR_TO_PORT
@@ -423,11 +570,11 @@ impl Fault {
             directions,
             peer_family,
             then,
+            aux,
             fault_id: self.id,
             param,
             peer_addr,
             peer_mask,
-            ..Default::default()
         }
     }
 }

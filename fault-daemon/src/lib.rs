@@ -3,15 +3,19 @@
 //! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
 //! - [`datapath`]: load and attach the eBPF programs, write their maps.
 //! - [`events`]: kernel events, kept and broadcast to subscribers.
+//! - [`qdisc`]: the fq qdisc that delays and paced rates need.
+//! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod api;
+pub mod capabilities;
 pub mod cli;
 pub mod datapath;
 pub mod events;
 pub mod faults;
+pub mod qdisc;
 pub mod reconnect;
 
 /// Generated from `proto/faultd/v1/faultd.proto`.

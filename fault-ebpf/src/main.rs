@@ -1,6 +1,7 @@
 #![no_std]
 #![no_main]
 
+mod alter;
 mod events;
 mod packet;
 mod reset;
@@ -33,7 +34,10 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
         return Verdict::Pass;
     };
-    rules::decide(&pkt, Hook::Xdp, (ctx.data_end() - ctx.data()) as u64)
+    let Some(fx) = rules::Effects::fresh(Hook::Xdp) else {
+        return Verdict::Pass;
+    };
+    rules::decide(&pkt, Hook::Xdp, (ctx.data_end() - ctx.data()) as u64, fx)
 }
 
 /// Ingress, after XDP: carries the actions that need the socket buffer.
@@ -54,11 +58,21 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
+    // A copy made by a duplicate fault has been through the faults already.
+    if alter::take_duplicate_mark(ctx) {
+        return TC_ACT_OK;
+    }
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK;
     };
-    match rules::decide(&pkt, hook, ctx.len() as u64) {
-        Verdict::Pass => TC_ACT_OK,
+    let Some(fx) = rules::Effects::fresh(hook) else {
+        return TC_ACT_OK;
+    };
+    match rules::decide(&pkt, hook, ctx.len() as u64, fx) {
+        Verdict::Pass => {
+            alter::apply(ctx, &pkt, fx, hook, ifindex);
+            TC_ACT_OK
+        }
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Reset { fault_id } => {
             let way = match hook {

@@ -35,6 +35,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack: u32,
+    /// Offsets from the start of the frame of the L4 header and of its payload.
+    pub l4_offset: u32,
+    pub payload_offset: u32,
 }
 
 impl Packet {
@@ -45,6 +48,11 @@ impl Packet {
 
     pub fn is_rst(&self) -> bool {
         self.tcp_flags & TCP_RST != 0
+    }
+
+    /// Where the L4 checksum sits in the frame.
+    pub fn checksum_offset(&self) -> u32 {
+        self.l4_offset + if self.protocol == PROTO_TCP { 16 } else { 6 }
     }
 }
 
@@ -64,7 +72,8 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
 }
 
 /// Parses an Ethernet frame; `None` for anything that is not TCP or UDP over IP.
-#[inline(always)]
+/// Not inlined: its frame on the stack is a sibling of the rule walk's, not added to it.
+#[inline(never)]
 pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
     let ether_type = u16::from_be(read::<u16>(data, data_end, 12)?);
     let (family, protocol, l4, l4_total, src_addr, dst_addr) = match ether_type {
@@ -86,6 +95,8 @@ pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
         tcp_flags: 0,
         seq: 0,
         ack: 0,
+        l4_offset: l4 as u32,
+        payload_offset: 0,
     };
     // Each header is read whole with one bounds check: the verifier tracks one range per
     // packet pointer, and separate reads at variable offsets lose it.
@@ -96,12 +107,15 @@ pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
         pkt.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         pkt.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
         pkt.tcp_flags = tcp[13];
-        pkt.payload_len = l4_total.saturating_sub(((tcp[12] >> 4) as u32) * 4);
+        let header_len = ((tcp[12] >> 4) as u32) * 4;
+        pkt.payload_len = l4_total.saturating_sub(header_len);
+        pkt.payload_offset = l4 as u32 + header_len;
     } else {
         let udp: [u8; 8] = read(data, data_end, l4)?;
         pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
         pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
         pkt.payload_len = l4_total.saturating_sub(8);
+        pkt.payload_offset = l4 as u32 + 8;
     }
     Some(pkt)
 }

@@ -37,7 +37,8 @@ pub enum Way {
 }
 
 /// Rewrites the packet into the RST for its sender and sends it there.
-#[inline(always)]
+/// Not inlined, so that its frame reuses the stack the rule walk used (see rules::decide).
+#[inline(never)]
 pub fn send_rst(ctx: &TcContext, pkt: &Packet, ifindex: u32, way: Way) -> Result<i32, i64> {
     let macs: [u8; 12] = ctx.load(0)?;
     if pkt.family == PEER_V4 {

@@ -1,20 +1,26 @@
 //! Rule lookup: which compiled faults act on a packet at this hook, and how.
 
+use core::mem::MaybeUninit;
+use core::ptr::write_volatile;
+
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use fault_common::{
-    ACTION_DROP, ACTION_LIMIT_AGE, ACTION_LIMIT_BYTES, ACTION_RECORD, ACTION_REFUSE_DROP,
-    ACTION_REFUSE_RST, ACTION_RESET, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT, EVENT_FLOW_CUT,
-    EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot, FlowKey, FlowState, MAX_FAULTS,
-    MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_UDP, PortKey, PortRule,
-    ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
+    ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
+    ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT,
+    EVENT_FLOW_CUT, EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot, FlowKey, FlowState,
+    MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP, PROTO_UDP,
+    PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
 };
 
 use crate::events;
-use crate::packet::Packet;
+use crate::packet::{Packet, TCP_RST, TCP_SYN};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[map]
 static RULES: HashMap<PortKey, PortRule> = HashMap::with_max_entries(MAX_PORT_RULES, 0);
@@ -30,13 +36,62 @@ static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Per-fault rate state, indexed like the counters: the theoretical arrival time (GCRA) of
+/// the fault's next packet, in bpf_ktime_get_ns() time. Shared by all CPUs: two CPUs racing
+/// on it can let one packet through early, which only blurs the rate by a packet.
+#[map]
+static BUCKETS: Array<u64> = Array::with_max_entries(MAX_FAULTS, 0);
+
+/// Scratch space for each hook's [`Effects`]. They live in a map rather than on the stack:
+/// the verifier tracks every constant written to the stack, and the combinations of flags
+/// that eight slots can set would multiply the states it has to walk past its limit.
+/// Per CPU and per hook, as a program is not interrupted by itself on one CPU (the copy a
+/// duplicate sends re-enters the egress program, but leaves before touching its effects).
+#[map]
+static EFFECTS: PerCpuArray<Effects> = PerCpuArray::with_max_entries(3, 0);
+
+/// Changes to a packet that goes on, gathered while its faults are walked and carried out by
+/// the TC program afterwards (the XDP hook carries none of these actions).
+#[derive(Default)]
+#[repr(C)]
+pub struct Effects {
+    /// Added to the packet's departure time (`delay`).
+    pub delay_ns: u64,
+    /// The packet leaves no earlier than this (`rate` pacing); 0 for no bound.
+    pub not_before_ns: u64,
+    pub corrupt: u8,
+    pub stall: u8,
+    pub duplicate: u8,
+    pub _pad: [u8; 5],
+}
+
+impl Effects {
+    /// This hook's effects, cleared for a new packet.
+    #[inline(always)]
+    pub fn fresh(hook: Hook) -> Option<&'static mut Effects> {
+        let fx = EFFECTS.get_ptr_mut(hook as u32)?;
+        // SAFETY: a per-CPU map value, valid for the program's run; see EFFECTS.
+        // Volatile, field by field: LLVM turns plain zeroing into a call to memset, a
+        // byte loop that the verifier walks anew at every call site.
+        unsafe {
+            write_volatile(&raw mut (*fx).delay_ns, 0);
+            write_volatile(&raw mut (*fx).not_before_ns, 0);
+            write_volatile(&raw mut (*fx).corrupt, 0);
+            write_volatile(&raw mut (*fx).stall, 0);
+            write_volatile(&raw mut (*fx).duplicate, 0);
+            Some(&mut *fx)
+        }
+    }
+}
+
 /// Where a program runs. Each action is carried out at exactly one hook per direction of
 /// travel, so a packet is never acted on (or counted) twice.
 #[derive(Copy, Clone, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Hook {
-    Xdp,
-    TcIngress,
-    TcEgress,
+    Xdp = 0,
+    TcIngress = 1,
+    TcEgress = 2,
 }
 
 impl Hook {
@@ -48,17 +103,17 @@ impl Hook {
     }
 
     /// Dropping is cheapest as early as possible: XDP on the way in, TC on the way out.
-    /// Answering with a RST needs the socket buffer: TC both ways.
+    /// Answering with a RST or rewriting a packet needs the socket buffer: TC both ways.
+    /// A departure time only means something on the way out, where a qdisc holds packets.
     fn carries(self, slot: &FaultSlot) -> bool {
-        let needs_skb = match slot.action {
-            ACTION_RESET | ACTION_REFUSE_RST => true,
-            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE => slot.then == THEN_RESET,
-            _ => false,
-        };
-        if needs_skb {
-            self != Hook::Xdp
-        } else {
-            self != Hook::TcIngress
+        match slot.action {
+            ACTION_DELAY => self == Hook::TcEgress,
+            ACTION_RATE if slot.then == RATE_PACE => self == Hook::TcEgress,
+            ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
+                self != Hook::Xdp
+            }
+            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if slot.then == THEN_RESET => self != Hook::Xdp,
+            _ => self != Hook::TcIngress,
         }
     }
 }
@@ -84,21 +139,45 @@ pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
 
 /// Looks up the faults on the packet's destination port, then on its source port, and
 /// applies them. Two hash lookups per packet whatever the number of faults installed.
-#[inline(always)]
-pub fn decide(pkt: &Packet, hook: Hook, len: u64) -> Verdict {
+/// Changes to a packet that passes are left in `fx`.
+///
+/// Not inlined: a BPF call gets a stack frame of its own, which its siblings (forging a
+/// RST, altering a packet) reuse; inlined together they overflow the 512-byte stack.
+#[inline(never)]
+pub fn decide(pkt: &Packet, hook: Hook, len: u64, fx: &mut Effects) -> Verdict {
     let by_dst = PortKey::new(pkt.protocol, pkt.dst_port);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
     if let Some(rule) = unsafe { RULES.get(&by_dst) } {
-        let verdict = apply(rule, pkt, Side::ToPort, hook, len);
+        let verdict = apply(rule, pkt, Side::ToPort, hook, len, fx);
         if verdict != Verdict::Pass {
             return verdict;
         }
     }
     let by_src = PortKey::new(pkt.protocol, pkt.src_port);
     if let Some(rule) = unsafe { RULES.get(&by_src) } {
-        return apply(rule, pkt, Side::FromPort, hook, len);
+        return apply(rule, pkt, Side::FromPort, hook, len, fx);
     }
     Verdict::Pass
+}
+
+/// What one slot did with a packet it matched.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Nothing this time (a probability said no, or the slot only watches).
+    Untouched,
+    /// Changed or held the packet, which goes on to the next slot.
+    Altered,
+    /// The packet's fate is sealed; later slots do not see it.
+    Final(Verdict),
+}
+
+impl From<Verdict> for Outcome {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Pass => Outcome::Untouched,
+            v => Outcome::Final(v),
+        }
+    }
 }
 
 /// Which end of the packet is the faulted port.
@@ -126,24 +205,70 @@ impl Side {
 }
 
 #[inline(always)]
-fn apply(rule: &PortRule, pkt: &Packet, side: Side, hook: Hook, len: u64) -> Verdict {
+fn apply(
+    rule: &PortRule,
+    pkt: &Packet,
+    side: Side,
+    hook: Hook,
+    len: u64,
+    fx: &mut Effects,
+) -> Verdict {
+    let at = Where { side, hook, len };
     for i in 0..MAX_FAULTS_PER_PORT {
         if i as u32 >= rule.len {
             break;
         }
-        let slot = &rule.slots[i];
-        if !matches(slot, pkt, side, hook) {
-            continue;
-        }
-        let counters = COUNTERS.get_ptr_mut(slot.counter);
-        count(counters, len, false);
-        let verdict = act(slot, pkt, side);
-        if verdict != Verdict::Pass {
-            count(counters, len, true);
-            return verdict;
+        match apply_slot(&rule.slots[i], pkt, &at, fx) {
+            SLOT_DROP => return Verdict::Drop,
+            SLOT_RESET => {
+                return Verdict::Reset {
+                    fault_id: rule.slots[i].fault_id,
+                };
+            }
+            _ => {}
         }
     }
     Verdict::Pass
+}
+
+/// Where a packet is being looked at; one argument, as a BPF call takes at most five.
+struct Where {
+    side: Side,
+    hook: Hook,
+    len: u64,
+}
+
+/// Results of [`apply_slot`]: the packet goes on to the next slot, or its fate is sealed.
+const SLOT_ON: u32 = 0;
+const SLOT_DROP: u32 = 1;
+const SLOT_RESET: u32 = 2;
+
+/// One slot's whole work on a packet: match, count, act. Not inlined, on purpose: the
+/// verifier walks a call's paths and comes back to the caller with only the returned
+/// number differing, so the slots' paths add up. Inlined into the loop, the paths of eight
+/// slots (each with a dozen actions) would multiply past the verifier's limit.
+#[inline(never)]
+fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
+    if !matches(slot, pkt, at.side, at.hook) {
+        return SLOT_ON;
+    }
+    let counters = COUNTERS.get_ptr_mut(slot.counter);
+    count(counters, at.len, false);
+    match act(slot, pkt, at.side, at.len, fx) {
+        Outcome::Untouched => SLOT_ON,
+        Outcome::Altered => {
+            count(counters, at.len, true);
+            SLOT_ON
+        }
+        Outcome::Final(verdict) => {
+            count(counters, at.len, true);
+            match verdict {
+                Verdict::Drop => SLOT_DROP,
+                Verdict::Reset { .. } => SLOT_RESET,
+                Verdict::Pass => SLOT_ON,
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -157,14 +282,86 @@ fn matches(slot: &FaultSlot, pkt: &Packet, side: Side, hook: Hook) -> bool {
         ACTION_REFUSE_DROP => side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP),
         // Never answer a RST with a RST.
         ACTION_RESET => !pkt.is_rst(),
+        // Connections still open and close under a stall; only data is held back.
+        ACTION_STALL => pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0,
+        ACTION_CORRUPT => pkt.payload_len > 0,
         _ => true,
     }
 }
 
 /// The slot's decision for a packet it matches.
 #[inline(always)]
-fn act(slot: &FaultSlot, pkt: &Packet, side: Side) -> Verdict {
+fn act(slot: &FaultSlot, pkt: &Packet, side: Side, len: u64, fx: &mut Effects) -> Outcome {
     let now = unsafe { bpf_ktime_get_ns() };
+    match slot.action {
+        ACTION_DELAY => {
+            fx.delay_ns += delay(slot);
+            Outcome::Altered
+        }
+        ACTION_RATE => rate(slot, len, now, fx),
+        ACTION_CORRUPT if chance(slot.threshold) => {
+            fx.corrupt = 1;
+            Outcome::Altered
+        }
+        ACTION_DUPLICATE if chance(slot.threshold) => {
+            fx.duplicate = 1;
+            Outcome::Altered
+        }
+        ACTION_STALL => {
+            fx.stall = 1;
+            Outcome::Altered
+        }
+        _ => decide_fate(slot, pkt, side, now).into(),
+    }
+}
+
+/// The slot's latency, with its jitter drawn uniformly from [-jitter, +jitter].
+#[inline(always)]
+fn delay(slot: &FaultSlot) -> u64 {
+    if slot.aux == 0 {
+        return slot.param;
+    }
+    let span_us = 2 * slot.aux as u64 + 1;
+    // SAFETY: helper with no arguments. Multiply-shift maps the u32 onto [0, span) without
+    // a division.
+    let draw_us = (unsafe { bpf_get_prandom_u32() } as u64 * span_us) >> 32;
+    (slot.param + draw_us * 1000).saturating_sub(slot.aux as u64 * 1000)
+}
+
+/// Holds the fault's traffic to `param` bytes per second (GCRA). Policing drops a packet
+/// that comes more than the burst ahead of its time; pacing gives it a departure time.
+#[inline(always)]
+fn rate(slot: &FaultSlot, len: u64, now: u64, fx: &mut Effects) -> Outcome {
+    let Some(tat) = BUCKETS.get_ptr_mut(slot.counter) else {
+        return Outcome::Untouched;
+    };
+    let bytes_per_sec = slot.param.max(1);
+    let cost = len * NS_PER_SEC / bytes_per_sec;
+    // SAFETY: the pointer came from the map; see BUCKETS for the race.
+    let due = unsafe { (*tat).max(now) };
+    if slot.then == RATE_PACE {
+        if due - now > DELAY_HORIZON_NS {
+            // fq would drop it anyway; better that it counts as the rate's drop.
+            return Outcome::Final(Verdict::Drop);
+        }
+        unsafe { *tat = due + cost };
+        if due > now {
+            fx.not_before_ns = fx.not_before_ns.max(due);
+            return Outcome::Altered;
+        }
+        return Outcome::Untouched;
+    }
+    let burst = slot.aux as u64 * NS_PER_SEC / bytes_per_sec;
+    if due - now > burst {
+        return Outcome::Final(Verdict::Drop);
+    }
+    unsafe { *tat = due + cost };
+    Outcome::Untouched
+}
+
+/// Drop, reset, refuse, record and limits: what becomes of the packet.
+#[inline(always)]
+fn decide_fate(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
     match slot.action {
         ACTION_DROP => {
             note_flow(slot, pkt, side, now);
@@ -244,11 +441,20 @@ fn note_flow(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Option<*mu
     if let Some(state) = FLOWS.get_ptr_mut(&key) {
         return Some(state);
     }
-    let fresh = FlowState {
-        first_ns: now,
-        ..Default::default()
+    let mut fresh = MaybeUninit::<FlowState>::uninit();
+    let p = fresh.as_mut_ptr();
+    // SAFETY: every field is written before the value is read; volatile for the reason
+    // given in Effects::fresh.
+    // given in Effects::fresh. Inserted through the pointer: a copy of known zeros would
+    // become a memset again.
+    let fresh = unsafe {
+        write_volatile(&raw mut (*p).first_ns, now);
+        write_volatile(&raw mut (*p).bytes, 0);
+        write_volatile(&raw mut (*p).cut, 0);
+        write_volatile(&raw mut (*p)._pad, 0);
+        &*p
     };
-    FLOWS.insert(&key, &fresh, 0).ok()?;
+    FLOWS.insert(&key, fresh, 0).ok()?;
     events::emit(EVENT_FIRST_HIT, slot.fault_id, pkt, now);
     FLOWS.get_ptr_mut(&key)
 }

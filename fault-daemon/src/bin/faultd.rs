@@ -109,12 +109,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(events.clone().pump(ring));
     }
     let api = FaultApi::new(
-        Engine {
-            table: FaultTable::new(vec![args.listen.port()]),
-            sink: Box::new(datapath),
+        Engine::new(
+            FaultTable::new(vec![args.listen.port()]),
+            Box::new(datapath),
             attachments,
-        },
+        ),
         events,
+    );
+    let caps = api.capabilities();
+    info!(
+        "what this kernel supports:\n{}",
+        faultd::capabilities::table(&caps)
     );
 
     let reconnect = match retry {

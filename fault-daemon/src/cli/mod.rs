@@ -2,15 +2,22 @@
 
 mod backoff;
 mod clear;
+mod corrupt;
+mod delay;
+mod doctor;
 mod drop;
+mod duplicate;
 mod events;
 mod limit;
 mod list;
+mod loss;
 mod output;
+mod rate;
 mod record;
 mod refuse;
 mod reset;
 mod rm;
+mod stall;
 mod stats;
 mod target;
 
@@ -52,6 +59,20 @@ pub enum Command {
     LimitAge(limit::LimitAgeArgs),
     /// Record every connection attempt (SYN) to the port, with kernel timestamps.
     Record(record::RecordArgs),
+    /// Drop a random share of packets.
+    Loss(loss::LossArgs),
+    /// Delay packets (egress; on lo both directions). Needs the fq qdisc.
+    Delay(delay::DelayArgs),
+    /// Limit bandwidth (paced with fq, policed without).
+    Rate(rate::RateArgs),
+    /// Flip payload bytes of a share of packets, keeping checksums valid.
+    Corrupt(corrupt::CorruptArgs),
+    /// Send a share of packets twice.
+    Duplicate(duplicate::DuplicateArgs),
+    /// Rewrite the advertised TCP window to 0: the peer stops sending until removed.
+    Stall(stall::StallArgs),
+    /// What this kernel supports, and which actions are available.
+    Doctor,
     /// Print the kernel's events: first hits, RSTs sent, SYNs refused or recorded.
     Events(events::EventsArgs),
     /// Judge a client's reconnect backoff from the SYNs recorded on a port.
@@ -75,6 +96,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LimitBytes(args) => limit::run_bytes(&mut client, args, cli.json).await,
         Command::LimitAge(args) => limit::run_age(&mut client, args, cli.json).await,
         Command::Record(args) => record::run(&mut client, args, cli.json).await,
+        Command::Loss(args) => loss::run(&mut client, args, cli.json).await,
+        Command::Delay(args) => delay::run(&mut client, args, cli.json).await,
+        Command::Rate(args) => rate::run(&mut client, args, cli.json).await,
+        Command::Corrupt(args) => corrupt::run(&mut client, args, cli.json).await,
+        Command::Duplicate(args) => duplicate::run(&mut client, args, cli.json).await,
+        Command::Stall(args) => stall::run(&mut client, args, cli.json).await,
+        Command::Doctor => doctor::run(&mut client, cli.json).await,
         Command::Events(args) => events::run(&mut client, args, cli.json).await,
         Command::Backoff(args) => backoff::run(&mut client, args, cli.json).await,
         Command::List => list::run(&mut client, cli.json).await,

@@ -108,6 +108,41 @@ fn describe(kind: Option<proto::action::Kind>) -> (&'static str, String) {
             format!("after={}ms then={}", l.after_ms, then(l.then)),
         ),
         Some(Kind::Record(_)) => ("record", String::new()),
+        Some(Kind::Loss(l)) => ("loss", format!("percent={}", l.percent)),
+        Some(Kind::Corrupt(c)) => ("corrupt", format!("percent={}", c.percent)),
+        Some(Kind::Duplicate(d)) => ("duplicate", format!("percent={}", d.percent)),
+        Some(Kind::Delay(d)) => (
+            "delay",
+            format!(
+                "latency={} jitter={}",
+                micros(d.latency_us),
+                micros(d.jitter_us)
+            ),
+        ),
+        Some(Kind::Rate(r)) => (
+            "rate",
+            format!("limit={} mode={}", bits(r.bits_per_second), r.mode),
+        ),
+        Some(Kind::Stall(_)) => ("stall", String::new()),
         None => ("unknown", String::new()),
+    }
+}
+
+/// Microseconds for people: `200ms`, `1.5ms`, `250us`.
+fn micros(us: i64) -> String {
+    if us >= 1000 {
+        format!("{}ms", us as f64 / 1000.0)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// A rate the way tc writes it: `1mbit`, `512kbit`, `100bit`.
+fn bits(bps: i64) -> String {
+    match bps {
+        b if b >= 1_000_000_000 && b % 1_000_000_000 == 0 => format!("{}gbit", b / 1_000_000_000),
+        b if b >= 1_000_000 && b % 1_000_000 == 0 => format!("{}mbit", b / 1_000_000),
+        b if b >= 1000 && b % 1000 == 0 => format!("{}kbit", b / 1000),
+        b => format!("{b}bit"),
     }
 }
