@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+mod scenario;
+pub use scenario::*;
+
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
