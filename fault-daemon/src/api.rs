@@ -583,6 +583,84 @@ mod tests {
         let mut udp_reset = with(Kind::Reset(proto::Reset { probability: None }));
         udp_reset.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
         assert_eq!(field_of(udp_reset), "target.protocol");
+
+        let delay = |latency_us, jitter_us| {
+            with(Kind::Delay(proto::Delay {
+                latency_us,
+                jitter_us,
+            }))
+        };
+        assert_eq!(field_of(delay(-1000, 0)), "action.delay.latency_us");
+        assert_eq!(field_of(delay(0, 0)), "action.delay.latency_us");
+        assert_eq!(field_of(delay(1000, -1)), "action.delay.jitter_us");
+        assert_eq!(field_of(delay(1000, 2000)), "action.delay.jitter_us");
+        assert_eq!(
+            field_of(delay(9_000_000, 1_500_000)),
+            "action.delay.latency_us"
+        );
+        assert_eq!(
+            field_of(with(Kind::Loss(proto::Loss { percent: 101.0 }))),
+            "action.loss.percent"
+        );
+        assert_eq!(
+            field_of(with(Kind::Loss(proto::Loss { percent: 0.0 }))),
+            "action.loss.percent"
+        );
+        assert_eq!(
+            field_of(with(Kind::Corrupt(proto::Corrupt { percent: f64::NAN }))),
+            "action.corrupt.percent"
+        );
+        assert_eq!(
+            field_of(with(Kind::Duplicate(proto::Duplicate { percent: -1.0 }))),
+            "action.duplicate.percent"
+        );
+        for bits in [0, -8] {
+            let rate = Kind::Rate(proto::Rate {
+                bits_per_second: bits,
+                mode: String::new(),
+            });
+            assert_eq!(field_of(with(rate)), "action.rate.bits_per_second");
+        }
+        let mut udp_stall = with(Kind::Stall(proto::Stall {}));
+        udp_stall.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
+        assert_eq!(field_of(udp_stall), "target.protocol");
+    }
+
+    #[test]
+    fn degradations_round_trip_through_the_proto() {
+        use proto::action::Kind;
+        for kind in [
+            Kind::Loss(proto::Loss { percent: 30.0 }),
+            Kind::Corrupt(proto::Corrupt { percent: 5.0 }),
+            Kind::Duplicate(proto::Duplicate { percent: 100.0 }),
+            Kind::Delay(proto::Delay {
+                latency_us: 200_000,
+                jitter_us: 50_000,
+            }),
+            Kind::Stall(proto::Stall {}),
+        ] {
+            let mut r = request(80);
+            r.action = Some(proto::Action {
+                kind: Some(kind.clone()),
+            });
+            let spec = spec_from_proto(r).unwrap();
+            assert_eq!(action_to_proto(&spec.action), kind);
+        }
+        let mut r = request(80);
+        r.action = Some(proto::Action {
+            kind: Some(Kind::Rate(proto::Rate {
+                bits_per_second: 1_000_000,
+                mode: "ignored".into(),
+            })),
+        });
+        let spec = spec_from_proto(r).unwrap();
+        assert_eq!(
+            spec.action,
+            Action::Rate {
+                bytes_per_sec: 125_000,
+                mode: RateMode::Police
+            }
+        );
     }
 
     #[test]
@@ -622,11 +700,11 @@ mod tests {
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
         let api = FaultApi::new(
-            Engine {
-                table: FaultTable::default(),
-                sink: Box::new(MemorySink::default()),
-                attachments: vec![],
-            },
+            Engine::new(
+                FaultTable::default(),
+                Box::new(MemorySink::default()),
+                vec![],
+            ),
             Arc::default(),
         );
         let mut r = request(5000);
