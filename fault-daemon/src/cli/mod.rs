@@ -60,15 +60,15 @@ pub enum Command {
     /// Record every connection attempt (SYN) to the port, with kernel timestamps.
     Record(record::RecordArgs),
     /// Drop a random share of packets.
-    Loss(loss::LossArgs),
+    Loss(target::PercentArgs),
     /// Delay packets (egress; on lo both directions). Needs the fq qdisc.
     Delay(delay::DelayArgs),
     /// Limit bandwidth (paced with fq, policed without).
     Rate(rate::RateArgs),
     /// Flip payload bytes of a share of packets, keeping checksums valid.
-    Corrupt(corrupt::CorruptArgs),
+    Corrupt(target::PercentArgs),
     /// Send a share of packets twice.
-    Duplicate(duplicate::DuplicateArgs),
+    Duplicate(target::PercentArgs),
     /// Rewrite the advertised TCP window to 0: the peer stops sending until removed.
     Stall(stall::StallArgs),
     /// What this kernel supports, and which actions are available.

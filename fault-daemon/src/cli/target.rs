@@ -44,6 +44,16 @@ pub struct TargetArgs {
     pub label: String,
 }
 
+/// Target options and a share of packets in percent: loss, corrupt, duplicate.
+#[derive(Args, Debug)]
+pub struct PercentArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Share of matching packets acted on, in percent (0-100].
+    #[arg(long, allow_hyphen_values = true)]
+    pub percent: f64,
+}
+
 impl TargetArgs {
     pub fn spec(&self, action: proto::action::Kind) -> proto::FaultSpec {
         proto::FaultSpec {
