@@ -3,7 +3,9 @@
 //! take turns, and the daemon serves the same service with `--retry-port`.
 //!
 //! `faultd reconnect` needs no privilege; it is started with port 0 and its ports are read
-//! from its "reconnect server ready" log line. Only the daemon test needs root.
+//! from its "reconnect server ready" log line. Only the daemon tests need root; one of them
+//! checks that the kernel's SYN recorder (`faultctl record` + `faultctl backoff`) and the
+//! userspace retry listener see the same attempts.
 
 mod harness;
 
@@ -112,15 +114,18 @@ async fn stop(client: &mut ReconnectServiceClient<Channel>) -> ReconnectInfo {
 
 /// Connects to the retry port once, then once more after each of `gaps` (measured from
 /// the first connection, so that sleeping late once does not shift every later attempt).
-async fn reconnect_after(retry_port: u16, gaps: &[Duration]) {
+/// Returns the local port of each attempt, in order.
+async fn reconnect_after(retry_port: u16, gaps: &[Duration]) -> Vec<u16> {
     let first = tokio::time::Instant::now();
     let mut due = first;
+    let mut ports = Vec::new();
     for gap in std::iter::once(&Duration::ZERO).chain(gaps) {
         due += *gap;
         tokio::time::sleep_until(due).await;
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", retry_port))
             .await
             .expect("connect to the retry port");
+        ports.push(stream.local_addr().unwrap().port());
         // The server records the attempt, then closes: wait for the close, so that a Stop
         // sent next cannot overtake the attempt.
         let mut byte = [0u8; 1];
@@ -130,6 +135,7 @@ async fn reconnect_after(retry_port: u16, gaps: &[Duration]) {
             "the retry port did not close the connection: {closed:?}"
         );
     }
+    ports
 }
 
 fn assert_near(gaps_ms: &[i32], wanted: &[u64]) {
@@ -345,4 +351,117 @@ fn the_daemon_serves_the_interop_service_with_retry_port() {
     // The fault API is still there beside it.
     assert_eq!(ns.faults_json(), serde_json::json!([]));
     assert!(daemon.log_text().contains("retry_port=9091"));
+}
+
+/// The local port in each "retry connection closed" line of a log, in order.
+fn listener_peer_ports(log: &str) -> Vec<u16> {
+    log.lines()
+        .filter(|l| l.contains("retry connection closed attempt="))
+        .map(|l| {
+            let peer = l
+                .split("peer=")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no peer in {l:?}"));
+            let addr = peer.split_whitespace().next().unwrap();
+            addr.parse::<std::net::SocketAddr>()
+                .unwrap_or_else(|e| panic!("peer {addr:?} in {l:?}: {e}"))
+                .port()
+        })
+        .collect()
+}
+
+/// The kernel recorder (`record` on the retry port, read back by `faultctl backoff`) and the
+/// userspace retry listener (`Stop`'s `backoff_ms`) see the same attempts of the same client:
+/// the same source ports in the same order, the same number of attempts, and each gap equal
+/// within a few ms (the SYN leaves `lo` a handshake and a wake-up before the accept).
+#[test]
+fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
+    if !require_root() {
+        return;
+    }
+    const RETRY: u16 = 9092;
+    /// The SYN's timestamp at `lo` egress vs. the listener's after the handshake and the
+    /// accept's wake-up (seen 0–5 ms apart with two builds running beside the test), plus
+    /// the listener's rounding to whole ms.
+    const TOLERANCE_MS: f64 = 10.0;
+    let ns = Netns::new("recrec");
+    let daemon = Daemon::try_start(&ns, &["lo"], &["--retry-port", &RETRY.to_string()])
+        .unwrap_or_else(|log| panic!("faultd did not start: {log}"));
+    ns.faultctl_ok(&["record", "--port", &RETRY.to_string()]);
+
+    let gaps = [400 * MS, 1000 * MS, 250 * MS, 1600 * MS, 700 * MS];
+    let (info, ports) = ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let api = format!("http://{}", faultd::DEFAULT_LISTEN);
+            let mut client = ReconnectServiceClient::connect(api).await.unwrap();
+            start(&mut client, 0).await;
+            let ports = reconnect_after(RETRY, &gaps).await;
+            (stop(&mut client).await, ports)
+        })
+    });
+    let log = daemon.log_text();
+
+    // The listener: one gap per pair of attempts, about the scheduled ones, from our client.
+    assert_near(&info.backoff_ms, &[400, 1000, 250, 1600, 700]);
+    assert!(
+        !info.passed,
+        "400 ms is too soon for gRPC's policy: {info:?}"
+    );
+    assert_eq!(
+        listener_peer_ports(&log),
+        ports,
+        "the listener's peers are the client's sockets\n{log}"
+    );
+
+    // The kernel: the same sockets' SYNs, in the same order.
+    let events = ns.faultctl_ok(&["events", "--json"]);
+    let syn_ports: Vec<u16> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "syn" && e["dst_port"] == RETRY)
+        .map(|e| e["src_port"].as_u64().unwrap() as u16)
+        .collect();
+    assert_eq!(
+        syn_ports, ports,
+        "the kernel's SYNs are the client's sockets\n{events}"
+    );
+
+    // `faultctl backoff` from the kernel timestamps: same attempts, same gaps. It fails the
+    // client (400 ms is too soon for gRPC's policy) and says so with exit status 1.
+    let out = ns.faultctl(&["backoff", "--port", &RETRY.to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", harness::stderr_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "faultctl backoff --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["attempts"], ports.len(), "{report}");
+    let kernel_gaps: Vec<f64> = report["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gap_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        kernel_gaps.len(),
+        info.backoff_ms.len(),
+        "kernel gaps {kernel_gaps:?}, listener gaps {:?}",
+        info.backoff_ms
+    );
+    for (kernel, listener) in kernel_gaps.iter().zip(&info.backoff_ms) {
+        assert!(
+            (kernel - f64::from(*listener)).abs() <= TOLERANCE_MS,
+            "kernel gaps {kernel_gaps:?} ms, listener gaps {:?} ms: more than {TOLERANCE_MS} ms apart",
+            info.backoff_ms
+        );
+    }
+    eprintln!(
+        "kernel gaps {kernel_gaps:?} ms, listener gaps {:?} ms",
+        info.backoff_ms
+    );
 }
