@@ -30,7 +30,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(table: FaultTable, sink: Box<dyn RuleSink>, attachments: Vec<Attachment>) -> Self {
-        let ifaces = attachments.iter().map(|a| a.iface.clone()).collect();
+        let ifaces = attachments
+            .iter()
+            .map(|a| (a.iface.clone(), a.ifindex))
+            .collect();
         Self {
             table,
             sink,

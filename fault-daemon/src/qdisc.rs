@@ -8,8 +8,11 @@
 //! It replaces only the kernel's default root qdisc (noqueue, pfifo_fast, mq… with handle
 //! `0:`), which deleting fq restores exactly. An interface someone configured (an htb tree,
 //! a netem) is not touched: the fault is refused instead. An fq already there is used as
-//! is and left there.
+//! is and left there. A faultd killed with SIGKILL cannot clean up: it notes each fq it puts
+//! down in /run/faultd, and the next faultd on the interface removes it.
 
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -49,14 +52,42 @@ fn probe_fq() -> Result<(), String> {
 
 /// fq at the root of the attached interfaces, while some fault needs it.
 pub struct Fq {
-    ifaces: Vec<String>,
+    /// (name, ifindex) of the attached interfaces.
+    ifaces: Vec<(String, u32)>,
     /// Interfaces where faultd put fq, with the handle it got, to remove it later.
-    installed: Vec<(String, String)>,
+    installed: Vec<(String, u32, String)>,
     active: bool,
 }
 
+/// Where faultd notes the fq it put on an interface, so that the next faultd on it can take
+/// away what a killed one left behind. Interfaces are per network namespace, as in the
+/// datapath's interface locks.
+fn note_path(ifindex: u32) -> PathBuf {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    PathBuf::from(format!("/run/faultd/netns-{netns}-ifindex-{ifindex}.fq"))
+}
+
 impl Fq {
-    pub fn new(ifaces: Vec<String>) -> Self {
+    /// Takes over the interfaces (which the caller holds the locks of), removing an fq that
+    /// a faultd killed before it could clean up left on them.
+    pub fn new(ifaces: Vec<(String, u32)>) -> Self {
+        for (iface, ifindex) in &ifaces {
+            let note = note_path(*ifindex);
+            let Ok(handle) = std::fs::read_to_string(&note) else {
+                continue;
+            };
+            if matches!(root_qdisc(iface), Ok(Root::Fq { handle: h }) if h == handle.trim()) {
+                match tc(&["qdisc", "del", "dev", iface, "root"]) {
+                    Ok(()) => info!(iface = %iface, "removed the fq an earlier faultd left behind"),
+                    Err(e) => {
+                        warn!(iface = %iface, error = %e, "could not remove a left-behind fq")
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(note);
+        }
         Self {
             ifaces,
             installed: Vec::new(),
@@ -75,10 +106,10 @@ impl Fq {
         }
         fq_available()?;
         let mut plan = Vec::new();
-        for iface in &self.ifaces {
+        for (iface, ifindex) in &self.ifaces {
             match root_qdisc(iface)? {
                 Root::Fq { .. } => {}
-                Root::Default => plan.push(iface.clone()),
+                Root::Default => plan.push((iface.clone(), *ifindex)),
                 Root::Configured { kind, handle } => {
                     return Err(format!(
                         "{iface} has a configured root qdisc {kind} (handle {handle}); faultd \
@@ -88,7 +119,7 @@ impl Fq {
                 }
             }
         }
-        for iface in plan {
+        for (iface, ifindex) in plan {
             let mut args = vec!["qdisc", "replace", "dev", &iface, "root", "fq"];
             args.extend_from_slice(FQ_OPTIONS);
             if let Err(e) = tc(&args) {
@@ -100,7 +131,8 @@ impl Fq {
                 _ => String::new(),
             };
             info!(iface = %iface, "installed the fq qdisc for departure times");
-            self.installed.push((iface, handle));
+            let _ = std::fs::write(note_path(ifindex), &handle);
+            self.installed.push((iface, ifindex, handle));
         }
         self.active = true;
         Ok(())
@@ -108,7 +140,8 @@ impl Fq {
 
     /// Puts back the default qdisc wherever faultd installed fq and it is still there.
     pub fn restore(&mut self) {
-        for (iface, handle) in self.installed.drain(..) {
+        for (iface, ifindex, handle) in self.installed.drain(..) {
+            let _ = std::fs::remove_file(note_path(ifindex));
             let still_ours =
                 matches!(root_qdisc(&iface), Ok(Root::Fq { handle: h }) if h == handle);
             if !still_ours {

@@ -582,3 +582,30 @@ fn doctor_reports_the_kernel_and_the_actions() {
     let table = ns.faultctl_ok(&["doctor"]);
     assert!(table.contains("delay") && table.contains("fq"), "{table}");
 }
+
+#[test]
+fn an_fq_left_by_a_killed_faultd_is_removed_by_the_next() {
+    if !require_root() {
+        return;
+    }
+    if !kernel_has_fq() {
+        eprintln!("SKIP: this kernel has no sch_fq, so faultd never installs one");
+        return;
+    }
+    let ns = Netns::new("fqk");
+    let before = root_qdisc(&ns);
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    ns.faultctl_ok(&["delay", "--port", "5110", "--latency", "5ms"]);
+    assert!(root_qdisc(&ns).contains("\"fq\""), "no fq installed");
+    daemon.stop(libc::SIGKILL);
+    assert!(
+        root_qdisc(&ns).contains("\"fq\""),
+        "fq went with the process"
+    );
+    let _next = Daemon::start(&ns, &["lo"]);
+    assert_eq!(
+        root_qdisc(&ns),
+        before,
+        "the next faultd left the fq in place"
+    );
+}
