@@ -94,12 +94,11 @@ pub const PEER_ANY: u8 = 0;
 pub const PEER_V4: u8 = 4;
 pub const PEER_V6: u8 = 6;
 
-/// Per-interface role bits (value of the `IFACES` map).
-/// On `lo` every packet crosses egress and then ingress; acting on both would act twice,
-/// so the daemon marks `lo` egress-only.
+/// Per-interface role bits (value of the `IFACES` map): which hooks act on the interface.
 pub const ROLE_EGRESS: u32 = 1;
 pub const ROLE_INGRESS: u32 = 2;
-/// The interface is a loopback: what leaves it comes straight back in.
+/// The interface is a loopback: what leaves it comes straight back in, so each action acts
+/// at one of the two only — drops at TC ingress, the rest at TC egress, nothing at XDP.
 pub const ROLE_LOOPBACK: u32 = 4;
 
 /// Key of the rule map.

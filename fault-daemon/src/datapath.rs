@@ -164,9 +164,10 @@ impl Datapath {
         }
         let tc_mode = if has_tcx { "tcx" } else { "netlink" };
 
-        // On loopback a packet crosses egress and then ingress: act once, at egress.
+        // On loopback a packet crosses egress and then ingress; the programs act on each
+        // packet at one of the two (fault-ebpf rules::Hook::carries).
         let role = if is_loopback(iface) {
-            ROLE_EGRESS | ROLE_LOOPBACK
+            ROLE_EGRESS | ROLE_INGRESS | ROLE_LOOPBACK
         } else {
             ROLE_EGRESS | ROLE_INGRESS
         };
@@ -262,6 +263,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
             anyhow::anyhow!("missing from the object"),
         )
     })?;
+    let started = std::time::Instant::now();
     let loaded = match prog {
         aya::programs::Program::Xdp(p) => p.load(),
         aya::programs::Program::SchedClassifier(p) => p.load(),
@@ -278,7 +280,19 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
         } else {
             kernel(format!("loading program {name}"), e)
         }
-    })
+    })?;
+    // The verifier's work grows with the programs' paths; worth seeing when it creeps up.
+    let verified = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
+    tracing::debug!(
+        program = name,
+        verified_insns = verified,
+        load_ms = started.elapsed().as_millis() as u64,
+        "loaded"
+    );
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>

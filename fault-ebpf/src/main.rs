@@ -28,8 +28,10 @@ pub fn faultd_xdp(ctx: XdpContext) -> u32 {
 
 /// XDP never receives `Reset`: the rules give RST actions to the TC hooks.
 fn try_xdp(ctx: &XdpContext) -> Verdict {
-    if rules::role_at(Hook::Xdp, ctx.ingress_ifindex() as u32).is_none() {
-        return Verdict::Pass;
+    // On a loopback TC acts on everything (see rules::Hook::carries).
+    match rules::role_at(Hook::Xdp, ctx.ingress_ifindex() as u32) {
+        Some(role) if role & ROLE_LOOPBACK == 0 => {}
+        _ => return Verdict::Pass,
     }
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
         return Verdict::Pass;
@@ -37,7 +39,12 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
     let Some(fx) = rules::Effects::fresh(Hook::Xdp) else {
         return Verdict::Pass;
     };
-    rules::decide(&pkt, Hook::Xdp, (ctx.data_end() - ctx.data()) as u64, fx)
+    let seen = rules::Seen {
+        hook: Hook::Xdp,
+        loopback: false,
+        len: (ctx.data_end() - ctx.data()) as u64,
+    };
+    rules::decide(&pkt, &seen, fx)
 }
 
 /// Ingress, after XDP: carries the actions that need the socket buffer.
@@ -68,7 +75,12 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(fx) = rules::Effects::fresh(hook) else {
         return TC_ACT_OK;
     };
-    match rules::decide(&pkt, hook, ctx.len() as u64, fx) {
+    let seen = rules::Seen {
+        hook,
+        loopback: role & ROLE_LOOPBACK != 0,
+        len: ctx.len() as u64,
+    };
+    match rules::decide(&pkt, &seen, fx) {
         Verdict::Pass => {
             alter::apply(ctx, &pkt, fx, hook, ifindex);
             TC_ACT_OK

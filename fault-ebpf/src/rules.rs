@@ -1,10 +1,11 @@
 //! Rule lookup: which compiled faults act on a packet at this hook, and how.
 
+use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -102,20 +103,45 @@ impl Hook {
         }
     }
 
-    /// Dropping is cheapest as early as possible: XDP on the way in, TC on the way out.
-    /// Answering with a RST or rewriting a packet needs the socket buffer: TC both ways.
-    /// A departure time only means something on the way out, where a qdisc holds packets.
-    fn carries(self, slot: &FaultSlot) -> bool {
-        match slot.action {
-            ACTION_DELAY => self == Hook::TcEgress,
-            ACTION_RATE if slot.then == RATE_PACE => self == Hook::TcEgress,
+    /// Where a slot acts. Dropping is cheapest as early as possible: XDP on the way in, TC
+    /// on the way out. Answering with a RST or rewriting a packet needs the socket buffer:
+    /// TC both ways. A departure time only means something on the way out, where a qdisc
+    /// holds packets.
+    ///
+    /// A loopback is different: every packet crosses its egress and then its ingress, so
+    /// one of the two must act, never both. Rewrites act at egress (a RST forged there
+    /// continues into the host). Drops act at TC ingress, after the sender's transmit has
+    /// succeeded: dropped at egress, the sender's stack would see the local drop and send
+    /// again at once, which is not how a packet lost on a wire looks (no retransmission
+    /// timeout, no TCP_USER_TIMEOUT).
+    fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
+        let place = match slot.action {
+            ACTION_DELAY => Place::Departure,
+            ACTION_RATE if slot.then == RATE_PACE => Place::Departure,
             ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
-                self != Hook::Xdp
+                Place::Rewrite
             }
-            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if slot.then == THEN_RESET => self != Hook::Xdp,
-            _ => self != Hook::TcIngress,
+            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if slot.then == THEN_RESET => Place::Rewrite,
+            _ => Place::Drop,
+        };
+        match (place, loopback) {
+            (Place::Drop, true) => self == Hook::TcIngress,
+            (_, true) | (Place::Departure, false) => self == Hook::TcEgress,
+            (Place::Rewrite, false) => self != Hook::Xdp,
+            (Place::Drop, false) => self != Hook::TcIngress,
         }
     }
+}
+
+/// Kinds of actions, by where they can act.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Place {
+    /// Drops (and watches): as early as possible.
+    Drop,
+    /// Rewrites or answers the packet: needs the socket buffer.
+    Rewrite,
+    /// Sets a departure time: egress only.
+    Departure,
 }
 
 /// What the hook does with the packet.
@@ -144,18 +170,19 @@ pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
 /// Not inlined: a BPF call gets a stack frame of its own, which its siblings (forging a
 /// RST, altering a packet) reuse; inlined together they overflow the 512-byte stack.
 #[inline(never)]
-pub fn decide(pkt: &Packet, hook: Hook, len: u64, fx: &mut Effects) -> Verdict {
+pub fn decide(pkt: &Packet, seen: &Seen, fx: &mut Effects) -> Verdict {
+    let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
     let by_dst = PortKey::new(pkt.protocol, pkt.dst_port);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
     if let Some(rule) = unsafe { RULES.get(&by_dst) } {
-        let verdict = apply(rule, pkt, Side::ToPort, hook, len, fx);
+        let verdict = apply(rule, pkt, Side::ToPort, hook, loopback, len, fx);
         if verdict != Verdict::Pass {
             return verdict;
         }
     }
     let by_src = PortKey::new(pkt.protocol, pkt.src_port);
     if let Some(rule) = unsafe { RULES.get(&by_src) } {
-        return apply(rule, pkt, Side::FromPort, hook, len, fx);
+        return apply(rule, pkt, Side::FromPort, hook, loopback, len, fx);
     }
     Verdict::Pass
 }
@@ -210,32 +237,88 @@ fn apply(
     pkt: &Packet,
     side: Side,
     hook: Hook,
+    loopback: bool,
     len: u64,
     fx: &mut Effects,
 ) -> Verdict {
-    let at = Where { side, hook, len };
-    for i in 0..MAX_FAULTS_PER_PORT {
-        if i as u32 >= rule.len {
-            break;
-        }
-        match apply_slot(&rule.slots[i], pkt, &at, fx) {
-            SLOT_DROP => return Verdict::Drop,
-            SLOT_RESET => {
-                return Verdict::Reset {
-                    fault_id: rule.slots[i].fault_id,
-                };
-            }
-            _ => {}
-        }
+    let mut walk = Walk {
+        rule,
+        pkt,
+        fx,
+        at: Where {
+            side,
+            hook,
+            len,
+            loopback,
+        },
+        result: SLOT_ON,
+        fault_id: 0,
+    };
+    // bpf_loop: the verifier checks the callback once, not once per slot, which keeps the
+    // programs' verification (and faultd's start-up) short, even on slow machines.
+    // SAFETY: the callback has the signature bpf_loop expects and `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_FAULTS_PER_PORT as u32,
+            walk_slot as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        );
     }
-    Verdict::Pass
+    match walk.result {
+        SLOT_DROP => Verdict::Drop,
+        SLOT_RESET => Verdict::Reset {
+            fault_id: walk.fault_id,
+        },
+        _ => Verdict::Pass,
+    }
 }
 
-/// Where a packet is being looked at; one argument, as a BPF call takes at most five.
+/// The state of a walk over one rule's slots, shared with [`walk_slot`].
+struct Walk<'a> {
+    rule: &'a PortRule,
+    pkt: &'a Packet,
+    fx: &'a mut Effects,
+    at: Where,
+    result: u32,
+    fault_id: u64,
+}
+
+/// One step of the walk: slot `i`. Returns 1 to stop (no more slots, or the packet's fate
+/// is sealed), 0 to go on.
+extern "C" fn walk_slot(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `apply` gave it.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let i = i as usize;
+    if i >= MAX_FAULTS_PER_PORT || i as u32 >= walk.rule.len {
+        return 1;
+    }
+    let slot = &walk.rule.slots[i];
+    let result = apply_slot(slot, walk.pkt, &walk.at, walk.fx);
+    if result == SLOT_ON {
+        return 0;
+    }
+    walk.result = result;
+    walk.fault_id = slot.fault_id;
+    1
+}
+
+/// Where and how big a packet is being looked at: one argument, as a BPF call takes at
+/// most five.
+pub struct Seen {
+    pub hook: Hook,
+    /// The interface is a loopback (`ROLE_LOOPBACK`).
+    pub loopback: bool,
+    /// The packet's length as the hook sees it.
+    pub len: u64,
+}
+
+/// [`Seen`], and which end of the packet is the faulted port.
 struct Where {
     side: Side,
     hook: Hook,
     len: u64,
+    loopback: bool,
 }
 
 /// Results of [`apply_slot`]: the packet goes on to the next slot, or its fate is sealed.
@@ -245,11 +328,10 @@ const SLOT_RESET: u32 = 2;
 
 /// One slot's whole work on a packet: match, count, act. Not inlined, on purpose: the
 /// verifier walks a call's paths and comes back to the caller with only the returned
-/// number differing, so the slots' paths add up. Inlined into the loop, the paths of eight
-/// slots (each with a dozen actions) would multiply past the verifier's limit.
+/// number differing, so paths do not multiply across slots.
 #[inline(never)]
 fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
-    if !matches(slot, pkt, at.side, at.hook) {
+    if !matches(slot, pkt, at) {
         return SLOT_ON;
     }
     let counters = COUNTERS.get_ptr_mut(slot.counter);
@@ -272,8 +354,12 @@ fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u
 }
 
 #[inline(always)]
-fn matches(slot: &FaultSlot, pkt: &Packet, side: Side, hook: Hook) -> bool {
-    if slot.directions & side.bit() == 0 || !hook.carries(slot) || !peer_matches(slot, pkt, side) {
+fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
+    let side = at.side;
+    if slot.directions & side.bit() == 0
+        || !at.hook.carries(slot, at.loopback)
+        || !peer_matches(slot, pkt, side)
+    {
         return false;
     }
     match slot.action {
