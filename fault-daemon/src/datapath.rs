@@ -64,7 +64,7 @@ fn kernel(what: impl Into<String>, source: impl Into<anyhow::Error>) -> Datapath
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    /// "driver" or "generic".
+    /// "driver" or "generic"; "none" on a loopback, where TC carries every action.
     pub xdp_mode: &'static str,
     /// "tcx" or "netlink".
     pub tc_mode: &'static str,
@@ -142,14 +142,20 @@ impl Datapath {
         let ebpf = self.ebpf.as_mut().expect("programs are loaded");
 
         let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
-        let xdp_mode = match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(_) => "driver",
-            Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
-            Err(_) => match xdp.attach_to_if_index(ifindex, XdpMode::Skb) {
-                Ok(_) => "generic",
+        // On a loopback TC carries every action (rules::Hook::carries in fault-ebpf), and
+        // generic XDP there would only cost throughput (it linearizes 64 KiB packets).
+        let xdp_mode = if is_loopback(iface) {
+            "none"
+        } else {
+            match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(_) => "driver",
                 Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
-                Err(e) => return Err(kernel(format!("attaching XDP to {iface}"), e)),
-            },
+                Err(_) => match xdp.attach_to_if_index(ifindex, XdpMode::Skb) {
+                    Ok(_) => "generic",
+                    Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
+                    Err(e) => return Err(kernel(format!("attaching XDP to {iface}"), e)),
+                },
+            }
         };
 
         let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
