@@ -21,7 +21,7 @@ use rules::{Hook, Verdict};
 #[xdp]
 pub fn faultd_xdp(ctx: XdpContext) -> u32 {
     match try_xdp(&ctx) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::PassChanged => xdp_action::XDP_PASS,
         Verdict::Drop | Verdict::Reset { .. } => xdp_action::XDP_DROP,
     }
 }
@@ -36,15 +36,12 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
         return Verdict::Pass;
     };
-    let Some(fx) = rules::Effects::fresh(Hook::Xdp) else {
-        return Verdict::Pass;
-    };
     let seen = rules::Seen {
         hook: Hook::Xdp,
         loopback: false,
         len: (ctx.data_end() - ctx.data()) as u64,
     };
-    rules::decide(&pkt, &seen, fx)
+    rules::decide(&pkt, &seen)
 }
 
 /// Ingress, after XDP: carries the actions that need the socket buffer.
@@ -72,17 +69,17 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK;
     };
-    let Some(fx) = rules::Effects::fresh(hook) else {
-        return TC_ACT_OK;
-    };
     let seen = rules::Seen {
         hook,
         loopback: role & ROLE_LOOPBACK != 0,
         len: ctx.len() as u64,
     };
-    match rules::decide(&pkt, &seen, fx) {
-        Verdict::Pass => {
-            alter::apply(ctx, &pkt, fx, hook, ifindex);
+    match rules::decide(&pkt, &seen) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::PassChanged => {
+            if let Some(fx) = rules::Effects::current(hook) {
+                alter::apply(ctx, &pkt, fx, hook, ifindex);
+            }
             TC_ACT_OK
         }
         Verdict::Drop => TC_ACT_SHOT,

@@ -67,9 +67,25 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// This hook's effects, as [`decide`] left them for the packet it passed.
+    #[inline(always)]
+    pub fn current(hook: Hook) -> Option<&'static Effects> {
+        // SAFETY: a per-CPU map value, valid for the program's run; see EFFECTS.
+        EFFECTS.get_ptr(hook as u32).map(|fx| unsafe { &*fx })
+    }
+
+    /// This hook's effects, to add to.
+    #[inline(always)]
+    fn current_mut(hook: Hook) -> Option<&'static mut Effects> {
+        // SAFETY: a per-CPU map value, valid for the program's run; see EFFECTS.
+        EFFECTS
+            .get_ptr_mut(hook as u32)
+            .map(|fx| unsafe { &mut *fx })
+    }
+
     /// This hook's effects, cleared for a new packet.
     #[inline(always)]
-    pub fn fresh(hook: Hook) -> Option<&'static mut Effects> {
+    fn fresh(hook: Hook) -> Option<&'static mut Effects> {
         let fx = EFFECTS.get_ptr_mut(hook as u32)?;
         // SAFETY: a per-CPU map value, valid for the program's run; see EFFECTS.
         // Volatile, field by field: LLVM turns plain zeroing into a call to memset, a
@@ -148,6 +164,8 @@ enum Place {
 #[derive(Copy, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
+    /// Pass, with the changes gathered in this hook's [`Effects`] (which may be none).
+    PassChanged,
     Drop,
     /// Drop it and answer its sender with a RST (TC hooks only).
     Reset {
@@ -164,27 +182,46 @@ pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
 }
 
 /// Looks up the faults on the packet's destination port, then on its source port, and
-/// applies them. Two hash lookups per packet whatever the number of faults installed.
-/// Changes to a packet that passes are left in `fx`.
+/// applies them. Two hash lookups per packet whatever the number of faults installed; a
+/// packet on ports without faults costs nothing more.
 ///
 /// Not inlined: a BPF call gets a stack frame of its own, which its siblings (forging a
 /// RST, altering a packet) reuse; inlined together they overflow the 512-byte stack.
 #[inline(never)]
-pub fn decide(pkt: &Packet, seen: &Seen, fx: &mut Effects) -> Verdict {
+pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
-    let by_dst = PortKey::new(pkt.protocol, pkt.dst_port);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
-    if let Some(rule) = unsafe { RULES.get(&by_dst) } {
+    let mut touched = false;
+    if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.dst_port)) } {
+        let Some(fx) = Effects::fresh(hook) else {
+            return Verdict::Pass;
+        };
+        touched = true;
         let verdict = apply(rule, pkt, Side::ToPort, hook, loopback, len, fx);
         if verdict != Verdict::Pass {
             return verdict;
         }
     }
-    let by_src = PortKey::new(pkt.protocol, pkt.src_port);
-    if let Some(rule) = unsafe { RULES.get(&by_src) } {
-        return apply(rule, pkt, Side::FromPort, hook, loopback, len, fx);
+    if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.src_port)) } {
+        // Cleared only if the destination port's faults have not started on it.
+        let fx = if touched {
+            Effects::current_mut(hook)
+        } else {
+            Effects::fresh(hook)
+        };
+        let Some(fx) = fx else {
+            return Verdict::Pass;
+        };
+        touched = true;
+        let verdict = apply(rule, pkt, Side::FromPort, hook, loopback, len, fx);
+        if verdict != Verdict::Pass {
+            return verdict;
+        }
     }
-    Verdict::Pass
+    if !touched {
+        return Verdict::Pass;
+    }
+    Verdict::PassChanged
 }
 
 /// What one slot did with a packet it matched.
@@ -201,7 +238,7 @@ enum Outcome {
 impl From<Verdict> for Outcome {
     fn from(v: Verdict) -> Self {
         match v {
-            Verdict::Pass => Outcome::Untouched,
+            Verdict::Pass | Verdict::PassChanged => Outcome::Untouched,
             v => Outcome::Final(v),
         }
     }
@@ -347,7 +384,7 @@ fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u
             match verdict {
                 Verdict::Drop => SLOT_DROP,
                 Verdict::Reset { .. } => SLOT_RESET,
-                Verdict::Pass => SLOT_ON,
+                Verdict::Pass | Verdict::PassChanged => SLOT_ON,
             }
         }
     }
