@@ -84,6 +84,8 @@ pub struct Datapath {
     ebpf: Option<Ebpf>,
     rules: HashMap<MapData, PortKey, PortRule>,
     counters: PerCpuArray<MapData, FaultCounters>,
+    /// Per-fault rate state, indexed like the counters.
+    buckets: aya::maps::Array<MapData, u64>,
     ifaces: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     cpus: usize,
@@ -115,6 +117,8 @@ impl Datapath {
             HashMap::try_from(take(&mut ebpf, "RULES")?).map_err(|e| kernel("map RULES", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
             .map_err(|e| kernel("map COUNTERS", e))?;
+        let buckets = aya::maps::Array::try_from(take(&mut ebpf, "BUCKETS")?)
+            .map_err(|e| kernel("map BUCKETS", e))?;
         let ifaces =
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
         let events =
@@ -124,6 +128,7 @@ impl Datapath {
             ebpf: Some(ebpf),
             rules,
             counters,
+            buckets,
             ifaces,
             events: Some(events),
             cpus,
@@ -229,7 +234,11 @@ impl RuleSink for Datapath {
             .map_err(|e| FaultError::Datapath(format!("counters: {e}")))?;
         self.counters
             .set(counter, zeros, 0)
-            .map_err(|e| FaultError::Datapath(format!("counters: {e}")))
+            .map_err(|e| FaultError::Datapath(format!("counters: {e}")))?;
+        // A rate fault reusing the slot starts with a full bucket, not its predecessor's.
+        self.buckets
+            .set(counter, 0, 0)
+            .map_err(|e| FaultError::Datapath(format!("rate state: {e}")))
     }
 
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
