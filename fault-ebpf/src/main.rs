@@ -7,6 +7,8 @@ mod packet;
 mod reset;
 mod rules;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::bpf_ktime_get_ns,
@@ -15,6 +17,7 @@ use aya_ebpf::{
 };
 
 use fault_common::{EVENT_RST_SENT, ROLE_LOOPBACK};
+use packet::Packet;
 use rules::{Hook, Verdict};
 
 /// Ingress, as early as possible: carries the actions that need no socket buffer.
@@ -33,15 +36,18 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
         Some(role) if role & ROLE_LOOPBACK == 0 => {}
         _ => return Verdict::Pass,
     }
-    let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
+    let mut pkt = MaybeUninit::<Packet>::uninit();
+    if !packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr()) {
         return Verdict::Pass;
-    };
+    }
+    // SAFETY: parse wrote every field.
+    let pkt = unsafe { pkt.assume_init_ref() };
     let seen = rules::Seen {
         hook: Hook::Xdp,
         loopback: false,
         len: (ctx.data_end() - ctx.data()) as u64,
     };
-    rules::decide(&pkt, &seen)
+    rules::decide(pkt, &seen)
 }
 
 /// Ingress, after XDP: carries the actions that need the socket buffer.
@@ -66,19 +72,22 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     if alter::take_duplicate_mark(ctx) {
         return TC_ACT_OK;
     }
-    let Some(pkt) = packet::parse(ctx.data(), ctx.data_end()) else {
+    let mut pkt = MaybeUninit::<Packet>::uninit();
+    if !packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr()) {
         return TC_ACT_OK;
-    };
+    }
+    // SAFETY: parse wrote every field.
+    let pkt = unsafe { pkt.assume_init_ref() };
     let seen = rules::Seen {
         hook,
         loopback: role & ROLE_LOOPBACK != 0,
         len: ctx.len() as u64,
     };
-    match rules::decide(&pkt, &seen) {
+    match rules::decide(pkt, &seen) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::PassChanged => {
             if let Some(fx) = rules::Effects::current(hook) {
-                alter::apply(ctx, &pkt, fx, hook, ifindex);
+                alter::apply(ctx, pkt, fx, hook, ifindex);
             }
             TC_ACT_OK
         }
@@ -89,11 +98,9 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
                 Hook::TcEgress => reset::Way::BackIn,
                 _ => reset::Way::BackOut,
             };
-            match reset::send_rst(ctx, &pkt, ifindex, way) {
+            match reset::send_rst(ctx, pkt, ifindex, way) {
                 Ok(action) => {
-                    events::emit(EVENT_RST_SENT, fault_id, &pkt, unsafe {
-                        bpf_ktime_get_ns()
-                    });
+                    events::emit(EVENT_RST_SENT, fault_id, pkt, unsafe { bpf_ktime_get_ns() });
                     action
                 }
                 // The packet is half rewritten or cannot be answered: it must not go on.

@@ -71,36 +71,33 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     ptr_at::<T>(data, data_end, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
-/// Parses an Ethernet frame; `None` for anything that is not TCP or UDP over IP.
-/// Not inlined: its frame on the stack is a sibling of the rule walk's, not added to it.
+/// Parses an Ethernet frame into `*out`; false for anything that is not TCP or UDP over IP.
+/// Every field of `*out` is written when it returns true.
+///
+/// Not inlined, and writing in place rather than returning a `Packet`: its stack frame is
+/// then small, which matters because kernels before 6.6 (Debian's 6.1) add the frames of
+/// subprograms that do not call each other when they check the 512-byte stack limit.
 #[inline(never)]
-pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
+pub fn parse(data: usize, data_end: usize, out: *mut Packet) -> bool {
+    // SAFETY: `out` points to a Packet-sized slot of the caller's stack.
+    unsafe { parse_into(data, data_end, &mut *out).is_some() }
+}
+
+#[inline(always)]
+fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Option<()> {
     let ether_type = u16::from_be(read::<u16>(data, data_end, 12)?);
-    let (family, protocol, l4, l4_total, src_addr, dst_addr) = match ether_type {
-        ETH_P_IP => parse_ipv4(data, data_end)?,
-        ETH_P_IPV6 => parse_ipv6(data, data_end)?,
+    let (l4, l4_total) = match ether_type {
+        ETH_P_IP => parse_ipv4(data, data_end, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(data, data_end, pkt)?,
         _ => return None,
     };
-    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+    if pkt.protocol != PROTO_TCP && pkt.protocol != PROTO_UDP {
         return None;
     }
-    let mut pkt = Packet {
-        family,
-        protocol,
-        src_port: 0,
-        dst_port: 0,
-        src_addr,
-        dst_addr,
-        payload_len: 0,
-        tcp_flags: 0,
-        seq: 0,
-        ack: 0,
-        l4_offset: l4 as u32,
-        payload_offset: 0,
-    };
+    pkt.l4_offset = l4 as u32;
     // Each header is read whole with one bounds check: the verifier tracks one range per
     // packet pointer, and separate reads at variable offsets lose it.
-    if protocol == PROTO_TCP {
+    if pkt.protocol == PROTO_TCP {
         let tcp: [u8; 20] = read(data, data_end, l4)?;
         pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
         pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
@@ -114,17 +111,19 @@ pub fn parse(data: usize, data_end: usize) -> Option<Packet> {
         let udp: [u8; 8] = read(data, data_end, l4)?;
         pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
         pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+        pkt.seq = 0;
+        pkt.ack = 0;
+        pkt.tcp_flags = 0;
         pkt.payload_len = l4_total.saturating_sub(8);
         pkt.payload_offset = l4 as u32 + 8;
     }
-    Some(pkt)
+    Some(())
 }
 
-/// family, protocol, L4 offset, L4 length (header + payload), source, destination.
-type L3 = (u8, u8, usize, u32, [u32; 4], [u32; 4]);
-
+/// Fills in family, protocol and addresses; returns the L4 offset and the L4 length
+/// (header + payload).
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
+fn parse_ipv4(data: usize, data_end: usize, pkt: &mut Packet) -> Option<(usize, u32)> {
     let version_ihl: u8 = read(data, data_end, ETH_HLEN)?;
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
     if header_len < 20 {
@@ -136,25 +135,22 @@ fn parse_ipv4(data: usize, data_end: usize) -> Option<L3> {
         return None;
     }
     let total: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 2)?);
-    let protocol: u8 = read(data, data_end, ETH_HLEN + 9)?;
-    let src: u32 = read(data, data_end, ETH_HLEN + 12)?;
-    let dst: u32 = read(data, data_end, ETH_HLEN + 16)?;
+    pkt.family = PEER_V4;
+    pkt.protocol = read(data, data_end, ETH_HLEN + 9)?;
+    pkt.src_addr = [read(data, data_end, ETH_HLEN + 12)?, 0, 0, 0];
+    pkt.dst_addr = [read(data, data_end, ETH_HLEN + 16)?, 0, 0, 0];
     Some((
-        PEER_V4,
-        protocol,
         ETH_HLEN + header_len,
         (total as u32).saturating_sub(header_len as u32),
-        [src, 0, 0, 0],
-        [dst, 0, 0, 0],
     ))
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize) -> Option<L3> {
+fn parse_ipv6(data: usize, data_end: usize, pkt: &mut Packet) -> Option<(usize, u32)> {
     let payload: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 4)?);
     let mut next: u8 = read(data, data_end, ETH_HLEN + 6)?;
-    let src: [u32; 4] = read(data, data_end, ETH_HLEN + 8)?;
-    let dst: [u32; 4] = read(data, data_end, ETH_HLEN + 24)?;
+    pkt.src_addr = read(data, data_end, ETH_HLEN + 8)?;
+    pkt.dst_addr = read(data, data_end, ETH_HLEN + 24)?;
     let mut offset = ETH_HLEN + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT {
         if next != IPV6_EXT_HOP && next != IPV6_EXT_ROUTING && next != IPV6_EXT_DEST {
@@ -165,12 +161,7 @@ fn parse_ipv6(data: usize, data_end: usize) -> Option<L3> {
         offset += (hdr[1] as usize + 1) * 8;
     }
     let ext_len = (offset - ETH_HLEN - IPV6_HLEN) as u32;
-    Some((
-        PEER_V6,
-        next,
-        offset,
-        (payload as u32).saturating_sub(ext_len),
-        src,
-        dst,
-    ))
+    pkt.family = PEER_V6;
+    pkt.protocol = next;
+    Some((offset, (payload as u32).saturating_sub(ext_len)))
 }
