@@ -361,18 +361,19 @@ impl Action {
                 0,
                 jitter.as_micros() as u32,
             ),
+            // The burst is for policing, which a paced rate also does to what comes in
+            // on interfaces other than lo.
             Action::Rate {
                 bytes_per_sec,
-                mode: RateMode::Pace,
-            } => (ACTION_RATE, always, *bytes_per_sec, RATE_PACE, 0),
-            Action::Rate {
-                bytes_per_sec,
-                mode: RateMode::Police,
+                mode,
             } => (
                 ACTION_RATE,
                 always,
                 *bytes_per_sec,
-                RATE_POLICE,
+                match mode {
+                    RateMode::Pace => RATE_PACE,
+                    RateMode::Police => RATE_POLICE,
+                },
                 police_burst(*bytes_per_sec),
             ),
             Action::Corrupt { probability } => (ACTION_CORRUPT, threshold(*probability), 0, 0, 0),

@@ -2315,12 +2315,14 @@ fn rate_police_passes_the_burst_then_drops_until_time_refills_it() {
     assert_eq!(c2.acted_packets, N + tc_runs - passed - again);
 }
 
-/// `rate` in pace mode, TC egress only: the first packet leaves at once (no tstamp), each
-/// next one exactly one packet's time (len / rate) after the one before; a packet that would
-/// wait past fq's 10 s horizon is dropped instead.
+/// `rate` in pace mode on a loopback, TC egress only: the first packet leaves at once (no
+/// tstamp), each next one exactly one packet's time (len / rate) after the one before; a
+/// packet that would wait past fq's 10 s horizon is dropped instead. (On other interfaces
+/// what comes in is policed at XDP: `rate_pace_polices_what_comes_in_elsewhere`.)
 #[test]
 fn rate_pace_spaces_departures_by_the_packet_time() {
     let Some(mut b) = Bench::new() else { return };
+    b.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS | ROLE_LOOPBACK);
     const RATE: u64 = 1000;
     let fault = b.add(spec(
         Action::Rate {
@@ -2335,7 +2337,7 @@ fn rate_pace_spaces_departures_by_the_packet_time() {
     let frame = udp("10.0.0.1:40000", "10.0.0.2:8260");
     let cost = frame.len() as u64 * NS_PER_SEC / RATE;
 
-    // XDP and TC ingress do not pace, and do not touch the bucket.
+    // On a loopback XDP and TC ingress do not pace, and do not touch the bucket.
     assert_eq!(b.verdict(Hook::Xdp, &frame), Verdict::Pass);
     let (_, out) = b.run_skb(Hook::TcIngress, &frame, &SkBuff::new());
     assert_eq!(out.tstamp(), 0);
@@ -3281,4 +3283,34 @@ fn builder_sends_a_zero_udp_checksum_as_ffff() {
         assert_eq!(parse_frame(&frame).unwrap().udp().unwrap().checksum, 0xffff);
         verify_checksums(&frame).unwrap();
     }
+}
+
+/// `rate` in pace mode on an interface other than lo: packets coming in cannot be held back,
+/// so XDP polices them against the same bucket (a burst passes, then drops).
+#[test]
+fn rate_pace_polices_what_comes_in_elsewhere() {
+    let Some(mut b) = Bench::new() else { return };
+    let fault = b.add(spec(
+        Action::Rate {
+            bytes_per_sec: 100_000,
+            mode: RateMode::Pace,
+        },
+        8261,
+        Protocol::Any,
+        Direction::Both,
+        None,
+    ));
+    // 400 frames of 1.4 kB: far beyond the 128 KiB burst.
+    let frame = data_frame(
+        IPPROTO_TCP,
+        "10.0.0.1:40000",
+        "10.0.0.2:8261",
+        &pattern(1400),
+    )
+    .build();
+    let verdicts: Vec<Verdict> = (0..400).map(|_| b.verdict(Hook::Xdp, &frame)).collect();
+    let passed = verdicts.iter().filter(|v| **v == Verdict::Pass).count();
+    assert!(passed > 0, "nothing came in");
+    assert!(passed < 400, "nothing was policed");
+    assert_eq!(b.counters(&fault).acted_packets, 400 - passed as u64);
 }

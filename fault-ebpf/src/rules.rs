@@ -133,7 +133,9 @@ impl Hook {
     fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
         let place = match slot.action {
             ACTION_DELAY => Place::Departure,
-            ACTION_RATE if slot.then == RATE_PACE => Place::Departure,
+            // Paced on the way out; on other interfaces than lo, what comes in cannot be
+            // held back, so it is policed at XDP (rate() tells the two apart).
+            ACTION_RATE if slot.then == RATE_PACE && loopback => Place::Departure,
             ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
                 Place::Rewrite
             }
@@ -373,7 +375,7 @@ fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u
     }
     let counters = COUNTERS.get_ptr_mut(slot.counter);
     count(counters, at.len, false);
-    match act(slot, pkt, at.side, at.len, fx) {
+    match act(slot, pkt, at, fx) {
         Outcome::Untouched => SLOT_ON,
         Outcome::Altered => {
             count(counters, at.len, true);
@@ -414,14 +416,15 @@ fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
 
 /// The slot's decision for a packet it matches.
 #[inline(always)]
-fn act(slot: &FaultSlot, pkt: &Packet, side: Side, len: u64, fx: &mut Effects) -> Outcome {
+fn act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> Outcome {
+    let (side, len) = (at.side, at.len);
     let now = unsafe { bpf_ktime_get_ns() };
     match slot.action {
         ACTION_DELAY => {
             fx.delay_ns += delay(slot);
             Outcome::Altered
         }
-        ACTION_RATE => rate(slot, len, now, fx),
+        ACTION_RATE => rate(slot, len, now, at.hook == Hook::TcEgress, fx),
         ACTION_CORRUPT if chance(slot.threshold) => {
             fx.corrupt = 1;
             Outcome::Altered
@@ -454,7 +457,7 @@ fn delay(slot: &FaultSlot) -> u64 {
 /// Holds the fault's traffic to `param` bytes per second (GCRA). Policing drops a packet
 /// that comes more than the burst ahead of its time; pacing gives it a departure time.
 #[inline(always)]
-fn rate(slot: &FaultSlot, len: u64, now: u64, fx: &mut Effects) -> Outcome {
+fn rate(slot: &FaultSlot, len: u64, now: u64, egress: bool, fx: &mut Effects) -> Outcome {
     let Some(tat) = BUCKETS.get_ptr_mut(slot.counter) else {
         return Outcome::Untouched;
     };
@@ -462,7 +465,7 @@ fn rate(slot: &FaultSlot, len: u64, now: u64, fx: &mut Effects) -> Outcome {
     let cost = len * NS_PER_SEC / bytes_per_sec;
     // SAFETY: the pointer came from the map; see BUCKETS for the race.
     let due = unsafe { (*tat).max(now) };
-    if slot.then == RATE_PACE {
+    if slot.then == RATE_PACE && egress {
         if due - now > DELAY_HORIZON_NS {
             // fq would drop it anyway; better that it counts as the rate's drop.
             return Outcome::Final(Verdict::Drop);
