@@ -377,7 +377,10 @@ fn lock_interface(iface: &str, ifindex: u32) -> Result<(File, String), DatapathE
 fn add_clsact(iface: &str) -> Result<bool, DatapathError> {
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => Ok(true),
-        Err(tc::TcError::NetlinkError(e)) if e.to_string().contains("exists") => Ok(false),
+        // Already there (someone else's, or a killed faultd's): use it, leave it.
+        Err(e) if e.to_string().contains("exists") || has_os_error(&e, &[libc::EEXIST]) => {
+            Ok(false)
+        }
         Err(e) => Err(kernel(format!("adding clsact to {iface}"), e)),
     }
 }
