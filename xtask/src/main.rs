@@ -3,7 +3,9 @@
 //! Every task installs what is missing first and is quick when everything is there, so a
 //! fresh machine needs nothing but the two commands in README.md.
 
+mod bench;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -27,8 +29,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test suite (unit, program, system).
+    /// Set up, then run every test suite (unit, program, system), then the quick bench.
     Test,
+    /// The kernel matrix: the system tests on this machine's kernel and in a VM (qemu, TCG) on
+    /// Debian's 6.1 kernel, as a pass/skip/fail table.
+    VmTest(vm::Options),
+    /// Set up, then measure faultd (per-packet cost, throughput, apply latency, churn,
+    /// memory) and write BENCHMARKS.md and benchmarks.png.
+    Bench {
+        /// A few seconds with tiny counts, written to target/bench-quick/ (the test suite's).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -41,6 +53,10 @@ fn main() {
 fn run(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Setup => setup::all(),
+        Task::VmTest(opts) => {
+            setup::all()?;
+            vm::run(&opts)
+        }
         Task::Run { args } => {
             setup::all()?;
             cargo(&[
@@ -64,7 +80,15 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root(
                 "the program and system tests load eBPF programs and create network namespaces",
             )?;
-            cargo(&["test", "--workspace", "--no-fail-fast"])
+            cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            // The kernel matrix: the system tests again, here and on Debian's 6.1 in a VM.
+            vm::run(&vm::Options::default())?;
+            // So that the bench cannot rot; it fails only on errors, never on a figure.
+            bench::run(true)
+        }
+        Task::Bench { quick } => {
+            setup::all()?;
+            bench::run(quick)
         }
     }
 }

@@ -5,8 +5,11 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 /// Debian packages: LLVM for bpf-linker, protoc for the gRPC code, iproute2 for the tests'
-/// namespaces and veths.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "protobuf-compiler", "iproute2"];
+/// namespaces and veths, iptables for the bench's comparison with iptables DROP rules.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "protobuf-compiler", "iproute2", "iptables"];
+/// Debian packages for `cargo xtask vm-test`: the emulator, a static busybox for the VM's
+/// userland, and `xz` for kernels whose modules are compressed.
+const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
 /// Python modules the tests import, and the PyPI packages that provide them.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("grpc", "grpcio"), ("grpc_tools", "grpcio-tools")];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -17,6 +20,12 @@ pub fn all() -> anyhow::Result<()> {
     bpf_linker()?;
     python_packages()?;
     Ok(())
+}
+
+/// What `cargo xtask vm-test` needs besides [`all`]: kept apart so that `cargo xtask run`
+/// does not install an emulator.
+pub fn vm() -> anyhow::Result<()> {
+    install_missing(VM_APT_PACKAGES)
 }
 
 fn quiet(cmd: &mut Command) -> bool {
@@ -36,7 +45,11 @@ fn loud(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install_missing(APT_PACKAGES)
+}
+
+fn install_missing(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,0 +1,210 @@
+//! Measurement 1, per-packet cost of each of faultd's programs: the kernel's own accounting
+//! (`kernel.bpf_stats_enabled`: `run_time_ns` and `run_cnt` in the fdinfo of each program fd
+//! faultd holds), as deltas around a fixed load of TCP ping-pongs on a port without faults.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener};
+
+use anyhow::{Context as _, bail};
+
+use super::netns::{BpfStats, Netns, bpf_fdinfo, fdinfo_field};
+use super::throughput::{accept_within, connect_within};
+
+/// The programs faultd attaches, by the names the kernel knows them by.
+pub const PROGRAMS: [&str; 3] = ["faultd_xdp", "faultd_tc_ingress", "faultd_tc_egress"];
+
+/// One of faultd's loaded programs: its name and the fd faultd holds it by.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub name: String,
+    fd: u32,
+}
+
+/// faultd's programs, found through its fds (and named through the kernel's program list,
+/// since a program's fdinfo has its id but not its name).
+pub fn programs(pid: u32) -> anyhow::Result<Vec<Program>> {
+    let mut names = BTreeMap::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing the loaded BPF programs")?;
+        if let Some(name) = info.name_as_str() {
+            names.insert(info.id() as u64, name.to_string());
+        }
+    }
+    let mut found: BTreeMap<String, Program> = BTreeMap::new();
+    for (fd, info) in bpf_fdinfo(pid, "bpf-prog")? {
+        let Some(kernel_name) = fdinfo_field(&info, "prog_id").and_then(|id| names.get(&id)) else {
+            continue;
+        };
+        // The kernel keeps 15 bytes of a name: "faultd_tc_ingress" is "faultd_tc_ingre".
+        let full = PROGRAMS
+            .iter()
+            .find(|p| !kernel_name.is_empty() && p.starts_with(kernel_name.as_str()));
+        if let Some(name) = full {
+            found.entry(name.to_string()).or_insert(Program {
+                name: name.to_string(),
+                fd,
+            });
+        }
+    }
+    if found.is_empty() {
+        bail!("faultd (pid {pid}) holds none of the programs {PROGRAMS:?}");
+    }
+    Ok(found.into_values().collect())
+}
+
+/// (run_time_ns, run_cnt) of each program now.
+fn sample(pid: u32, programs: &[Program]) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    programs
+        .iter()
+        .map(|p| {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", p.fd))
+                .with_context(|| format!("fdinfo of {}", p.name))?;
+            let time = fdinfo_field(&info, "run_time_ns").context("no run_time_ns in fdinfo")?;
+            let count = fdinfo_field(&info, "run_cnt").context("no run_cnt in fdinfo")?;
+            Ok((p.name.clone(), (time, count)))
+        })
+        .collect()
+}
+
+/// What one measurement found for one program.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Cost {
+    pub ns_per_run: f64,
+    pub runs: u64,
+}
+
+/// Runs `round_trips` ping-pongs of 64 bytes on `port` in `ns` with the kernel's BPF
+/// statistics on, and returns each program's mean run time per packet.
+pub fn measure(
+    ns: &Netns,
+    pid: u32,
+    programs: &[Program],
+    port: u16,
+    round_trips: usize,
+) -> anyhow::Result<BTreeMap<String, Cost>> {
+    let stats = BpfStats::enable()?;
+    let before = sample(pid, programs)?;
+    ping_pong(ns, port, round_trips)?;
+    let after = sample(pid, programs)?;
+    drop(stats);
+    let mut costs = BTreeMap::new();
+    for (name, (t1, c1)) in after {
+        let (t0, c0) = before[&name];
+        let runs = c1.saturating_sub(c0);
+        if runs == 0 {
+            // Loaded but not attached here: faultd attaches no XDP to lo.
+            continue;
+        }
+        let ns_per_run = t1.saturating_sub(t0) as f64 / runs as f64;
+        costs.insert(name, Cost { ns_per_run, runs });
+    }
+    Ok(costs)
+}
+
+/// `round_trips` request/response exchanges of 64 bytes over one TCP connection on
+/// loopback (TCP_NODELAY: about two packets per exchange).
+pub fn ping_pong(ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<()> {
+    ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .with_context(|| format!("binding port {port}"))?;
+        std::thread::scope(|s| {
+            let server = s.spawn(|| -> anyhow::Result<()> {
+                let mut conn = accept_within(&listener)?;
+                conn.set_nodelay(true)?;
+                let mut buf = [0u8; 64];
+                loop {
+                    match conn.read_exact(&mut buf) {
+                        Ok(()) => conn.write_all(&buf)?,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            });
+            let mut conn = connect_within(port)?;
+            conn.set_nodelay(true)?;
+            let mut buf = [7u8; 64];
+            for _ in 0..round_trips {
+                conn.write_all(&buf)?;
+                conn.read_exact(&mut buf)?;
+            }
+            drop(conn);
+            server
+                .join()
+                .unwrap_or_else(|_| bail!("ping-pong server panicked"))
+        })
+    })
+}
+
+/// A program that does nothing (`return TC_ACT_OK`), attached by TCX at the egress of a
+/// namespace's `lo` through the raw bpf(2) calls: measured exactly like faultd's programs,
+/// it gives the cost of running any program with the accounting on, against which faultd's
+/// own work can be read. Detached when dropped (its fds close).
+pub struct Baseline {
+    prog: std::os::fd::OwnedFd,
+    _link: std::os::fd::OwnedFd,
+}
+
+pub const BASELINE: &str = "no-op TC program";
+
+impl Baseline {
+    pub fn attach(ns: &Netns) -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_LINK_CREATE: libc::c_long = 28;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+        const BPF_TCX_EGRESS: u32 = 47;
+        // r0 = 0 (TC_ACT_OK); exit.
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = c"GPL";
+        let bpf = |cmd: libc::c_long, attr: &[u8; 128]| -> std::io::Result<i32> {
+            // SAFETY: `attr` is a zero-padded bpf_attr of the command's layout, whose
+            // pointers (instructions, license) outlive the call.
+            let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len()) };
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(fd as i32)
+            }
+        };
+        let mut load = [0u8; 128];
+        load[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+        load[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+        load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        load[48..56].copy_from_slice(b"fdb_noop");
+        let prog = bpf(BPF_PROG_LOAD, &load).context("loading the no-op program")?;
+        // SAFETY: a new fd that nothing else owns.
+        let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog) };
+        let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog) as u32;
+        let link = ns.run(|| {
+            let mut create = [0u8; 128];
+            create[0..4].copy_from_slice(&prog_fd.to_ne_bytes());
+            // A new namespace's `lo` is always ifindex 1.
+            create[4..8].copy_from_slice(&1u32.to_ne_bytes());
+            create[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
+            bpf(BPF_LINK_CREATE, &create).context("attaching the no-op program (TCX egress)")
+        })?;
+        Ok(Self {
+            prog,
+            // SAFETY: a new fd that nothing else owns.
+            _link: unsafe { std::os::fd::OwnedFd::from_raw_fd(link) },
+        })
+    }
+
+    /// Like [`measure`], for the no-op program.
+    pub fn measure(&self, ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<Cost> {
+        let program = Program {
+            name: BASELINE.into(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.prog) as u32,
+        };
+        let costs = measure(ns, std::process::id(), &[program], port, round_trips)?;
+        costs
+            .into_values()
+            .next()
+            .context("no figures for the no-op program")
+    }
+}

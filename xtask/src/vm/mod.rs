@@ -1,0 +1,480 @@
+//! `cargo xtask vm-test`: the kernel matrix. The system tests run on this machine's kernel and
+//! again inside a VM on Debian's 6.1 kernel (qemu with TCG, since KVM does not work on these
+//! machines), where `sch_fq` exists so delay and rate are measured end to end, and where TC
+//! programs attach through clsact because 6.1 has no TCX.
+//!
+//! Everything is cached under `target/vm/`: the extracted kernel package, stripped binaries,
+//! the initramfs, and the logs (`target/vm/logs/`).
+
+mod initramfs;
+mod kernel;
+mod qemu;
+mod report;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use initramfs::{Archive, Init, TestRun, marker};
+use report::{Column, Outcome};
+
+/// Test binaries the VM cannot run, and why; they still run on the host.
+const NOT_IN_VM: &[(&str, &str)] = &[(
+    "reconnect",
+    "needs Python with grpcio, which the VM's busybox userland has not",
+)];
+/// Binaries the VM runs first: the measurements only the VM can make.
+const FIRST_IN_VM: &[&str] = &["degrade"];
+/// Programs from this machine the tests call (iproute2, util-linux's `setpriv`), copied into
+/// the VM in place of busybox's smaller versions.
+const PROGRAMS: &[&str] = &["ip", "tc", "setpriv"];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Only these test binaries (fault-daemon/tests/NAME.rs), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tests: Vec<String>,
+    /// Do not run the tests on this machine's kernel, only in the VM.
+    #[arg(long)]
+    pub no_host: bool,
+    /// Seconds one test binary may take (in the VM and on the host) before it is killed.
+    #[arg(long, default_value_t = 600)]
+    pub test_timeout: u64,
+    /// Seconds the whole VM run may take before qemu is stopped.
+    #[arg(long, default_value_t = 1200)]
+    pub vm_timeout: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tests: Vec::new(),
+            no_host: false,
+            test_timeout: 600,
+            vm_timeout: 1200,
+        }
+    }
+}
+
+/// Runs the matrix and prints its table; fails when any test failed on any kernel.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    crate::setup::vm()?;
+    let root = crate::workspace_root();
+    let vm_dir = root.join("target/vm");
+    let logs = vm_dir.join("logs");
+    fs::create_dir_all(&logs)?;
+
+    let names = test_names(&root, &opts.tests)?;
+    let build = build(&names)?;
+    let kernel = kernel::fetch(&vm_dir)?;
+
+    let plan = vm_plan(&build.tests);
+    let initrd = vm_dir.join(format!("initramfs-{}.cpio", kernel.release));
+    let t = Instant::now();
+    let size = initramfs(&build, &plan, &kernel, &vm_dir, opts, &initrd)?;
+    eprintln!(
+        "xtask: initramfs {} ({} MB) in {:.1} s",
+        initrd.display(),
+        size / 1_000_000,
+        t.elapsed().as_secs_f64()
+    );
+
+    let label = kernel.release.clone();
+    let log = logs.join(format!("{label}.log"));
+    eprintln!(
+        "xtask: booting Debian's {label} in qemu (TCG); console in {}",
+        log.display()
+    );
+    let boot = qemu::boot(
+        &kernel.image,
+        &initrd,
+        &label,
+        Duration::from_secs(opts.vm_timeout),
+        &log,
+    )?;
+    let vm_column = vm_column(&kernel, &build.tests, &boot, &log);
+
+    let mut columns = Vec::new();
+    if !opts.no_host {
+        columns.push(host_column(&build.tests, &root, &logs, opts)?);
+    }
+    columns.push(vm_column);
+
+    print!("{}", report::render(&columns));
+    eprintln!(
+        "xtask: vm-test took {:.0} s (VM: boot {}, whole run {:.0} s)",
+        started.elapsed().as_secs_f64(),
+        boot.boot
+            .map_or_else(|| "-".to_string(), |b| format!("{:.1} s", b.as_secs_f64())),
+        boot.elapsed.as_secs_f64()
+    );
+    let totals = report::totals(&columns);
+    if totals.failed > 0 {
+        bail!(
+            "{} test(s) failed in the kernel matrix (logs in {})",
+            totals.failed,
+            logs.display()
+        );
+    }
+    Ok(())
+}
+
+/// The integration tests of fault-daemon (one binary per `tests/NAME.rs`), or those asked for.
+fn test_names(root: &Path, only: &[String]) -> anyhow::Result<Vec<String>> {
+    let dir = root.join("fault-daemon/tests");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some(name.strip_suffix(".rs")?.to_string())
+        })
+        .collect();
+    names.sort();
+    if !only.is_empty() {
+        for n in only {
+            if !names.contains(n) {
+                bail!(
+                    "no test binary {n}: fault-daemon/tests has {}",
+                    names.join(", ")
+                );
+            }
+        }
+        names.retain(|n| only.contains(n));
+    }
+    Ok(names)
+}
+
+struct Build {
+    tests: Vec<TestBin>,
+    faultd: PathBuf,
+    faultctl: PathBuf,
+}
+
+struct TestBin {
+    name: String,
+    exe: PathBuf,
+    /// Its tests, from `--list`.
+    tests: Vec<String>,
+}
+
+/// The binaries the VM runs, in order.
+fn vm_plan(tests: &[TestBin]) -> Vec<&TestBin> {
+    let mut plan: Vec<&TestBin> = tests
+        .iter()
+        .filter(|b| !NOT_IN_VM.iter().any(|(n, _)| *n == b.name))
+        .collect();
+    plan.sort_by_key(|b| !FIRST_IN_VM.contains(&b.name.as_str()));
+    plan
+}
+
+/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's and
+/// faultctl's, which the tests reference by absolute path) come from cargo's JSON messages.
+fn build(names: &[String]) -> anyhow::Result<Build> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+        "--package",
+        "fault-daemon",
+    ]);
+    for n in names {
+        cmd.args(["--test", n]);
+    }
+    let out = cmd
+        .current_dir(crate::workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed ({})", out.status);
+    }
+    let mut tests: Vec<TestBin> = Vec::new();
+    let (mut faultd, mut faultctl) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let name = msg["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let is = |k: &str| kinds.iter().any(|v| v == k);
+        if is("test") && names.contains(&name) {
+            let exe = PathBuf::from(exe);
+            tests.push(TestBin {
+                tests: list_tests(&exe)?,
+                name,
+                exe,
+            });
+        } else if is("bin") && msg["profile"]["test"] == false {
+            match name.as_str() {
+                "faultd" => faultd = Some(PathBuf::from(exe)),
+                "faultctl" => faultctl = Some(PathBuf::from(exe)),
+                _ => {}
+            }
+        }
+    }
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Build {
+        tests,
+        faultd: faultd.context("cargo built no faultd binary")?,
+        faultctl: faultctl.context("cargo built no faultctl binary")?,
+    })
+}
+
+/// The tests of a libtest binary (`--list --format terse`: `name: test` lines).
+fn list_tests(exe: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("{} --list", exe.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed", exe.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+fn initramfs(
+    build: &Build,
+    plan: &[&TestBin],
+    kernel: &kernel::Kernel,
+    vm_dir: &Path,
+    opts: &Options,
+    out: &Path,
+) -> anyhow::Result<u64> {
+    let stage = vm_dir.join("stage");
+    let mut a = Archive::default();
+    for d in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/tmp",
+        "/root",
+        "/etc",
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+    ] {
+        a.dir(d);
+    }
+    a.symlink("/var/run", "/run");
+    a.bytes("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
+    a.bytes("/etc/group", "root:x:0:\n", 0o644);
+    a.bytes("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644);
+    initramfs::busybox(&mut a, PROGRAMS)?;
+    for p in PROGRAMS {
+        let path = which(p)?;
+        a.program(&path.to_string_lossy(), &path)?;
+    }
+    // faultd and faultctl where the tests expect them (CARGO_BIN_EXE_* are absolute paths).
+    for bin in [&build.faultd, &build.faultctl] {
+        a.program(&bin.to_string_lossy(), &initramfs::stripped(bin, &stage)?)?;
+    }
+    let mut runs = Vec::new();
+    for bin in plan {
+        let path = format!("/vm-tests/{}", bin.name);
+        a.program(&path, &initramfs::stripped(&bin.exe, &stage)?)?;
+        runs.push(TestRun {
+            name: bin.name.clone(),
+            path,
+        });
+    }
+    let mut modules = Vec::new();
+    for m in &kernel.modules {
+        let path = format!(
+            "/lib/modules/{}/{}",
+            kernel.release,
+            m.file_name().unwrap().to_string_lossy()
+        );
+        a.file(&path, m, 0o644);
+        modules.push(path);
+    }
+    let workdir = crate::workspace_root().join("fault-daemon");
+    let workdir = workdir.to_string_lossy();
+    a.dir(&workdir);
+    let init = initramfs::init_script(&Init {
+        modules: &modules,
+        tests: &runs,
+        workdir: &workdir,
+        test_timeout_secs: opts.test_timeout,
+        ready_secs: 240,
+    });
+    a.bytes("/init", init, 0o755);
+    a.write(out)
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{program} is not installed (iproute2)"))
+}
+
+/// The VM's column: each binary's output between its markers.
+fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log: &Path) -> Column {
+    let mut sections: Vec<(String, Vec<String>, Option<i32>)> = Vec::new();
+    let mut open: Option<(String, Vec<String>)> = None;
+    let mut booted = false;
+    let mut failed_modules = Vec::new();
+    for line in &boot.lines {
+        if let Some(rest) = marker(line) {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            match words.as_slice() {
+                ["booted", ..] => booted = true,
+                ["module-failed", m, ..] => failed_modules.push(m.to_string()),
+                ["begin", name, ..] => open = Some((name.to_string(), Vec::new())),
+                ["end", name, rc, ..] => {
+                    if let Some((n, lines)) = open.take() {
+                        let rc = rc.parse::<i32>().ok().filter(|&c| c != 137);
+                        sections.push((n, lines, rc));
+                    } else {
+                        sections.push((name.to_string(), Vec::new(), None));
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if let Some((_, lines)) = &mut open {
+            lines.push(line.clone());
+        }
+    }
+    if let Some((n, lines)) = open.take() {
+        // The VM stopped in the middle of this binary.
+        sections.push((n, lines, None));
+    }
+    let mut results = Vec::new();
+    for bin in tests {
+        let name = &bin.name;
+        let total = bin.tests.len() as u32;
+        if let Some((_, why)) = NOT_IN_VM.iter().find(|(n, _)| n == name) {
+            results.push((name.clone(), Outcome::not_run(total, why)));
+            continue;
+        }
+        let outcome = match sections.iter().find(|(n, _, _)| n == name) {
+            Some((_, lines, rc)) => report::parse(lines, *rc),
+            None if !booted => Outcome::broken(format!(
+                "not run: the VM did not boot (see {})",
+                log.display()
+            )),
+            None if boot.timed_out => {
+                Outcome::broken("not reached: the VM ran out of time".to_string())
+            }
+            None => Outcome::broken("not run: the VM stopped before it".to_string()),
+        };
+        results.push((name.clone(), outcome));
+    }
+    let mut note = vec![format!(
+        "{} in qemu TCG: boot {}, whole run {:.0} s",
+        kernel.package,
+        boot.boot
+            .map_or_else(|| "-".to_string(), |b| format!("{:.1} s", b.as_secs_f64())),
+        boot.elapsed.as_secs_f64()
+    )];
+    if !failed_modules.is_empty() {
+        note.push(format!("insmod failed: {}", failed_modules.join(", ")));
+    }
+    Column {
+        kernel: kernel.release.clone(),
+        how: "VM (qemu TCG)".into(),
+        results,
+        note: Some(note.join("; ")),
+    }
+}
+
+/// This machine's column: the same binaries, run the same way, one after the other.
+fn host_column(
+    tests: &[TestBin],
+    root: &Path,
+    logs: &Path,
+    opts: &Options,
+) -> anyhow::Result<Column> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut results = Vec::new();
+    for TestBin { name, exe, .. } in tests {
+        eprintln!("xtask: [host] running {name}");
+        let started = Instant::now();
+        let log = logs.join(format!("host-{name}.log"));
+        let file = File::create(&log)?;
+        let mut child = Command::new(exe)
+            .args(["--test-threads=1", "--nocapture"])
+            .current_dir(root.join("fault-daemon"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(opts.test_timeout);
+        let code = loop {
+            if let Some(status) = child.try_wait()? {
+                break status.code();
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "xtask: [host] {name} still running after {} s: killing pid {}",
+                    opts.test_timeout,
+                    child.id()
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        eprintln!(
+            "xtask: [host] {name} finished in {:.0} s (exit {})",
+            started.elapsed().as_secs_f64(),
+            code.map_or_else(|| "killed".to_string(), |c| c.to_string())
+        );
+        let lines: Vec<String> = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        results.push((name.clone(), report::parse(&lines, code)));
+    }
+    Ok(Column {
+        kernel: release,
+        how: "this machine".into(),
+        results,
+        note: None,
+    })
+}
+
+/// Runs a command that must succeed, its output going to the terminal.
+pub fn loud(cmd: &mut Command) -> anyhow::Result<()> {
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| what.clone())?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
