@@ -2081,9 +2081,9 @@ fn delay_builds_on_an_earlier_departure_time_and_caps_at_the_horizon() {
         b.run_skb_timed(Hook::TcEgress, &frame, &SkBuff::new().with_tstamp(given))
     };
 
-    // Already paced 1 ms, 3 s or 9 s ahead: exactly that plus the latency. (Less than the
-    // syscall's own time ahead would be in the past by the time the program runs.)
-    for ahead in [MS, 3 * NS_PER_SEC, HORIZON - NS_PER_SEC] {
+    // Already paced 100 ms, 3 s or 9 s ahead: exactly that plus the latency. (Less than the
+    // syscall's own time ahead, slow under emulation, would be past by then.)
+    for ahead in [100 * MS, 3 * NS_PER_SEC, HORIZON - NS_PER_SEC] {
         let given = monotonic_ns() + ahead;
         let t = run(&mut b, given);
         assert_eq!(t.run.verdict, Verdict::Pass);
