@@ -1,23 +1,13 @@
 //! `faultctl drop`: the silent blackhole.
 
-use clap::Args;
 use tonic::transport::Channel;
 
-use super::target::{TargetArgs, parse_probability};
+use super::target::ProbabilityArgs;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
-
-#[derive(Args, Debug)]
-pub struct DropArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-    /// Drop only this share of matching packets, in (0, 1].
-    #[arg(long, value_parser = parse_probability, allow_hyphen_values = true)]
-    pub probability: Option<f64>,
-}
 
 pub async fn run(
     client: &mut FaultServiceClient<Channel>,
-    args: DropArgs,
+    args: ProbabilityArgs,
     json: bool,
 ) -> anyhow::Result<()> {
     let action = proto::action::Kind::Drop(proto::Drop {

@@ -48,9 +48,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Blackhole matching packets: they vanish with no FIN, RST or ICMP.
-    Drop(drop::DropArgs),
+    Drop(target::ProbabilityArgs),
     /// Answer each packet of a matching TCP flow with a RST: both ends see ECONNRESET.
-    Reset(reset::ResetArgs),
+    Reset(target::ProbabilityArgs),
     /// Refuse new connections (SYNs); established ones keep working.
     Refuse(refuse::RefuseArgs),
     /// Kill each connection after N payload bytes.

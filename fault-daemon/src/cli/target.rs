@@ -44,6 +44,16 @@ pub struct TargetArgs {
     pub label: String,
 }
 
+/// Target options and an optional share of packets as a probability: drop, reset.
+#[derive(Args, Debug)]
+pub struct ProbabilityArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Act on only this share of matching packets, in (0, 1].
+    #[arg(long, value_parser = parse_probability, allow_hyphen_values = true)]
+    pub probability: Option<f64>,
+}
+
 /// Target options and a share of packets in percent: loss, corrupt, duplicate.
 #[derive(Args, Debug)]
 pub struct PercentArgs {
