@@ -67,6 +67,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let vm_dir = root.join("target/vm");
     let logs = vm_dir.join("logs");
     fs::create_dir_all(&logs)?;
+    // One run at a time: runs share the initramfs, the logs and the machine's two cores.
+    let lock = File::create(vm_dir.join("lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("xtask: another vm-test is running; waiting for it to finish");
+        lock.lock().context("locking target/vm")?;
+    }
 
     let names = test_names(&root, &opts.tests)?;
     let build = build(&names)?;
