@@ -38,6 +38,9 @@
 
 #[path = "support/packets.rs"]
 mod packets;
+// Only its network namespaces: the duplicate test sends a real copy out of `lo`.
+#[allow(unused)]
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -2894,72 +2897,6 @@ fn loss_and_delay_compose_at_tc_egress() {
     );
 }
 
-/// A network namespace of the test's own (`ip netns add`), deleted on drop. `lo` is up.
-struct TestNetns {
-    name: String,
-    file: std::fs::File,
-}
-
-impl TestNetns {
-    fn new(tag: &str) -> Self {
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "fdp-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let ip = |args: &[&str]| {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .expect("running ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["netns", "add", &name]);
-        // From here on Drop deletes it, whatever fails next.
-        let file = match std::fs::File::open(format!("/var/run/netns/{name}")) {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .status();
-                panic!("opening netns {name}: {e}");
-            }
-        };
-        let ns = Self { name, file };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `f` on a thread that joined the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // SAFETY: a valid namespace fd; affects only this thread.
-                let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// A packet socket on loopback (ifindex 1 of the caller's namespace), all protocols.
 struct Capture(std::os::fd::OwnedFd);
 
@@ -3063,7 +3000,7 @@ fn duplicate_sends_a_real_copy_and_passes_the_original() {
     if !is_root() {
         return;
     }
-    let ns = TestNetns::new("dup");
+    let ns = harness::Netns::new("pdup");
     ns.run(|| {
         let mut b = Bench::new().expect("root");
         let fault = b.add(spec(
