@@ -106,18 +106,16 @@ pub async fn connect(addr: Option<&str>, tls: &ClientTlsArgs) -> anyhow::Result<
     if let Some(addr) = addr {
         return connect_to(&Target::parse(addr), tls).await;
     }
-    if tls.is_none() {
-        if let Ok(path) = default_socket_path() {
-            if path.exists() {
-                let socket = Target::Unix(path);
-                match connect_to(&socket, None).await {
-                    Ok(channel) => return Ok(channel),
-                    // Not let in by the socket's mode (--allow-uid users not in its group),
-                    // or left by a faultd that died: TCP may still answer.
-                    Err(e) if socket_refused(&e) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+    if tls.is_none()
+        && let Ok(path) = default_socket_path()
+        && path.exists()
+    {
+        match connect_to(&Target::Unix(path), None).await {
+            Ok(channel) => return Ok(channel),
+            // Not let in by the socket's mode (--allow-uid users not in its group), or
+            // left by a faultd that died: TCP may still answer.
+            Err(e) if socket_refused(&e) => {}
+            Err(e) => return Err(e),
         }
     }
     connect_to(&Target::Tcp(crate::DEFAULT_LISTEN.to_string()), tls).await
