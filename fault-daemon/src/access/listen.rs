@@ -66,13 +66,13 @@ pub fn bind_socket(
     owner: Option<u32>,
     group: Option<u32>,
 ) -> anyhow::Result<(UnixListener, SocketFile)> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
+    if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        // Others must reach the socket to be told whether they are admitted.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot chmod {}", dir.display()))?;
+        // Whoever is admitted must reach the socket, whatever umask made faultd's directory.
+        if dir == Path::new(SOCKET_DIR) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot chmod {}", dir.display()))?;
+        }
     }
     remove_stale(path)?;
     let listener =
