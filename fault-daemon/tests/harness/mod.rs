@@ -109,6 +109,18 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Starts faultctl inside the namespace without waiting for it (`events --follow`,
+    /// say), its stdout piped; stopped by its PID when the guard drops.
+    pub fn faultctl_spawn(&self, args: &[&str]) -> test_harness::Process {
+        test_harness::Process::spawn(
+            self.cmd(FAULTCTL)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped()),
+        )
+        .expect("faultctl")
+    }
+
     pub fn faults_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.faultctl_ok(&["list", "--json"])).unwrap()
     }
