@@ -5,14 +5,15 @@
 
 use std::time::SystemTime;
 
-use super::packets::tcp_flags::{ACK, PSH};
-use super::packets::{FrameBuilder, hex, sock};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use fault_common::{FaultCounters, ROLE_EGRESS, ROLE_INGRESS};
 use faultd::datapath::{Datapath, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM};
 use faultd::faults::{
     Action, Direction, Fault, FaultSpec, FaultTable, Peer, Protocol, RuleSink, Target, threshold,
 };
+
+use super::packets::tcp_flags::{ACK, PSH};
+use super::packets::{FrameBuilder, hex, sock};
 
 /// The ifindex BPF_PROG_TEST_RUN reports to both program types: loopback.
 pub const TEST_RUN_IFINDEX: u32 = 1;

@@ -78,10 +78,7 @@ fn drop_any_protocol_catches_tcp_and_udp_and_udp_spares_tcp() {
         "tcp on a udp-only port",
     );
 
-    let each: Vec<&[u8]> = on_53
-        .iter()
-        .flat_map(|f| [f.as_slice(), f.as_slice()])
-        .collect();
+    let each = twice(&on_53);
     assert_eq!(b.counters(&any), counters(&each, &each));
     assert_eq!(
         b.counters(&only_udp),
@@ -179,10 +176,7 @@ fn peer_ipv4_cidr_drops_only_that_remote() {
             "remote outside 198.18.0.0/15",
         );
     }
-    let each: Vec<&[u8]> = dropped
-        .iter()
-        .flat_map(|f| [f.as_slice(), f.as_slice()])
-        .collect();
+    let each = twice(&dropped);
     assert_eq!(b.counters(&fault), counters(&each, &each));
 }
 
