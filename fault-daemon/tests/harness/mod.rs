@@ -1,28 +1,37 @@
 //! System-test harness: network namespaces, veth pairs, real faultd and faultctl processes.
 //!
-//! Everything a test creates is owned by a guard whose Drop removes it, so a failing test
-//! cleans up too. Processes are stopped by their PID only.
+//! The namespaces, veth pairs, faultd command, readiness wait and stop by PID are the
+//! `test-harness` crate's, shared with the bench; the types here wrap them with what the
+//! tests need: the binaries cargo built for this test run (`CARGO_BIN_EXE_*`, which only
+//! integration tests see), faultctl helpers, and panics instead of errors. Everything a
+//! test creates is owned by a guard whose Drop removes it, so a failing test cleans up too.
+//! Processes are stopped by their PID only.
 
-#![allow(dead_code)]
+// Each test binary uses a part of it.
+#![allow(dead_code, unused_imports)]
 
 mod scenario;
 pub use scenario::*;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+
+pub use test_harness::{CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6};
 
 pub const FAULTD: &str = env!("CARGO_BIN_EXE_faultd");
 pub const FAULTCTL: &str = env!("CARGO_BIN_EXE_faultctl");
 
+/// Every namespace a test makes is named `fdt-<tag>-<pid>-<n>`.
+const PREFIX: &str = "fdt-";
+
 /// The privileged suites need root; say so loudly instead of failing obscurely.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !test_harness::is_root() {
         eprintln!("SKIP: not root; this test loads eBPF programs and creates network namespaces");
         return false;
     }
@@ -30,60 +39,48 @@ pub fn require_root() -> bool {
 }
 
 fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = test_harness::run(cmd) {
+        panic!("{e:#}");
+    }
 }
 
-/// A network namespace of the test's own, deleted on drop.
-pub struct Netns {
-    pub name: String,
-    file: File,
+/// A network namespace of the test's own, deleted on drop ([`test_harness::Netns`], whose
+/// `name` and other methods are reachable through it).
+pub struct Netns(test_harness::Netns);
+
+impl Deref for Netns {
+    type Target = test_harness::Netns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl AsRef<test_harness::Netns> for Netns {
+    fn as_ref(&self) -> &test_harness::Netns {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "fdt-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let file = File::open(format!("/var/run/netns/{name}")).expect("netns file");
-        let ns = Self { name, file };
-        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns
+        Self(test_harness::Netns::new(PREFIX, tag).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     /// Runs `f` on a thread inside the namespace. Sockets created there stay in it.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let fd = self.file.as_raw_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // SAFETY: a valid namespace fd; affects only this thread.
-                let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
+        self.0.run(f).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// A command run inside the namespace.
     pub fn cmd(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+        self.0.cmd(program)
     }
 
     /// `ip -n NS ARGS…`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
-        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
+        if let Err(e) = self.0.ip(args) {
+            panic!("{e:#}");
+        }
     }
 
     pub fn ip_output(&self, args: &[&str]) -> String {
@@ -112,61 +109,44 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Starts faultctl inside the namespace without waiting for it (`events --follow`,
+    /// say), its stdout piped; stopped by its PID when the guard drops.
+    pub fn faultctl_spawn(&self, args: &[&str]) -> test_harness::Process {
+        test_harness::Process::spawn(
+            self.cmd(FAULTCTL)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped()),
+        )
+        .expect("faultctl")
+    }
+
     pub fn faults_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.faultctl_ok(&["list", "--json"])).unwrap()
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Two namespaces joined by a veth pair, addressed from 198.18.0.0/15 and fd00::/8.
+/// Two namespaces joined by a veth pair, addressed from 198.18.0.0/15 and fd00::/8
+/// ([`test_harness::join_veth`]); faultd attaches to [`SERVER_IF`].
 pub struct VethPair {
     pub server: Netns,
     pub client: Netns,
 }
 
-pub const SERVER_V4: &str = "198.18.0.1";
-pub const CLIENT_V4: &str = "198.18.0.2";
-pub const SERVER_V6: &str = "fd00:fa17::1";
-pub const CLIENT_V6: &str = "fd00:fa17::2";
-/// The veth end in the server namespace: where faultd attaches.
-pub const SERVER_IF: &str = "fd0";
-
 impl VethPair {
     pub fn new(tag: &str) -> Self {
         let server = Netns::new(&format!("{tag}s"));
         let client = Netns::new(&format!("{tag}c"));
-        server.ip(&[
-            "link",
-            "add",
-            SERVER_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "fd1",
-            "netns",
-            &client.name,
-        ]);
-        for (ns, ifname, v4, v6) in [
-            (&server, SERVER_IF, SERVER_V4, SERVER_V6),
-            (&client, "fd1", CLIENT_V4, CLIENT_V6),
-        ] {
-            ns.ip(&["addr", "add", &format!("{v4}/30"), "dev", ifname]);
-            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-            ns.ip(&["link", "set", ifname, "up"]);
+        if let Err(e) = test_harness::join_veth(&server, &client) {
+            panic!("{e:#}");
         }
         Self { server, client }
     }
 }
 
-/// A faultd process inside a namespace; stopped (by PID) on drop.
+/// A faultd process inside a namespace; stopped (by PID) on drop, its log removed. Made by
+/// [`Daemon::start`], or from a faultd a test spawned its own way (`Daemon { child, log }`,
+/// then [`Daemon::wait_ready`]).
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
@@ -181,30 +161,28 @@ impl Daemon {
     pub fn try_start(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Result<Self, String> {
         let log =
             std::env::temp_dir().join(format!("{}-faultd-{}.log", ns.name, std::process::id()));
-        let mut cmd = ns.cmd(FAULTD);
-        for i in ifaces {
-            cmd.args(["--iface", i]);
-        }
-        cmd.args(extra);
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+        let mut opts = test_harness::FaultdOptions::new(ifaces, &log);
+        opts.args = extra.iter().map(|s| s.to_string()).collect();
+        let child = opts
+            .command(ns, Path::new(FAULTD))
             .stderr(File::create(&log).unwrap())
             .spawn()
             .expect("spawn faultd");
         let mut daemon = Self { child, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if daemon.log_text().contains("faultd ready") {
-                return Ok(daemon);
+        daemon.wait_ready(Duration::from_secs(30))?;
+        Ok(daemon)
+    }
+
+    /// Waits until faultd logs "faultd ready"; `Err(log)` when it exits first or `within`
+    /// passes.
+    pub fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        match test_harness::wait_for_log(&mut self.child, &self.log, "faultd ready", within) {
+            Ok(_) => Ok(()),
+            Err(test_harness::NotReady::Exited { log, .. }) => Err(log),
+            Err(test_harness::NotReady::TimedOut { log, .. }) => {
+                Err(format!("timed out; log: {log}"))
             }
-            if let Some(_status) = daemon.child.try_wait().unwrap() {
-                return Err(daemon.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Err(format!("timed out; log: {}", daemon.log_text()))
     }
 
     pub fn pid(&self) -> i32 {
@@ -217,24 +195,14 @@ impl Daemon {
 
     /// Sends `signal` and waits for the process to exit; returns its exit code.
     pub fn stop(&mut self, signal: i32) -> Option<i32> {
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.pid(), signal) };
+        test_harness::send_signal(&mut self.child, signal);
         self.child.wait().ok().and_then(|s| s.code())
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: signalling our own child by PID.
-            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        test_harness::stop_child(&mut self.child, Duration::from_secs(5));
         let _ = fs::remove_file(&self.log);
     }
 }

@@ -134,7 +134,7 @@ async fn measure(port: u16, adds: usize) -> anyhow::Result<ApplyResult> {
 /// Wall time of `faultctl drop --port PORT` (process start to exit, connection included),
 /// `reps` times after one unmeasured run; each fault is removed again with `faultctl rm`.
 pub fn faultctl(ns: &Netns, faultctl: &Path, port: u16, reps: usize) -> anyhow::Result<Vec<u64>> {
-    ns.run(|| {
+    ns.try_run(|| {
         let mut walls = Vec::with_capacity(reps);
         for i in 0..=reps {
             let start = Instant::now();

@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use netns::{Daemon, Netns};
-
 /// The port of the measured traffic (ping-pongs, transfers): never carries a fault.
 const MEASURED_PORT: u16 = 5201;
 /// The proxy listens on PROXY_PORT and forwards to a server on PROXY_UPSTREAM.
@@ -174,7 +172,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let (faultd, faultctl) = (bin.join("faultd"), bin.join("faultctl"));
     std::fs::create_dir_all(&cfg.out_dir)
         .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
-    Netns::remove_stale();
+    netns::remove_stale();
     let machine = report::Machine::read(profile);
     let start = Instant::now();
     eprintln!(
@@ -185,8 +183,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     );
 
     let (levels, compare) = sweep(&cfg, &faultd)?;
-    let ns = Netns::new("ctl")?;
-    let daemon = Daemon::start(&ns, &faultd, cfg.out_dir.join("faultd-control.log"))?;
+    let ns = netns::new("ctl")?;
+    let daemon = netns::start_faultd(&ns, &faultd, cfg.out_dir.join("faultd-control.log"))?;
     eprintln!("bench: fault-apply latency over {} adds", cfg.apply_adds);
     let apply = apply_latency::run(&ns, APPLY_PORT, cfg.apply_adds)?;
     eprintln!("bench: faultctl drop, {} times", cfg.faultctl_reps);
@@ -264,8 +262,9 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
     let mut daemons = Vec::new();
     let mut levels = Vec::new();
     for (i, &level) in cfg.levels.iter().enumerate() {
-        let ns = Netns::new(&format!("fd{i}"))?;
-        let daemon = Daemon::start(&ns, faultd, cfg.out_dir.join(format!("faultd-{level}.log")))?;
+        let ns = netns::new(&format!("fd{i}"))?;
+        let daemon =
+            netns::start_faultd(&ns, faultd, cfg.out_dir.join(format!("faultd-{level}.log")))?;
         let specs: Vec<_> = (0..level)
             .map(|i| api::drop_spec(fault_port(i), api::proto::Protocol::Tcp))
             .collect();
@@ -299,12 +298,12 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
         .iter()
         .position(|&l| l == cfg.compare_level)
         .with_context(|| format!("the compare level {} is not a level", cfg.compare_level))?;
-    let ns_bare = Netns::new("bare")?;
+    let ns_bare = netns::new("bare")?;
     let _proxy = throughput::Proxy::start(&ns_bare, PROXY_PORT, PROXY_UPSTREAM)?;
-    let ns_ipt = Netns::new("ipt")?;
+    let ns_ipt = netns::new("ipt")?;
     let ports: Vec<u16> = (0..cfg.compare_level).map(fault_port).collect();
     throughput::install_iptables(&ns_ipt, &ports)?;
-    let ns_noop = Netns::new("noop")?;
+    let ns_noop = netns::new("noop")?;
     let baseline = packet_cost::Baseline::attach(&ns_noop)?;
     std::thread::sleep(Duration::from_millis(200));
     for (level, (_, daemon, _)) in levels.iter_mut().zip(&daemons) {

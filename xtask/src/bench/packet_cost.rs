@@ -105,7 +105,7 @@ pub fn measure(
 /// `round_trips` request/response exchanges of 64 bytes over one TCP connection on
 /// loopback (TCP_NODELAY: about two packets per exchange).
 pub fn ping_pong(ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<()> {
-    ns.run(|| {
+    ns.try_run(|| {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("binding port {port}"))?;
         std::thread::scope(|s| {
@@ -180,7 +180,7 @@ impl Baseline {
         // SAFETY: a new fd that nothing else owns.
         let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog) };
         let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog) as u32;
-        let link = ns.run(|| {
+        let link = ns.try_run(|| {
             let mut create = [0u8; 128];
             create[0..4].copy_from_slice(&prog_fd.to_ne_bytes());
             // A new namespace's `lo` is always ifindex 1.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::netns::{self, Netns, run};
+use super::netns::{Netns, run};
 
 const CHUNK: usize = 128 * 1024;
 /// No socket operation of the bench waits longer than this: a bug in faultd (a packet of the
@@ -77,7 +77,7 @@ pub fn transfer(
     connect_port: u16,
     duration: Duration,
 ) -> anyhow::Result<Tally> {
-    ns.run(|| {
+    ns.try_run(|| {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, listen_port))
             .with_context(|| format!("binding port {listen_port}"))?;
         std::thread::scope(|s| {
@@ -135,7 +135,7 @@ impl Proxy {
         let ns_name = ns.name.clone();
         let thread = std::thread::spawn(move || {
             let setup = || -> anyhow::Result<tokio::runtime::Runtime> {
-                netns::enter(&ns_name)?;
+                Netns::enter_named(&ns_name)?;
                 Ok(tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?)
@@ -221,7 +221,7 @@ pub fn install_iptables(ns: &Netns, ports: &[u16]) -> anyhow::Result<()> {
     }
     rules.push_str("COMMIT\n");
     let mut child = ns
-        .exec("iptables-restore")
+        .cmd("iptables-restore")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -239,7 +239,7 @@ pub fn install_iptables(ns: &Netns, ports: &[u16]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let listed = run(ns.exec("iptables").args(["-S", "INPUT"]))?;
+    let listed = run(ns.cmd("iptables").args(["-S", "INPUT"]))?;
     let count = listed.lines().filter(|l| l.starts_with("-A INPUT")).count();
     if count != ports.len() {
         bail!(

@@ -129,7 +129,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The integration tests of fault-daemon (one binary per `tests/NAME.rs`), or those asked for.
+/// The integration tests of fault-daemon (one binary per `tests/NAME.rs` or
+/// `tests/NAME/main.rs`, as cargo finds them), or those asked for.
 fn test_names(root: &Path, only: &[String]) -> anyhow::Result<Vec<String>> {
     let dir = root.join("fault-daemon/tests");
     let mut names: Vec<String> = fs::read_dir(&dir)
@@ -137,6 +138,9 @@ fn test_names(root: &Path, only: &[String]) -> anyhow::Result<Vec<String>> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().join("main.rs").is_file() {
+                return Some(name);
+            }
             Some(name.strip_suffix(".rs")?.to_string())
         })
         .collect();
