@@ -9,12 +9,13 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::access::Caller;
 use crate::capabilities;
 use crate::datapath::Attachment;
 use crate::events::EventHub;
 use crate::faults::{
-    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Peer, Protocol, RateMode,
-    RefuseMode, RuleSink, Target, Then, validate_port, validate_probability,
+    Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Owner, Peer, Protocol, RateMode,
+    RefuseMode, RuleSink, Selector, Target, Then, validate_port, validate_probability,
 };
 use crate::proto::{self, fault_service_server::FaultService};
 use crate::qdisc::Fq;
@@ -44,7 +45,7 @@ impl Engine {
 
     /// Installs a fault, and fq first when it needs it: a delay where fq cannot be had is
     /// refused (FAILED_PRECONDITION); a rate is then policed instead of paced.
-    fn add(&mut self, mut spec: FaultSpec) -> Result<Fault, FaultError> {
+    fn add(&mut self, mut spec: FaultSpec, owner: Owner) -> Result<Fault, FaultError> {
         spec.validate()?;
         let fq_before = self.fq.is_active();
         if let Action::Rate { mode, .. } = &mut spec.action {
@@ -58,7 +59,9 @@ impl Engine {
                 .install()
                 .map_err(|why| FaultError::Refused(format!("action.delay: {why}")))?;
         }
-        let added = self.table.add(spec, SystemTime::now(), self.sink.as_mut());
+        let added = self
+            .table
+            .add_as(spec, owner, SystemTime::now(), self.sink.as_mut());
         if added.is_err() && !fq_before {
             self.release_fq_if_unused();
         }
@@ -73,6 +76,13 @@ impl Engine {
 
     fn clear(&mut self) -> Result<usize, FaultError> {
         let cleared = self.table.clear(self.sink.as_mut());
+        self.release_fq_if_unused();
+        cleared
+    }
+
+    /// Removes the faults `selector` matches; returns them.
+    fn clear_matching(&mut self, selector: &Selector) -> Result<Vec<Fault>, FaultError> {
+        let cleared = self.table.clear_matching(selector, self.sink.as_mut());
         self.release_fq_if_unused();
         cleared
     }
@@ -120,8 +130,8 @@ impl FaultApi {
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             // Ids are never reused, so a fault removed meanwhile is simply not found.
-            if api.engine().remove(id).is_ok() {
-                info!(id, "fault expired");
+            if let Ok(fault) = api.engine().remove(id) {
+                info!(id, owner = %fault.owner, "fault expired");
             }
         });
     }
@@ -166,17 +176,19 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
+        let owner = owner_of(&request);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.engine().add(spec).map_err(status)?;
+        let fault = self.engine().add(spec, owner).map_err(status)?;
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
             port = fault.spec.target.port,
+            owner = %fault.owner,
             "fault added"
         );
         if let Some(ttl) = fault.spec.ttl {
@@ -189,11 +201,12 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::RemoveFaultRequest>,
     ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
+        let by = owner_of(&request);
         let fault = self
             .engine()
             .remove(request.into_inner().id)
             .map_err(status)?;
-        info!(id = fault.id, "fault removed");
+        info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed");
         Ok(Response::new(proto::RemoveFaultResponse {
             removed: Some(fault_to_proto(&fault)),
         }))
@@ -209,12 +222,17 @@ impl FaultService for FaultApi {
 
     async fn clear_faults(
         &self,
-        _: Request<proto::ClearFaultsRequest>,
+        request: Request<proto::ClearFaultsRequest>,
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
-        let removed = self.clear().map_err(status)?;
-        info!(removed, "faults cleared");
+        let by = owner_of(&request);
+        let selector = selector_from_proto(request.into_inner(), &by).map_err(status)?;
+        let removed = self.engine().clear_matching(&selector).map_err(status)?;
+        for fault in &removed {
+            info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed (clear)");
+        }
+        info!(removed = removed.len(), by = %by, "faults cleared");
         Ok(Response::new(proto::ClearFaultsResponse {
-            removed: removed as u32,
+            removed: removed.len() as u32,
         }))
     }
 
@@ -254,6 +272,45 @@ impl FaultService for FaultApi {
             attachments,
         }))
     }
+}
+
+/// Who sent a request, as the access gate identified the connection.
+fn owner_of<T>(request: &Request<T>) -> Owner {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(Caller::owner)
+        .unwrap_or_default()
+}
+
+/// Which faults a `ClearFaults` removes; `mine` is the caller's uid.
+fn selector_from_proto(
+    request: proto::ClearFaultsRequest,
+    caller: &Owner,
+) -> Result<Selector, FaultError> {
+    let mine = match (request.mine, caller.uid) {
+        (false, _) => None,
+        (true, Some(uid)) => Some(uid),
+        (true, None) => {
+            return Err(FaultError::invalid(
+                "mine",
+                "faultd knows no uid of this caller (a remote one): select by label or owner_uid",
+            ));
+        }
+    };
+    let owner_uid = match (mine, request.owner_uid) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(FaultError::invalid(
+                "owner_uid",
+                format!("{b} contradicts mine (uid {a}); give one of them"),
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    Ok(Selector {
+        label: request.label,
+        owner_uid,
+    })
 }
 
 fn status(e: FaultError) -> Status {
@@ -508,6 +565,12 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
         }),
         created_unix_ms: unix_ms(fault.created),
         expires_unix_ms: fault.expires.map_or(0, unix_ms),
+        owner: Some(proto::Owner {
+            uid: fault.owner.uid,
+            pid: fault.owner.pid.unwrap_or(0),
+            command: fault.owner.command.clone(),
+            remote: fault.owner.remote.clone(),
+        }),
     }
 }
 
@@ -698,6 +761,89 @@ mod tests {
             .unwrap();
         let back = spec_from_proto(fault_to_proto(&fault).spec.unwrap()).unwrap();
         assert_eq!(back, spec);
+    }
+
+    fn api() -> FaultApi {
+        FaultApi::new(
+            Engine::new(
+                FaultTable::default(),
+                Box::new(MemorySink::default()),
+                vec![],
+            ),
+            Arc::default(),
+        )
+    }
+
+    fn as_caller<T>(message: T, uid: u32) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .extensions_mut()
+            .insert(Caller::Local(crate::access::LocalCaller {
+                uid,
+                gids: vec![uid],
+                pid: Some(77),
+                command: "faultctl".into(),
+                via: "unix socket".into(),
+            }));
+        request
+    }
+
+    #[tokio::test]
+    async fn faults_carry_their_owner_and_clear_mine_takes_only_the_callers() {
+        let api = api();
+        for (uid, label) in [(0, "a"), (1001, "a"), (1001, "b")] {
+            let mut spec = request(5000);
+            spec.label = label.into();
+            let fault = api
+                .add_fault(as_caller(proto::AddFaultRequest { spec: Some(spec) }, uid))
+                .await
+                .unwrap()
+                .into_inner();
+            let owner = fault.owner.unwrap();
+            assert_eq!((owner.uid, owner.pid), (Some(uid), 77));
+            assert_eq!(owner.command, "faultctl");
+        }
+        let clear = |label: Option<&str>, mine| proto::ClearFaultsRequest {
+            label: label.map(Into::into),
+            owner_uid: None,
+            mine,
+        };
+        let removed = api
+            .clear_faults(as_caller(clear(Some("a"), true), 1001))
+            .await
+            .unwrap()
+            .into_inner()
+            .removed;
+        assert_eq!(removed, 1);
+        let removed = api
+            .clear_faults(as_caller(clear(None, true), 1001))
+            .await
+            .unwrap()
+            .into_inner()
+            .removed;
+        assert_eq!(removed, 1);
+        let left: Vec<_> = api.engine().table.iter().map(|f| f.owner.uid).collect();
+        assert_eq!(left, [Some(0)], "root's fault stays");
+
+        // A caller with no uid cannot ask for its own.
+        let status = api
+            .clear_faults(Request::new(clear(None, true)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("mine:"),
+            "{}",
+            status.message()
+        );
+        let mut contradiction = clear(None, true);
+        contradiction.owner_uid = Some(0);
+        let status = api
+            .clear_faults(as_caller(contradiction, 1001))
+            .await
+            .unwrap_err();
+        assert!(status.message().starts_with("owner_uid:"));
+        assert_eq!(api.engine().table.len(), 1);
     }
 
     #[tokio::test]

@@ -541,6 +541,58 @@ impl FaultSpec {
     }
 }
 
+/// Who added a fault, as the kernel identified the caller (see `access`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The caller's user id; `None` for a remote caller (known by its certificate) or a
+    /// caller faultd could not identify.
+    pub uid: Option<u32>,
+    /// The calling process; `None` when the kernel did not say (e.g. remote callers).
+    pub pid: Option<u32>,
+    /// The calling process's command name (`/proc/PID/comm`), e.g. `faultctl`.
+    pub command: String,
+    /// For remote callers: their address and certificate subject. Empty for local ones.
+    pub remote: String,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid {uid}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {pid}"));
+        }
+        if !self.command.is_empty() {
+            parts.push(format!("({})", self.command));
+        }
+        if !self.remote.is_empty() {
+            parts.push(format!("remote {}", self.remote));
+        }
+        if parts.is_empty() {
+            return f.write_str("unknown");
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Which faults a selective clear removes: those matching every criterion given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub label: Option<String>,
+    pub owner_uid: Option<u32>,
+}
+
+impl Selector {
+    pub fn matches(&self, fault: &Fault) -> bool {
+        self.label.as_ref().is_none_or(|l| *l == fault.spec.label)
+            && self
+                .owner_uid
+                .is_none_or(|uid| fault.owner.uid == Some(uid))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
     pub id: u64,
@@ -549,6 +601,8 @@ pub struct Fault {
     pub expires: Option<SystemTime>,
     /// Index of the fault's counters in the per-CPU counter array.
     pub counter: u32,
+    /// Who added it.
+    pub owner: Owner,
 }
 
 impl Fault {
@@ -638,9 +692,21 @@ impl FaultTable {
     }
 
     /// Validates `spec` and installs it: the table changes only if every map write succeeds.
+    /// Its owner is unknown; see [`FaultTable::add_as`].
     pub fn add(
         &mut self,
         spec: FaultSpec,
+        now: SystemTime,
+        sink: &mut dyn RuleSink,
+    ) -> Result<Fault, FaultError> {
+        self.add_as(spec, Owner::default(), now, sink)
+    }
+
+    /// [`FaultTable::add`], recording who added the fault.
+    pub fn add_as(
+        &mut self,
+        spec: FaultSpec,
+        owner: Owner,
         now: SystemTime,
         sink: &mut dyn RuleSink,
     ) -> Result<Fault, FaultError> {
@@ -653,6 +719,7 @@ impl FaultTable {
             spec,
             created: now,
             counter,
+            owner,
         };
         if let Err(e) = sink.reset_counters(counter) {
             self.free_counters.push(counter);
@@ -687,8 +754,25 @@ impl FaultTable {
         Ok(ids.len())
     }
 
+    /// Removes the faults `selector` matches, and returns them (for the log). On an error,
+    /// the faults removed so far stay removed and the others stay.
+    pub fn clear_matching(
+        &mut self,
+        selector: &Selector,
+        sink: &mut dyn RuleSink,
+    ) -> Result<Vec<Fault>, FaultError> {
+        let ids: Vec<u64> = self
+            .faults
+            .values()
+            .filter(|f| selector.matches(f))
+            .map(|f| f.id)
+            .collect();
+        ids.into_iter().map(|id| self.remove(id, sink)).collect()
+    }
+
     fn check_room(&self, spec: &FaultSpec) -> Result<(), FaultError> {
         let t = &spec.target;
+        // Whatever its direction or peer, a fault on the port cuts some of the API's flows.
         if t.protocol.covers_tcp() && self.protected_tcp_ports.contains(&t.port) {
             return Err(FaultError::Refused(format!(
                 "target.port: {} is faultd's own API port; a fault there would cut faultd off",
@@ -1458,6 +1542,88 @@ pub mod tests {
         table
             .add(drop_spec(7447, Protocol::Udp), now(), &mut sink)
             .unwrap();
+    }
+
+    #[test]
+    fn api_port_is_protected_whatever_the_direction_or_peer() {
+        let mut table = FaultTable::new(vec![40123]);
+        let mut sink = MemorySink::default();
+        for direction in [Direction::Both, Direction::ToPort, Direction::FromPort] {
+            for peer in [None, Some(Peer::parse("127.0.0.1", "p").unwrap())] {
+                let mut spec = drop_spec(40123, Protocol::Any);
+                spec.target.direction = direction;
+                spec.target.peer = peer;
+                let err = table.add(spec, now(), &mut sink).unwrap_err();
+                assert!(matches!(err, FaultError::Refused(_)), "{err}");
+            }
+        }
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn owners_are_recorded_and_select_what_clear_removes() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let alice = Owner {
+            uid: Some(1001),
+            pid: Some(42),
+            command: "faultctl".into(),
+            remote: String::new(),
+        };
+        let root = Owner {
+            uid: Some(0),
+            ..alice.clone()
+        };
+        let mut labelled = drop_spec(1, Protocol::Tcp);
+        labelled.label = "etcd".into();
+        let a = table
+            .add_as(labelled.clone(), alice.clone(), now(), &mut sink)
+            .unwrap();
+        assert_eq!(a.owner, alice);
+        table
+            .add_as(drop_spec(2, Protocol::Tcp), alice.clone(), now(), &mut sink)
+            .unwrap();
+        table
+            .add_as(labelled, root.clone(), now(), &mut sink)
+            .unwrap();
+        let r = table
+            .add_as(drop_spec(3, Protocol::Tcp), root, now(), &mut sink)
+            .unwrap();
+
+        let by_label_and_owner = Selector {
+            label: Some("etcd".into()),
+            owner_uid: Some(1001),
+        };
+        let removed = table
+            .clear_matching(&by_label_and_owner, &mut sink)
+            .unwrap();
+        assert_eq!(removed.iter().map(|f| f.id).collect::<Vec<_>>(), [a.id]);
+        let mine = Selector {
+            owner_uid: Some(1001),
+            ..Default::default()
+        };
+        assert_eq!(table.clear_matching(&mine, &mut sink).unwrap().len(), 1);
+        assert_eq!(table.clear_matching(&mine, &mut sink).unwrap().len(), 0);
+        assert_eq!(table.len(), 2, "root's faults stay");
+        let everything = Selector::default();
+        assert_eq!(
+            table.clear_matching(&everything, &mut sink).unwrap().len(),
+            2
+        );
+        assert!(sink.rules.is_empty());
+        assert!(table.get(r.id).is_none());
+    }
+
+    #[test]
+    fn owners_read_as_people_say_them() {
+        let owner = Owner {
+            uid: Some(1001),
+            pid: Some(42),
+            command: "faultctl".into(),
+            remote: String::new(),
+        };
+        assert_eq!(owner.to_string(), "uid 1001 pid 42 (faultctl)");
+        assert_eq!(Owner::default().to_string(), "unknown");
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! - [`qdisc`]: the fq qdisc that delays and paced rates need.
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
+//! - [`access`]: who may call it, identified by the kernel; the Unix socket.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
+pub mod access;
 pub mod api;
 pub mod capabilities;
 pub mod cli;

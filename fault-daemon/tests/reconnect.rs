@@ -34,9 +34,15 @@ struct ReconnectServer {
 
 impl ReconnectServer {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `faultd reconnect` with `extra` flags.
+    fn start_with(extra: &[&str]) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(FAULTD)
             .args(["reconnect", "--control_port=0", "--retry_port=0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -299,6 +305,37 @@ async fn a_second_start_waits_for_the_first_stop() {
     let second_info = stop(&mut second).await;
     assert!(second_info.passed, "{second_info:?}");
     assert_near(&second_info.backoff_ms, &[1000]);
+}
+
+/// A client that calls `Start` and never `Stop` cannot hold the server: after the test
+/// timeout its test is abandoned, the next client's `Start` returns, and the first client's
+/// late `Stop` is told what happened.
+#[tokio::test]
+async fn an_abandoned_start_expires() {
+    let server = ReconnectServer::start_with(&["--test-timeout", "1s", "--bind", "127.0.0.1"]);
+    let mut abandoned = server.client().await;
+    start(&mut abandoned, 0).await;
+    let mut next = server.client().await;
+    let asked = Instant::now();
+    let next_start = tokio::spawn(async move {
+        start(&mut next, 0).await;
+        next
+    });
+    let mut next = tokio::time::timeout(Duration::from_secs(10), next_start)
+        .await
+        .expect("the next Start still waits: the abandoned test never expired")
+        .unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        waited >= 800 * MS,
+        "the next Start returned after {waited:?}"
+    );
+    // Once no test runs, the abandoned client's late Stop is told its test is gone.
+    stop(&mut next).await;
+    let status = abandoned.stop(Empty {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let log = server.log_text();
+    assert!(log.contains("test abandoned"), "{log}");
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
         "PARAMS",
         "EXPIRES IN",
         "LABEL",
+        "OWNER",
     ]);
     for f in &faults {
         let v = output::fault_json(f);
@@ -40,6 +41,7 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
             output::text(&v["params"]),
             output::expires_in(f.expires_unix_ms),
             output::text(&v["label"]),
+            output::owner(f.owner.as_ref()),
         ]);
     }
     println!("{table}");

@@ -21,10 +21,9 @@ mod stall;
 mod stats;
 mod target;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
 
+use crate::access::client::ClientTlsArgs;
 use crate::proto::fault_service_client::FaultServiceClient;
 
 #[derive(Parser, Debug)]
@@ -35,9 +34,13 @@ use crate::proto::fault_service_client::FaultServiceClient;
     after_help = "Start a daemon with `cargo xtask run -- --iface lo` (or `faultd --iface lo` as root)."
 )]
 pub struct Cli {
-    /// faultd's API address.
-    #[arg(long, global = true, env = "FAULTD_ADDR", default_value = crate::DEFAULT_LISTEN)]
-    pub addr: String,
+    /// faultd's API address: `unix:/path/to.sock` or `host:port`. Default: the socket of
+    /// this network namespace's faultd (/run/faultd/faultd-<netns inode>.sock) when there
+    /// is one, else 127.0.0.1:7447.
+    #[arg(long, global = true, env = "FAULTD_ADDR")]
+    pub addr: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -81,14 +84,15 @@ pub enum Command {
     List,
     /// Remove a fault by id.
     Rm(rm::RmArgs),
-    /// Remove every fault.
-    Clear,
+    /// Remove every fault, or those selected (--mine, --label, --owner-uid).
+    Clear(clear::ClearArgs),
     /// Per-fault packet and byte counters.
     Stats,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.addr).await?;
+    let channel = crate::access::client::connect(cli.addr.as_deref(), &cli.tls).await?;
+    let mut client = FaultServiceClient::new(channel);
     match cli.command {
         Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
         Command::Reset(args) => reset::run(&mut client, args, cli.json).await,
@@ -107,30 +111,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backoff(args) => backoff::run(&mut client, args, cli.json).await,
         Command::List => list::run(&mut client, cli.json).await,
         Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
-        Command::Clear => clear::run(&mut client, cli.json).await,
+        Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
     }
-}
-
-async fn connect(addr: &str) -> anyhow::Result<FaultServiceClient<Channel>> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint =
-        Endpoint::from_shared(uri).with_context(|| format!("--addr {addr:?} is not an address"))?;
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no faultd answers at {addr}; start one with `cargo xtask run -- --iface lo` \
-                 (or `faultd --iface lo` as root), or point --addr / FAULTD_ADDR at it"
-            )
-        })?;
-    Ok(FaultServiceClient::new(channel))
 }
 
 /// Turns a gRPC error into the daemon's own words.

@@ -77,7 +77,42 @@ pub fn fault_json(f: &proto::Fault) -> Value {
         "label": spec.label,
         "created_unix_ms": f.created_unix_ms,
         "expires_unix_ms": (f.expires_unix_ms != 0).then_some(f.expires_unix_ms),
+        "owner": f.owner.as_ref().map(|o| json!({
+            "uid": o.uid,
+            "pid": (o.pid != 0).then_some(o.pid),
+            "command": o.command,
+            "remote": o.remote,
+        })),
     })
+}
+
+/// Who added a fault, for people: `root pid 42 (faultctl)`, `alice (uid 1001) …`, or the
+/// remote peer and certificate.
+pub fn owner(owner: Option<&proto::Owner>) -> String {
+    let Some(o) = owner else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(uid) = o.uid {
+        parts.push(match crate::access::user_name(uid) {
+            Some(name) => format!("{name}({uid})"),
+            None => format!("uid {uid}"),
+        });
+    }
+    if o.pid != 0 {
+        parts.push(format!("pid {}", o.pid));
+    }
+    if !o.command.is_empty() {
+        parts.push(o.command.clone());
+    }
+    if !o.remote.is_empty() {
+        parts.push(o.remote.clone());
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// An action's name and its parameters for people, e.g. ("limit-bytes", "bytes=100 then=reset").

@@ -14,12 +14,15 @@
 //!   nanosecond before being reported rounded to whole milliseconds;
 //! - the retry port listens from the start rather than from the first `Start`, so a
 //!   busy port is reported at once; connections outside a test are closed and ignored;
-//! - a negative `max_reconnect_backoff_ms` is refused with INVALID_ARGUMENT.
+//! - a negative `max_reconnect_backoff_ms` is refused with INVALID_ARGUMENT;
+//! - a `Start` without its `Stop` is abandoned after a timeout (`--test-timeout`, 10 min
+//!   by default), so that one client cannot hold the server forever, and a test records
+//!   at most [`MAX_ATTEMPTS`] reconnections (more fail it).
 
 pub mod backoff;
 mod server;
 
-pub use server::{ReconnectServer, bind_retry_listener};
+pub use server::{DEFAULT_TEST_TIMEOUT, MAX_ATTEMPTS, ReconnectServer, bind_retry_listener};
 
 /// Generated from `proto/grpc/testing/reconnect.proto`.
 pub mod proto {

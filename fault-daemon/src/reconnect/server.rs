@@ -1,7 +1,7 @@
 //! The control service (`grpc.testing.ReconnectService`) and the retry listener, sharing
 //! one record of the running test.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,14 @@ use super::proto::{
     reconnect_service_server::{ReconnectService, ReconnectServiceServer},
 };
 
+/// How long a test may run without its `Stop` unless told otherwise: longer than the
+/// 540 s deadline of gRPC's interop procedure, so that a real run fits.
+pub const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The most reconnections one test records; later ones are counted, not kept, and fail it
+/// (a client that reconnects that often does not back off).
+pub const MAX_ATTEMPTS: usize = 10_000;
+
 /// The state shared by the control service and the retry listener. Clones share it.
 #[derive(Clone)]
 pub struct ReconnectServer {
@@ -23,6 +31,8 @@ pub struct ReconnectServer {
     /// order, and a waiting `Start` whose client gives up leaves the queue.
     turn: Arc<Semaphore>,
     state: Arc<Mutex<State>>,
+    /// A test with no `Stop` after this long is abandoned, and the next client's turn comes.
+    test_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -30,14 +40,21 @@ struct State {
     /// Set by the first `Start` ever and kept, as gRPC's reconnect server does.
     cap: Option<Duration>,
     test: Option<Test>,
+    /// Numbers tests, so that a test's timer cannot end the next one.
+    last_test: u64,
+    /// Whether the last test ended by its timeout rather than its `Stop`.
+    last_expired: bool,
 }
 
 /// The test of one client, from its `Start` to its `Stop`.
 struct Test {
+    number: u64,
     /// Held until `Stop`, so the next client's `Start` waits until then.
     _turn: OwnedSemaphorePermit,
     started: Instant,
     attempts: Vec<Instant>,
+    /// Reconnections beyond [`MAX_ATTEMPTS`], not recorded.
+    unrecorded: u64,
     first_peer: Option<IpAddr>,
 }
 
@@ -49,9 +66,15 @@ impl Default for ReconnectServer {
 
 impl ReconnectServer {
     pub fn new() -> Self {
+        Self::with_test_timeout(DEFAULT_TEST_TIMEOUT)
+    }
+
+    /// A server whose tests end by themselves `test_timeout` after their `Start`.
+    pub fn with_test_timeout(test_timeout: Duration) -> Self {
         Self {
             turn: Arc::new(Semaphore::new(1)),
             state: Arc::default(),
+            test_timeout,
         }
     }
 
@@ -109,6 +132,17 @@ impl ReconnectServer {
             ),
             Some(_) => {}
         }
+        if test.attempts.len() >= MAX_ATTEMPTS {
+            test.unrecorded += 1;
+            if test.unrecorded == 1 {
+                warn!(
+                    %peer,
+                    "more than {MAX_ATTEMPTS} reconnections in one test: later ones are \
+                     counted, not recorded, and the test fails"
+                );
+            }
+            return;
+        }
         let previous = test.attempts.last().copied();
         test.attempts.push(at);
         let attempt = test.attempts.len();
@@ -144,38 +178,89 @@ impl ReconnectServer {
                  cap is kept for every test, as in gRPC's reconnect server"
             );
         }
+        state.last_test += 1;
+        let number = state.last_test;
         state.test = Some(Test {
+            number,
             _turn: turn,
             started: Instant::now(),
             attempts: Vec::new(),
+            unrecorded: 0,
             first_peer: None,
+        });
+        drop(state);
+        let server = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(server.test_timeout).await;
+            server.expire(number);
         });
         info!(%client, cap_ms = cap.as_millis() as u64, "test started");
         Ok(())
     }
 
+    /// Ends test `number` if it is still running: its client never sent `Stop`.
+    fn expire(&self, number: u64) {
+        let mut state = self.state();
+        if state.test.as_ref().is_some_and(|t| t.number == number) {
+            // Dropping the test releases the turn to the next waiting Start.
+            state.test = None;
+            state.last_expired = true;
+            warn!(
+                timeout_ms = self.test_timeout.as_millis() as u64,
+                "test abandoned: no Stop within the test timeout; the next client's turn"
+            );
+        }
+    }
+
     /// `Stop`: ends the running test, judges it and lets the next client begin.
-    fn finish(&self) -> Result<Report, Status> {
-        let (test, cap) = {
+    fn finish(&self) -> Result<Verdict, Status> {
+        let (test, cap, expired) = {
             let mut state = self.state();
-            (state.test.take(), state.cap.unwrap_or(GRPC_DEFAULT_MAX))
+            let expired = std::mem::take(&mut state.last_expired);
+            (
+                state.test.take(),
+                state.cap.unwrap_or(GRPC_DEFAULT_MAX),
+                expired,
+            )
         };
-        let test = test
-            .ok_or_else(|| Status::failed_precondition("Stop without Start: no test is running"))?;
+        let test = test.ok_or_else(|| {
+            Status::failed_precondition(if expired {
+                format!(
+                    "no test is running: the last one was abandoned after {:?} without Stop",
+                    self.test_timeout
+                )
+            } else {
+                "Stop without Start: no test is running".to_string()
+            })
+        })?;
         let times: Vec<Duration> = test
             .attempts
             .iter()
             .map(|t| t.duration_since(test.started))
             .collect();
         let report = backoff::check(&times, &Policy::grpc(cap));
-        if report.passed() {
+        let unrecorded = test.unrecorded;
+        if report.passed() && unrecorded == 0 {
             info!("test stopped\n{report}");
         } else {
-            warn!("test stopped\n{report}");
+            warn!(unrecorded, "test stopped\n{report}");
         }
         // Dropping the test releases the turn to the next waiting Start.
         drop(test);
-        Ok(report)
+        Ok(Verdict { report, unrecorded })
+    }
+}
+
+/// What `Stop` answers: the judged gaps, and how many reconnections went unrecorded.
+#[derive(Debug)]
+pub struct Verdict {
+    report: Report,
+    unrecorded: u64,
+}
+
+impl Verdict {
+    fn passed(&self) -> bool {
+        self.report.passed() && self.unrecorded == 0
     }
 }
 
@@ -190,9 +275,9 @@ fn cap_from_request(max_backoff_ms: i32) -> Result<Duration, Status> {
     }
 }
 
-/// Binds the retry port on every IPv4 address, as gRPC's reconnect server does.
-pub async fn bind_retry_listener(port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await
+/// Binds the retry port; gRPC's reconnect server binds every IPv4 address (0.0.0.0).
+pub async fn bind_retry_listener(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((ip, port)).await
 }
 
 #[tonic::async_trait]
@@ -211,10 +296,10 @@ impl ReconnectService for ReconnectServer {
         &self,
         _: Request<proto::Empty>,
     ) -> Result<Response<proto::ReconnectInfo>, Status> {
-        let report = self.finish()?;
+        let verdict = self.finish()?;
         Ok(Response::new(proto::ReconnectInfo {
-            passed: report.passed(),
-            backoff_ms: report.gaps_ms(),
+            passed: verdict.passed(),
+            backoff_ms: verdict.report.gaps_ms(),
         }))
     }
 }
@@ -246,7 +331,7 @@ mod tests {
         record(&server, [127, 0, 0, 1], &[300 * MS]); // before Start: ignored
         server.begin(2000, None).await.unwrap();
         record(&server, [127, 0, 0, 1], &[1000 * MS, 1600 * MS, 2000 * MS]);
-        let report = server.finish().unwrap();
+        let report = server.finish().unwrap().report;
         assert_eq!(report.attempts, 4);
         assert_eq!(report.verdict, Verdict::Pass, "{report}");
         assert_eq!(report.gaps_ms(), vec![1000, 1600, 2000]);
@@ -260,7 +345,7 @@ mod tests {
         // Asks for gRPC's default, but the first Start's 1 s cap still applies.
         server.begin(0, None).await.unwrap();
         record(&server, [127, 0, 0, 1], &[1000 * MS, 1000 * MS]);
-        let report = server.finish().unwrap();
+        let report = server.finish().unwrap().report;
         assert_eq!(report.policy.max(), 1000 * MS);
         assert!(report.passed(), "{report}");
     }
@@ -271,7 +356,10 @@ mod tests {
         let status = server.begin(-1, None).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         server.begin(0, None).await.unwrap();
-        assert_eq!(server.finish().unwrap().policy.max(), GRPC_DEFAULT_MAX);
+        assert_eq!(
+            server.finish().unwrap().report.policy.max(),
+            GRPC_DEFAULT_MAX
+        );
     }
 
     #[tokio::test]
@@ -280,10 +368,45 @@ mod tests {
         server.begin(0, None).await.unwrap();
         record(&server, [127, 0, 0, 1], &[1000 * MS]);
         record(&server, [127, 0, 0, 2], &[]);
-        let report = server.finish().unwrap();
+        let report = server.finish().unwrap().report;
         assert_eq!(report.attempts, 3);
         // The other host connected right after the second attempt: far too soon.
         assert_eq!(report.gaps[1].verdict, GapVerdict::TooSoon);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_start_expires_and_the_next_client_gets_its_turn() {
+        let server = ReconnectServer::with_test_timeout(200 * MS);
+        server.begin(0, None).await.unwrap();
+        let asked = Instant::now();
+        // The next client's Start waits for the first test, which never sees a Stop.
+        server.begin(0, None).await.unwrap();
+        assert!(asked.elapsed() >= 150 * MS, "{:?}", asked.elapsed());
+        // Its own test is running, not cut short by the first one's timer.
+        record(&server, [127, 0, 0, 1], &[1000 * MS]);
+        assert_eq!(server.finish().unwrap().report.attempts, 2);
+
+        server.begin(0, None).await.unwrap();
+        tokio::time::sleep(400 * MS).await;
+        let status = server.finish().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("abandoned"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn recorded_attempts_are_capped_and_overflow_fails_the_test() {
+        let server = ReconnectServer::new();
+        server.begin(0, None).await.unwrap();
+        let gaps = vec![1000 * MS; MAX_ATTEMPTS + 5];
+        record(&server, [127, 0, 0, 1], &gaps);
+        let verdict = server.finish().unwrap();
+        assert_eq!(verdict.report.attempts, MAX_ATTEMPTS);
+        assert_eq!(verdict.unrecorded, 6);
+        assert!(!verdict.passed());
     }
 
     #[tokio::test]

@@ -1,0 +1,307 @@
+//! Who is at the other end of a connection, according to the kernel.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt as _;
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_ESTABLISHED},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::{Caller, LocalCaller};
+
+/// The peer of a Unix socket connection: its credentials when it connected.
+pub fn unix_peer(stream: &tokio::net::UnixStream) -> io::Result<Caller> {
+    let cred = stream.peer_cred()?;
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    let mut gids = vec![cred.gid()];
+    gids.extend(peer_groups(stream)?);
+    Ok(Caller::Local(LocalCaller {
+        uid: cred.uid(),
+        gids,
+        pid,
+        command: pid.map(command_of).unwrap_or_default(),
+        via: "unix socket".into(),
+    }))
+}
+
+/// The supplementary groups of a Unix socket's peer (`SO_PEERGROUPS`).
+fn peer_groups(stream: &impl AsRawFd) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * 4) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes; the kernel writes at most that many.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / 4);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the kernel wrote the size it needs into `len`.
+        if err.raw_os_error() == Some(libc::ERANGE) && len as usize > groups.len() * 4 {
+            groups.resize(len as usize / 4, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// The peer of a TCP connection accepted on `local`: the owner of the socket at the other
+/// end, which is in this network namespace when the connection came over loopback.
+pub fn tcp_peer(local: SocketAddr, peer: SocketAddr) -> Caller {
+    let unknown = |why: String| Caller::Unknown { peer, why };
+    // A v4 client of a dual-stack listener is an IPv4 socket.
+    let (local, peer_socket) = (unmapped(local), unmapped(peer));
+    match socket_owner(peer_socket, local) {
+        Ok(Some(owner)) => {
+            let pid = pid_of_socket(owner.uid, owner.inode);
+            Caller::Local(LocalCaller {
+                uid: owner.uid,
+                gids: pid
+                    .and_then(groups_of_process)
+                    .unwrap_or_else(|| groups_of_user(owner.uid)),
+                pid,
+                command: pid.map(command_of).unwrap_or_default(),
+                via: format!("tcp from {peer}"),
+            })
+        }
+        Ok(None) => unknown("the kernel has no established socket with that address".into()),
+        Err(e) => unknown(format!("sock_diag: {e}")),
+    }
+}
+
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// What sock_diag says about a socket.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub uid: u32,
+    pub inode: u32,
+}
+
+/// The owner of the established TCP socket whose local address is `src` and remote `dst`,
+/// asked of the kernel through NETLINK_SOCK_DIAG (an exact lookup, as `ss -e` does for one
+/// socket). `None` when there is no such socket.
+pub fn socket_owner(src: SocketAddr, dst: SocketAddr) -> io::Result<Option<SocketOwner>> {
+    let family = match (src, dst) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => AF_INET,
+        (SocketAddr::V6(_), SocketAddr::V6(_)) => AF_INET6,
+        _ => return Ok(None),
+    };
+    let wanted = SocketId {
+        source_port: src.port(),
+        destination_port: dst.port(),
+        source_address: src.ip(),
+        destination_address: dst.ip(),
+        interface_id: 0,
+        // INET_DIAG_NOCOOKIE: look the socket up by its addresses alone.
+        cookie: [0xff; 8],
+    };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: wanted.clone(),
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    let mut reply = vec![0u8; 8192];
+    let n = socket.recv(&mut &mut reply[..], 0)?;
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..n])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            let h = &response.header;
+            // An exact lookup falls back to a listener, and a closed socket leaves a
+            // time-wait entry reported as uid 0: only the connection itself counts.
+            let same = h.socket_id.source_port == wanted.source_port
+                && h.socket_id.destination_port == wanted.destination_port
+                && h.socket_id.source_address == wanted.source_address
+                && h.socket_id.destination_address == wanted.destination_address;
+            Ok((same && h.state == TCP_ESTABLISHED).then_some(SocketOwner {
+                uid: h.uid,
+                inode: h.inode,
+            }))
+        }
+        NetlinkPayload::Error(e) => match e.code {
+            Some(code) if -code.get() == libc::ENOENT => Ok(None),
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+            None => Ok(None),
+        },
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected sock_diag reply {other:?}"),
+        )),
+    }
+}
+
+/// The process (of user `uid`) that holds socket `inode`: a scan of /proc/*/fd, skipping
+/// other users' processes. The lowest pid when several share it.
+pub fn pid_of_socket(uid: u32, inode: u32) -> Option<u32> {
+    if inode == 0 {
+        return None;
+    }
+    let target = format!("socket:[{inode}]");
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (e.metadata().ok()?.uid() == uid).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(|fd| fd.ok()).any(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+            })
+        })
+    })
+}
+
+/// A process's command name.
+pub fn command_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// A process's groups, primary (real) and supplementary, from /proc/PID/status.
+fn groups_of_process(pid: u32) -> Option<Vec<u32>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|n| n.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+    };
+    let mut gids = field("Gid:")?.into_iter().take(1).collect::<Vec<_>>();
+    gids.extend(field("Groups:").unwrap_or_default());
+    Some(gids)
+}
+
+/// A user's groups from the user database, for a socket no process holds any more.
+fn groups_of_user(uid: u32) -> Vec<u32> {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return vec![user.gid.as_raw()];
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .map(|groups| groups.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback connection made by this test: sock_diag names its owner (us), and the
+    /// /proc scan finds this process.
+    #[test]
+    fn the_kernel_names_the_owner_of_a_loopback_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let owner = socket_owner(peer, local)
+            .unwrap()
+            .expect("the client's socket");
+        assert_eq!(owner.uid, uid);
+        assert_eq!(pid_of_socket(uid, owner.inode), Some(std::process::id()));
+        match tcp_peer(local, peer) {
+            Caller::Local(c) => {
+                assert_eq!(c.uid, uid);
+                assert_eq!(c.pid, Some(std::process::id()));
+                assert!(!c.gids.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The server's own end is the reverse tuple, and a made-up one is not found.
+        assert!(socket_owner(local, peer).unwrap().is_some());
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(socket_owner(nobody, local).unwrap(), None);
+        drop(client);
+    }
+
+    #[test]
+    fn a_closed_client_is_not_mistaken_for_root() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        // The client closes first: its end goes through FIN_WAIT to TIME_WAIT.
+        drop(client);
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(socket_owner(peer, local).unwrap(), None);
+        assert!(matches!(tcp_peer(local, peer), Caller::Unknown { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_unix_peer_is_known_by_its_credentials() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        match unix_peer(&a).unwrap() {
+            Caller::Local(c) => {
+                // SAFETY: these cannot fail.
+                let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                assert_eq!(c.uid, uid);
+                assert_eq!(c.gids[0], gid);
+                assert_eq!(c.pid, Some(std::process::id()));
+                assert_eq!(c.command, command_of(std::process::id()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_unmapped() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:80".parse().unwrap();
+        assert_eq!(unmapped(mapped), "127.0.0.1:80".parse().unwrap());
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(unmapped(v6), v6);
+    }
+}

@@ -1,0 +1,321 @@
+//! Where faultd listens, and connections that carry who made them.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::warn;
+
+use super::{Caller, identify};
+
+/// Where the sockets of faultd daemons live. `/run` is shared by every network namespace
+/// of the machine (it is a mount, not a network, thing), hence one name per namespace.
+pub const SOCKET_DIR: &str = "/run/faultd";
+
+/// The socket of the faultd serving the calling thread's network namespace:
+/// `/run/faultd/faultd-<inode of the namespace>.sock`. faultd and its clients both call
+/// this, so a client only ever finds the daemon of its own namespace, as with loopback TCP.
+pub fn default_socket_path() -> io::Result<PathBuf> {
+    // thread-self, not self: a test may move one thread into a namespace (setns).
+    let netns = fs::metadata("/proc/thread-self/ns/net")?.ino();
+    Ok(Path::new(SOCKET_DIR).join(format!("faultd-{netns}.sock")))
+}
+
+/// The socket file faultd created; removed when dropped, unless another faultd has put its
+/// own socket at the same path since.
+pub struct SocketFile {
+    path: PathBuf,
+    /// Inode and change time: an inode number alone is soon reused.
+    stamp: (u64, i64, i64),
+}
+
+fn stamp(path: &Path) -> io::Result<(u64, i64, i64)> {
+    let meta = fs::symlink_metadata(path)?;
+    Ok((meta.ino(), meta.ctime(), meta.ctime_nsec()))
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if stamp(&self.path).is_ok_and(|s| s == self.stamp) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds faultd's Unix socket at `path`, mode 0660, owned by `owner` and `group` (so that
+/// they can connect; whoever connects is still checked). A socket left by a faultd that
+/// died is replaced; one that a live faultd serves is not.
+pub fn bind_socket(
+    path: &Path,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> anyhow::Result<(UnixListener, SocketFile)> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Whoever is admitted must reach the socket, whatever umask made faultd's directory.
+        if dir == Path::new(SOCKET_DIR) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot chmod {}", dir.display()))?;
+        }
+    }
+    remove_stale(path)?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let mut file = SocketFile {
+        path: path.to_path_buf(),
+        stamp: stamp(path)?,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    nix::unistd::chown(path, owner.map(Into::into), group.map(Into::into))
+        .with_context(|| format!("cannot chown {}", path.display()))?;
+    // chmod and chown changed the change time.
+    file.stamp = stamp(path)?;
+    Ok((listener, file))
+}
+
+fn remove_stale(path: &Path) -> anyhow::Result<()> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; remove it or pass --socket PATH",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another faultd serves this network namespace at {}; stop it, or give this one \
+             its own --socket PATH",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot check {}", path.display())),
+    }
+}
+
+/// A connection and who made it; tonic hands `Caller` to each request as its connect info.
+pub struct Identified<S> {
+    io: S,
+    caller: Caller,
+}
+
+impl<S> Connected for Identified<S> {
+    type ConnectInfo = Caller;
+
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Identified<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Identified<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+pub type Incoming<S> = ReceiverStream<io::Result<Identified<S>>>;
+
+/// How TCP callers are identified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpIdentity {
+    /// By the owner of their socket (sock_diag): loopback, plaintext.
+    Kernel,
+    /// By their TLS client certificate, read when the request comes.
+    Certificate,
+}
+
+/// The connections accepted on `listener`, each with its caller. Each connection is
+/// identified on a task of its own, so a slow one does not hold up the others.
+pub fn tcp_incoming(listener: TcpListener, identity: TcpIdentity) -> Incoming<TcpStream> {
+    incoming(move |tx| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    pause_after(e).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let caller = match (identity, stream.local_addr()) {
+                    (TcpIdentity::Certificate, _) => Caller::Remote {
+                        peer,
+                        subject: String::new(),
+                    },
+                    (TcpIdentity::Kernel, Ok(local)) => {
+                        tokio::task::spawn_blocking(move || identify::tcp_peer(local, peer))
+                            .await
+                            .unwrap_or_else(|e| Caller::Unknown {
+                                peer,
+                                why: e.to_string(),
+                            })
+                    }
+                    (TcpIdentity::Kernel, Err(e)) => Caller::Unknown {
+                        peer,
+                        why: e.to_string(),
+                    },
+                };
+                let _ = tx.send(Ok(Identified { io: stream, caller })).await;
+            });
+        }
+    })
+}
+
+/// The connections accepted on faultd's Unix socket, each with its peer's credentials.
+pub fn unix_incoming(listener: UnixListener) -> Incoming<UnixStream> {
+    incoming(move |tx| async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    pause_after(e).await;
+                    continue;
+                }
+            };
+            // Cheap (getsockopt and one small /proc read): no task of its own.
+            match identify::unix_peer(&stream) {
+                Ok(caller) => {
+                    if tx
+                        .send(Ok(Identified { io: stream, caller }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read a unix peer's credentials; closed"),
+            }
+        }
+    })
+}
+
+/// Runs an accept loop that feeds a stream; the loop ends when the server drops the stream.
+fn incoming<S, F, Fut>(accept_loop: F) -> Incoming<S>
+where
+    S: Send + 'static,
+    F: FnOnce(mpsc::Sender<io::Result<Identified<S>>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_loop(tx));
+    ReceiverStream::new(rx)
+}
+
+async fn pause_after(e: io::Error) {
+    // E.g. out of file descriptors: pause instead of spinning.
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_socket_is_per_network_namespace() {
+        let path = default_socket_path().unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let ino = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(path.parent().unwrap(), Path::new(SOCKET_DIR));
+        assert_eq!(name, format!("faultd-{ino}.sock"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faultd.sock");
+        // A socket file no one listens on any more: what a killed faultd leaves.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let (listener, file) = bind_socket(&path, None, None).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+
+        let err = bind_socket(&path, None, None).err().unwrap().to_string();
+        assert!(err.contains("another faultd serves"), "{err}");
+        assert!(path.exists(), "the live socket stays");
+
+        drop(listener);
+        drop(file);
+        assert!(!path.exists(), "removed when faultd ends");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faultd.sock");
+        fs::write(&path, "data").unwrap();
+        let err = bind_socket(&path, None, None).err().unwrap().to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "data");
+    }
+
+    #[tokio::test]
+    async fn a_socket_replaced_by_another_daemon_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faultd.sock");
+        let (listener, file) = bind_socket(&path, None, None).unwrap();
+        drop(listener);
+        fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(file);
+        assert!(path.exists());
+    }
+}
