@@ -22,6 +22,7 @@ const LIST_COLUMNS: &[&str] = &[
     "PARAMS",
     "EXPIRES IN",
     "LABEL",
+    "OWNER",
 ];
 const STATS_COLUMNS: &[&str] = &[
     "ID",
@@ -147,6 +148,14 @@ fn list_stats_and_clear_tables_show_real_faults() {
         let row = row_of(&rows, id);
         assert_eq!(&row[1..7], &cells[..6], "fault {id}: {row:?}");
         assert_eq!(row[8], label, "fault {id}: {row:?}");
+        // Added by root through faultctl (the name where the system has a passwd file).
+        let owner: Vec<&str> = row[9].split_whitespace().collect();
+        assert!(
+            matches!(owner[..], ["root(0)", "pid", pid, "faultctl"] | ["uid", "0", "pid", pid, "faultctl"]
+                if pid.parse::<u32>().is_ok()),
+            "fault {id}: owner {:?}",
+            row[9]
+        );
         if cells[6] == "-" {
             assert_eq!(row[7], "-", "fault {id} has no TTL: {row:?}");
         } else {
