@@ -1,9 +1,10 @@
 //! `cargo xtask fuzz`: the seed corpus checked, then a bounded cargo-fuzz run of the
 //! `add_fault_request` target (part of `cargo xtask test`).
 //!
-//! The fuzz crate (`fuzz/`) is a workspace of its own. Its seed test builds with the stable
-//! toolchain into `target/`, next to the main workspace's build, so that nothing is built
-//! twice; cargo-fuzz builds with nightly and sanitizers into `target/fuzz/`. New inputs the
+//! The fuzz crate (`fuzz/`) is a workspace of its own, built into `target/fuzz/`: its seed
+//! test with the stable toolchain, the fuzz target by cargo-fuzz with nightly and
+//! sanitizers. (Sharing `target/` with the main workspace would make the two rerun
+//! fault-daemon's build script, and so rebuild the eBPF object, each after the other.) New inputs the
 //! fuzzer finds go to `target/fuzz/corpus/` (kept between runs); the committed seeds in
 //! `fuzz/corpus/` are only read. A crash is written to `fuzz/artifacts/` and fails the run.
 
@@ -34,7 +35,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "--manifest-path",
         "fuzz/Cargo.toml",
         "--target-dir",
-        "target",
+        "target/fuzz",
     ])?;
     let scratch = root.join("target/fuzz/corpus").join(TARGET);
     std::fs::create_dir_all(&scratch)?;
