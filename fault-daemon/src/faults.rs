@@ -835,6 +835,555 @@ impl FaultTable {
     }
 }
 
+/// A fault as the programs see it, read back from compiled rule-map entries by
+/// [`decode_rules`]. The map holds less than a [`FaultSpec`]: no TTL and no label, `loss`
+/// compiles to the slot `drop` does (so it reads back as `drop`), a probability is held as a
+/// 32-bit threshold, a delay's jitter in whole microseconds, a peer already masked, and
+/// `refuse` and `record` always act on what goes to the port. [`DecodedFault::check_against`]
+/// compares what the map can hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedFault {
+    pub id: u64,
+    pub counter: u32,
+    pub target: Target,
+    pub action: Action,
+}
+
+/// Compiled entries that no fault table could have written.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+/// The probability a threshold stands for: the slot acts when `rand <= threshold`.
+fn probability_of(threshold: u32) -> f64 {
+    (threshold as f64 + 1.0) / 4_294_967_296.0
+}
+
+/// Reads every fault back from rule-map entries (all of them: a fault on `any` is in a tcp
+/// and a udp entry, which must agree). Strict: anything compiling never writes — an unknown
+/// code, a stray parameter, a used slot past `len`, slots out of id order — is an error.
+pub fn decode_rules(
+    entries: impl IntoIterator<Item = (PortKey, PortRule)>,
+) -> Result<BTreeMap<u64, DecodedFault>, DecodeError> {
+    let mut faults: BTreeMap<u64, DecodedFault> = BTreeMap::new();
+    for (key, rule) in entries {
+        let err = |reason: String| DecodeError(format!("entry {key:?}: {reason}"));
+        let protocol = match key.protocol {
+            PROTO_TCP => Protocol::Tcp,
+            PROTO_UDP => Protocol::Udp,
+            p => return Err(err(format!("protocol {p} is neither tcp nor udp"))),
+        };
+        if key.port == 0 || key._pad != 0 || rule._pad != 0 {
+            return Err(err("port 0 or padding set".into()));
+        }
+        let len = rule.len as usize;
+        if len == 0 || len > MAX_FAULTS_PER_PORT {
+            return Err(err(format!(
+                "len {len} is not in 1..={MAX_FAULTS_PER_PORT}"
+            )));
+        }
+        if rule.slots[len..].iter().any(|s| *s != FaultSlot::default()) {
+            return Err(err("a slot past len is set".into()));
+        }
+        if rule.slots[..len]
+            .windows(2)
+            .any(|w| w[0].fault_id >= w[1].fault_id)
+        {
+            return Err(err("slots are not in increasing id order".into()));
+        }
+        for slot in &rule.slots[..len] {
+            let mut fault = decode_slot(key.port, slot).map_err(err)?;
+            fault.target.protocol = protocol;
+            match faults.get_mut(&fault.id) {
+                None => {
+                    faults.insert(fault.id, fault);
+                }
+                // The same fault in the other protocol's entry: it was on `any`.
+                Some(seen) if seen.target.protocol != protocol => {
+                    fault.target.protocol = seen.target.protocol;
+                    if *seen != fault {
+                        return Err(err(format!(
+                            "fault {} differs between tcp and udp",
+                            fault.id
+                        )));
+                    }
+                    seen.target.protocol = Protocol::Any;
+                }
+                Some(_) => return Err(err(format!("fault {} is in it twice", fault.id))),
+            }
+        }
+    }
+    Ok(faults)
+}
+
+/// One slot as a fault on `port` (its protocol is the entry's, set by the caller).
+fn decode_slot(port: u16, slot: &FaultSlot) -> Result<DecodedFault, String> {
+    let direction = match slot.directions {
+        d if d == DIR_TO_PORT | DIR_FROM_PORT => Direction::Both,
+        DIR_TO_PORT => Direction::ToPort,
+        DIR_FROM_PORT => Direction::FromPort,
+        d => return Err(format!("directions {d:#x}")),
+    };
+    let target = Target {
+        port,
+        protocol: Protocol::Tcp,
+        direction,
+        peer: decode_peer(slot)?,
+    };
+    Ok(DecodedFault {
+        id: slot.fault_id,
+        counter: slot.counter,
+        target,
+        action: decode_action(slot)?,
+    })
+}
+
+fn decode_peer(slot: &FaultSlot) -> Result<Option<Peer>, String> {
+    let bytes = |words: &[u32; 4]| {
+        let mut b = [0u8; 16];
+        for (chunk, w) in b.chunks_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        u128::from_be_bytes(b)
+    };
+    let (addr, mask) = (bytes(&slot.peer_addr), bytes(&slot.peer_mask));
+    let bits = match slot.peer_family {
+        PEER_ANY if addr == 0 && mask == 0 => return Ok(None),
+        PEER_V4 => 32,
+        PEER_V6 => 128,
+        f => return Err(format!("peer family {f} with address {addr:#x}/{mask:#x}")),
+    };
+    let prefix = mask.leading_ones();
+    let contiguous = mask.checked_shl(prefix).unwrap_or(0) == 0;
+    let unused = if bits == 32 { u128::MAX >> 32 } else { 0 };
+    if !contiguous || prefix > bits || addr & !mask != 0 || (addr | mask) & unused != 0 {
+        return Err(format!(
+            "peer {addr:#x} mask {mask:#x} is not a masked /{bits} network"
+        ));
+    }
+    let ip = if bits == 32 {
+        IpAddr::from(((addr >> 96) as u32).to_be_bytes())
+    } else {
+        IpAddr::from(addr.to_be_bytes())
+    };
+    Ok(Some(Peer {
+        addr: ip,
+        prefix: prefix as u8,
+    }))
+}
+
+fn decode_action(slot: &FaultSlot) -> Result<Action, String> {
+    let probability = probability_of(slot.threshold);
+    let then = |t: u8| match t {
+        THEN_DROP => Ok(Then::Drop),
+        THEN_RESET => Ok(Then::Reset),
+        t => Err(format!("then {t}")),
+    };
+    let (action, uses_threshold, uses_param, uses_then, uses_aux) = match slot.action {
+        ACTION_DROP => (Action::Drop { probability }, true, false, false, false),
+        ACTION_RESET => (Action::Reset { probability }, true, false, false, false),
+        ACTION_CORRUPT => (Action::Corrupt { probability }, true, false, false, false),
+        ACTION_DUPLICATE => (Action::Duplicate { probability }, true, false, false, false),
+        ACTION_REFUSE_RST => {
+            let mode = RefuseMode::Rst;
+            (Action::Refuse { mode }, false, false, false, false)
+        }
+        ACTION_REFUSE_DROP => {
+            let mode = RefuseMode::Drop;
+            (Action::Refuse { mode }, false, false, false, false)
+        }
+        ACTION_LIMIT_BYTES => {
+            let (bytes, then) = (slot.param, then(slot.then)?);
+            (Action::LimitBytes { bytes, then }, false, true, true, false)
+        }
+        ACTION_LIMIT_AGE => {
+            let (after, then) = (Duration::from_nanos(slot.param), then(slot.then)?);
+            (Action::LimitAge { after, then }, false, true, true, false)
+        }
+        ACTION_RECORD => (Action::Record, false, false, false, false),
+        ACTION_STALL => (Action::Stall, false, false, false, false),
+        ACTION_DELAY => {
+            let latency = Duration::from_nanos(slot.param);
+            let jitter = Duration::from_micros(slot.aux.into());
+            (Action::Delay { latency, jitter }, false, true, false, true)
+        }
+        ACTION_RATE => {
+            let mode = match slot.then {
+                RATE_PACE => RateMode::Pace,
+                RATE_POLICE => RateMode::Police,
+                m => return Err(format!("rate mode {m}")),
+            };
+            // The burst (aux) is derived from the rate; a policer without one passes nothing.
+            if slot.aux == 0 {
+                return Err("rate slot without a burst".into());
+            }
+            let bytes_per_sec = slot.param;
+            (
+                Action::Rate {
+                    bytes_per_sec,
+                    mode,
+                },
+                false,
+                true,
+                true,
+                true,
+            )
+        }
+        a => return Err(format!("action code {a}")),
+    };
+    let stray = [
+        (!uses_threshold && slot.threshold != u32::MAX, "threshold"),
+        (!uses_param && slot.param != 0, "param"),
+        (!uses_then && slot.then != 0, "then"),
+        (!uses_aux && slot.aux != 0, "aux"),
+    ];
+    match stray.iter().find(|(bad, _)| *bad) {
+        Some((_, field)) => Err(format!("{} slot has a stray {field}", action.name())),
+        None => Ok(action),
+    }
+}
+
+impl DecodedFault {
+    /// Whether this is what `spec` compiles to, in what the map can hold (see
+    /// [`DecodedFault`]); the error names each difference.
+    pub fn check_against(&self, spec: &FaultSpec) -> Result<(), String> {
+        let mut diffs = Vec::new();
+        let t = &spec.target;
+        let direction = match spec.action {
+            Action::Refuse { .. } | Action::Record => Direction::ToPort,
+            _ => t.direction,
+        };
+        let expected = (t.port, t.protocol, direction);
+        let got = (
+            self.target.port,
+            self.target.protocol,
+            self.target.direction,
+        );
+        if expected != got {
+            diffs.push(format!("target {got:?}, expected {expected:?}"));
+        }
+        if self.target.peer != t.peer.map(masked) {
+            diffs.push(format!(
+                "peer {:?}, expected {:?}",
+                self.target.peer, t.peer
+            ));
+        }
+        if !same_action(&spec.action, &self.action) {
+            diffs.push(format!(
+                "action {:?}, expected {:?}",
+                self.action, spec.action
+            ));
+        }
+        match diffs.is_empty() {
+            true => Ok(()),
+            false => Err(format!("fault {}: {}", self.id, diffs.join("; "))),
+        }
+    }
+}
+
+/// `peer` with the bits past its prefix cleared.
+fn masked(peer: Peer) -> Peer {
+    let keep = |bits: u32, width: u32| match bits {
+        0 => 0,
+        b => u128::MAX << (width - b),
+    };
+    let addr = match peer.addr {
+        IpAddr::V4(a) => {
+            let m = keep(peer.prefix.into(), 32) as u32;
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & keep(peer.prefix.into(), 128)).into()),
+    };
+    Peer { addr, ..peer }
+}
+
+/// Whether `decoded` is `spec`'s action as compiled: probabilities within one step of the
+/// 32-bit threshold, jitter in whole microseconds, loss as drop.
+fn same_action(spec: &Action, decoded: &Action) -> bool {
+    let close = |p: f64, q: f64| (p - q).abs() <= 1.0 / 4_294_967_296.0;
+    match (spec, decoded) {
+        (
+            Action::Drop { probability: p } | Action::Loss { probability: p },
+            Action::Drop { probability: q },
+        )
+        | (Action::Reset { probability: p }, Action::Reset { probability: q })
+        | (Action::Corrupt { probability: p }, Action::Corrupt { probability: q })
+        | (Action::Duplicate { probability: p }, Action::Duplicate { probability: q }) => {
+            close(*p, *q)
+        }
+        (
+            Action::Delay { latency, jitter },
+            Action::Delay {
+                latency: l,
+                jitter: j,
+            },
+        ) => latency == l && jitter.as_micros() == j.as_micros(),
+        (spec, decoded) => spec == decoded,
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::tests::{MemorySink, drop_spec};
+    use super::*;
+
+    fn spec(port: u16, protocol: Protocol, action: Action) -> FaultSpec {
+        let mut s = drop_spec(port, protocol);
+        s.action = action;
+        s
+    }
+
+    fn table_with(specs: &[FaultSpec]) -> (Vec<Fault>, MemorySink) {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let now = SystemTime::UNIX_EPOCH;
+        let faults = specs
+            .iter()
+            .map(|s| table.add(s.clone(), now, &mut sink).unwrap())
+            .collect();
+        (faults, sink)
+    }
+
+    fn every_action() -> Vec<FaultSpec> {
+        let then = Then::Drop;
+        let mut specs = vec![
+            spec(1, Protocol::Any, Action::Drop { probability: 1.0 }),
+            spec(1, Protocol::Udp, Action::Loss { probability: 0.3 }),
+            spec(2, Protocol::Tcp, Action::Reset { probability: 1e-12 }),
+            spec(
+                2,
+                Protocol::Tcp,
+                Action::Refuse {
+                    mode: RefuseMode::Rst,
+                },
+            ),
+            spec(
+                3,
+                Protocol::Udp,
+                Action::Refuse {
+                    mode: RefuseMode::Drop,
+                },
+            ),
+            spec(
+                4,
+                Protocol::Tcp,
+                Action::LimitBytes {
+                    bytes: 0,
+                    then: Then::Reset,
+                },
+            ),
+            spec(
+                4,
+                Protocol::Any,
+                Action::LimitBytes {
+                    bytes: u64::MAX >> 1,
+                    then,
+                },
+            ),
+            spec(
+                5,
+                Protocol::Udp,
+                Action::LimitAge {
+                    after: MAX_TTL,
+                    then,
+                },
+            ),
+            spec(5, Protocol::Tcp, Action::Record),
+            spec(6, Protocol::Any, Action::Corrupt { probability: 0.5 }),
+            spec(6, Protocol::Any, Action::Duplicate { probability: 0.999 }),
+            spec(7, Protocol::Tcp, Action::Stall),
+            spec(
+                8,
+                Protocol::Tcp,
+                Action::Delay {
+                    latency: Duration::from_micros(9_999_000),
+                    jitter: Duration::from_micros(1_000),
+                },
+            ),
+            spec(
+                9,
+                Protocol::Any,
+                Action::Rate {
+                    bytes_per_sec: MAX_RATE_BYTES,
+                    mode: RateMode::Pace,
+                },
+            ),
+            spec(
+                9,
+                Protocol::Tcp,
+                Action::Rate {
+                    bytes_per_sec: 1,
+                    mode: RateMode::Police,
+                },
+            ),
+        ];
+        let peers = [
+            "198.18.7.9/15",
+            "fd00::1:2/8",
+            "0.0.0.0/0",
+            "::/0",
+            "10.1.2.3",
+            "::1",
+        ];
+        for (i, peer) in peers.into_iter().enumerate() {
+            let mut s = drop_spec(10, Protocol::Any);
+            s.target.peer = Some(Peer::parse(peer, "target.peer").unwrap());
+            s.target.direction = [Direction::ToPort, Direction::FromPort][i % 2];
+            specs.push(s);
+        }
+        specs
+    }
+
+    #[test]
+    fn every_action_reads_back_as_its_spec() {
+        let specs = every_action();
+        let (faults, sink) = table_with(&specs);
+        let decoded = decode_rules(sink.rules.clone()).unwrap();
+        assert_eq!(decoded.len(), specs.len());
+        for fault in &faults {
+            let d = &decoded[&fault.id];
+            assert_eq!(d.counter, fault.counter);
+            d.check_against(&fault.spec).unwrap();
+        }
+    }
+
+    #[test]
+    fn what_the_map_cannot_hold_reads_back_as_compiled() {
+        let mut refuse = spec(
+            80,
+            Protocol::Tcp,
+            Action::Refuse {
+                mode: RefuseMode::Rst,
+            },
+        );
+        refuse.target.direction = Direction::FromPort;
+        refuse.target.peer = Some(Peer::parse("198.18.7.9/15", "p").unwrap());
+        let loss = spec(81, Protocol::Any, Action::Loss { probability: 0.25 });
+        let (faults, sink) = table_with(&[refuse, loss]);
+        let decoded = decode_rules(sink.rules).unwrap();
+        let refuse = &decoded[&faults[0].id];
+        assert_eq!(
+            refuse.target.direction,
+            Direction::ToPort,
+            "SYNs go to the port"
+        );
+        let expected_peer = Peer {
+            addr: "198.18.0.0".parse().unwrap(),
+            prefix: 15,
+        };
+        assert_eq!(refuse.target.peer, Some(expected_peer));
+        let loss = &decoded[&faults[1].id];
+        assert_eq!(loss.target.protocol, Protocol::Any);
+        assert_eq!(loss.action, Action::Drop { probability: 0.25 });
+    }
+
+    #[test]
+    fn check_against_names_each_difference() {
+        let delay = Action::Delay {
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_micros(7),
+        };
+        let original = spec(8, Protocol::Tcp, delay);
+        let (faults, sink) = table_with(&[original.clone()]);
+        let decoded = &decode_rules(sink.rules).unwrap()[&faults[0].id];
+        // Sub-microsecond jitter is not held; anything more is a difference.
+        let mut close = original.clone();
+        close.action = Action::Delay {
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_nanos(7_900),
+        };
+        decoded.check_against(&close).unwrap();
+        let mut other = original.clone();
+        other.action = Action::Delay {
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_micros(8),
+        };
+        other.target.port = 9;
+        other.target.peer = Some(Peer::parse("::1", "p").unwrap());
+        let err = decoded.check_against(&other).unwrap_err();
+        for part in ["target", "peer", "action"] {
+            assert!(err.contains(part), "{err}");
+        }
+        // A probability one threshold step away still matches; two steps do not.
+        let half = spec(8, Protocol::Tcp, Action::Drop { probability: 0.5 });
+        let (faults, sink) = table_with(&[half.clone()]);
+        let decoded = &decode_rules(sink.rules).unwrap()[&faults[0].id];
+        let step = 1.0 / 4_294_967_296.0;
+        let mut near = half.clone();
+        near.action = Action::Loss {
+            probability: 0.5 + step,
+        };
+        decoded.check_against(&near).unwrap();
+        near.action = Action::Drop {
+            probability: 0.5 + 2.0 * step,
+        };
+        assert!(decoded.check_against(&near).is_err());
+    }
+
+    #[test]
+    fn decode_refuses_entries_compiling_never_writes() {
+        let specs = [
+            spec(1, Protocol::Any, Action::Drop { probability: 1.0 }),
+            spec(1, Protocol::Tcp, Action::Stall),
+        ];
+        let (_, sink) = table_with(&specs);
+        let tcp = PortKey::new(PROTO_TCP, 1);
+        let good = sink.rules.clone();
+        decode_rules(good.clone()).unwrap();
+        let mutations: Vec<(&str, Box<dyn Fn(&mut PortRule)>)> = vec![
+            ("action code", Box::new(|r| r.slots[0].action = 99)),
+            ("len", Box::new(|r| r.len = 0)),
+            ("len", Box::new(|r| r.len = 9)),
+            ("past len", Box::new(|r| r.slots[5].param = 1)),
+            ("stray param", Box::new(|r| r.slots[1].param = 1)),
+            ("stray threshold", Box::new(|r| r.slots[1].threshold = 5)),
+            ("directions", Box::new(|r| r.slots[0].directions = 0)),
+            (
+                "differs between tcp and udp",
+                Box::new(|r| r.slots[0].threshold = 5),
+            ),
+            ("id order", Box::new(|r| r.slots.swap(0, 1))),
+            (
+                "not a masked",
+                Box::new(|r| {
+                    r.slots[1].peer_family = PEER_V4;
+                    r.slots[1].peer_mask[0] = u32::from_ne_bytes([255, 0, 255, 0]);
+                }),
+            ),
+            (
+                "not a masked",
+                Box::new(|r| {
+                    r.slots[1].peer_family = PEER_V4;
+                    r.slots[1].peer_addr[0] = u32::from_ne_bytes([10, 0, 0, 1]);
+                    r.slots[1].peer_mask[0] = u32::from_ne_bytes([255, 0, 0, 0]);
+                }),
+            ),
+            ("peer family", Box::new(|r| r.slots[1].peer_family = 5)),
+            (
+                "without a burst",
+                Box::new(|r| {
+                    r.slots[1].action = ACTION_RATE;
+                    r.slots[1].param = 1000;
+                }),
+            ),
+        ];
+        for (what, mutate) in mutations {
+            let mut entries = good.clone();
+            mutate(entries.get_mut(&tcp).unwrap());
+            let err = decode_rules(entries).unwrap_err();
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        let mut entries = good.clone();
+        entries.insert(PortKey::new(1, 1), good[&tcp]);
+        assert!(
+            decode_rules(entries)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol 1")
+        );
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;

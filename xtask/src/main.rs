@@ -4,6 +4,7 @@
 //! fresh machine needs nothing but the two commands in README.md.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -29,8 +30,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test suite (unit, program, system), then the quick bench.
+    /// Set up, then run every test suite (unit, program, system), a 60 s fuzz run, the kernel
+    /// matrix and the quick bench.
     Test,
+    /// Set up, then check the fuzz seed corpus and fuzz AddFault requests for a while
+    /// (`cargo xtask fuzz --seconds 3600` for a long session).
+    Fuzz(fuzz::Options),
     /// The kernel matrix: the system tests on this machine's kernel and in a VM (qemu, TCG) on
     /// Debian's 6.1 kernel, as a pass/skip/fail table.
     VmTest(vm::Options),
@@ -81,10 +86,18 @@ fn run(task: Task) -> anyhow::Result<()> {
                 "the program and system tests load eBPF programs and create network namespaces",
             )?;
             cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            fuzz::run(&fuzz::Options {
+                seconds: 60,
+                libfuzzer: Vec::new(),
+            })?;
             // The kernel matrix: the system tests again, here and on Debian's 6.1 in a VM.
             vm::run(&vm::Options::default())?;
             // So that the bench cannot rot; it fails only on errors, never on a figure.
             bench::run(true)
+        }
+        Task::Fuzz(opts) => {
+            setup::all()?;
+            fuzz::run(&opts)
         }
         Task::Bench { quick } => {
             setup::all()?;

@@ -18,6 +18,7 @@ pub fn all() -> anyhow::Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     python_packages()?;
     Ok(())
 }
@@ -113,6 +114,18 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("PATH", path)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
         "cargo install bpf-linker (about a minute)",
+    )
+}
+
+/// cargo-fuzz, for the fuzz step of `cargo xtask test` (it builds with the nightly toolchain,
+/// which the eBPF programs need anyway).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    loud(
+        Command::new("cargo").args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
+        "cargo install cargo-fuzz (about a minute)",
     )
 }
 
