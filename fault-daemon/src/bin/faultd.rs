@@ -22,6 +22,7 @@ use faultd::api::{Engine, FaultApi};
 use faultd::datapath::Datapath;
 use faultd::events::EventHub;
 use faultd::faults::FaultTable;
+use faultd::observe::Observe;
 use faultd::proto::fault_service_server::FaultServiceServer;
 use faultd::reconnect::{ReconnectServer, bind_retry_listener};
 
@@ -49,6 +50,10 @@ struct Args {
     /// one per network namespace, where faultctl looks first.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9747) at /metrics; off by
+    /// default. A non-loopback address needs --allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     access: AccessArgs,
     #[command(flatten)]
@@ -201,6 +206,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     // The port actually bound (`--listen 127.0.0.1:0` picks one) is the one to protect.
     let api_addr = listener.local_addr()?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            faultd::metrics::check_addr(addr, args.allow_remote)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let retry = match args.retry_port {
         Some(port) => Some(bind_retry(args.retry_bind, port).await?),
         None => None,
@@ -224,6 +239,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         events,
     );
+    if let Some(listener) = metrics {
+        info!(metrics = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(faultd::metrics::serve(
+            listener,
+            faultd::metrics::registry(api.clone()),
+        ));
+    }
+    let observe = Arc::new(faultd::observe::observe().await?);
     let caps = api.capabilities();
     info!(
         "what this kernel supports:\n{}",
@@ -261,8 +284,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn({
         let reconnect = reconnect.clone();
+        let observe = observe.clone();
         async move {
             shutdown(reconnect).await;
+            observe.not_serving().await;
             let _ = stop.send(true);
         }
     });
@@ -274,6 +299,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tcp_server.layer(InterceptorLayer::new(gate.clone())),
         &api,
         &reconnect,
+        &observe,
     )
     .serve_with_incoming_shutdown(
         tcp_incoming(listener, tcp_identity),
@@ -283,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Server::builder().layer(InterceptorLayer::new(gate)),
         &api,
         &reconnect,
+        &observe,
     )
     .serve_with_incoming_shutdown(unix_incoming(unix), stopped(stopping));
     tokio::try_join!(tcp, unix).context("serving the API")?;
@@ -319,10 +346,12 @@ fn routes<L: Clone>(
     mut server: Server<L>,
     api: &FaultApi,
     reconnect: &Option<ReconnectServer>,
+    observe: &Observe<impl tonic_reflection::server::v1::ServerReflection>,
 ) -> Router<L> {
-    server
+    let router = server
         .add_service(FaultServiceServer::new(api.clone()))
-        .add_optional_service(reconnect.as_ref().map(ReconnectServer::service))
+        .add_optional_service(reconnect.as_ref().map(ReconnectServer::service));
+    observe.add_to(router)
 }
 
 /// `faultd reconnect`: the interop server alone, on its own control port.

@@ -1,0 +1,1 @@
+//! The configuration file (`faultd --config faultd.toml`).
