@@ -11,7 +11,11 @@ fn main() -> anyhow::Result<()> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // For server reflection (`faultd::proto::FILE_DESCRIPTOR_SET`).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("faultd_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
         .compile_protos(PROTOS, &["../proto"])
         .context("compiling the protos (is protoc installed? `cargo xtask setup` installs it)")?;
     Ok(())
