@@ -6,12 +6,14 @@
 //! - [`qdisc`]: the fq qdisc that delays and paced rates need.
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
+//! - [`connections`]: the bound on the API's connections.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod api;
 pub mod capabilities;
 pub mod cli;
+pub mod connections;
 pub mod datapath;
 pub mod events;
 pub mod faults;

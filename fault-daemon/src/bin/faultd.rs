@@ -2,19 +2,27 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{info, warn};
 
-use faultd::api::{Engine, FaultApi};
+use faultd::api::{DEFAULT_MAX_STREAMS, Engine, FaultApi};
+use faultd::connections::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use faultd::datapath::Datapath;
-use faultd::events::EventHub;
-use faultd::faults::FaultTable;
+use faultd::events::{EventHub, LossCounter};
+use faultd::faults::{DEFAULT_MAX_FAULTS, FaultTable, Limits};
 use faultd::proto::fault_service_server::FaultServiceServer;
 use faultd::reconnect::{ReconnectServer, bind_retry_listener};
+
+/// How long connections are given to close on shutdown, after the faults are removed and
+/// the programs detached; then faultd exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Concurrent requests (streams) on one HTTP/2 connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +47,19 @@ struct Args {
     /// API and close every connection to this port (0.0.0.0:PORT; 0 picks a free one).
     #[arg(long, value_name = "PORT")]
     retry_port: Option<u16>,
+    /// Most faults installed at once (AddFault beyond: RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FAULTS)]
+    max_faults: usize,
+    /// Longest TTL a fault may have (AddFault beyond: INVALID_ARGUMENT), e.g. 24h, 30m.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_ttl: Duration,
+    /// Most API connections at once. When all are taken, a new connection replaces the
+    /// oldest one that never sent a byte, or is closed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Most event streams (WatchEvents) open at once (beyond: RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +93,8 @@ fn main() {
         Some(Command::Reconnect(reconnect)) => runtime.block_on(run_reconnect(reconnect)),
         None => runtime.block_on(run(args)),
     };
+    // Tasks of connections that outlived the shutdown grace are not waited for.
+    runtime.shutdown_background();
     if let Err(e) = outcome {
         eprintln!("faultd: {e:#}");
         std::process::exit(1);
@@ -79,6 +102,8 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // First of all: from here on SIGTERM, SIGINT and SIGHUP end faultd cleanly.
+    let mut signals = Signals::install()?;
     if args.ifaces.is_empty() {
         bail!("--iface is required: name the interface(s) to attach to, e.g. --iface lo");
     }
@@ -89,6 +114,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.listen
         );
     }
+    let limits = Limits {
+        max_faults: args.max_faults,
+        max_ttl: args.max_ttl,
+    };
+    limits.validate().map_err(anyhow::Error::msg)?;
     // Bind first: it is the cheapest step to fail and changes nothing on the interfaces.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -98,24 +128,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut datapath = Datapath::load()?;
-    for iface in &args.ifaces {
-        // On error, dropping `datapath` detaches what was attached so far.
-        datapath.attach(iface)?;
-    }
+    let Some(mut datapath) = load_and_attach(args.ifaces.clone(), &mut signals).await? else {
+        return Ok(());
+    };
     let attachments = datapath.attachments();
     let events = Arc::new(EventHub::default());
     if let Some(ring) = datapath.take_events() {
-        tokio::spawn(events.clone().pump(ring));
+        let losses = datapath.take_event_losses().map(LossCounter::new);
+        tokio::spawn(events.clone().pump(ring, losses));
     }
     let api = FaultApi::new(
         Engine::new(
-            FaultTable::new(vec![args.listen.port()]),
+            FaultTable::new(vec![args.listen.port()]).with_limits(limits),
             Box::new(datapath),
             attachments,
         ),
         events,
-    );
+    )
+    .with_max_streams(args.max_streams as usize);
     let caps = api.capabilities();
     info!(
         "what this kernel supports:\n{}",
@@ -131,19 +161,143 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
-    info!(listen = %args.listen, "faultd ready");
-    tonic::transport::Server::builder()
+    let connections = ConnectionLimit::new(args.max_connections as usize);
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Peers that vanished without closing are found and their connections closed.
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(FaultServiceServer::new(api.clone()))
         .add_optional_service(reconnect.as_ref().map(ReconnectServer::service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown(reconnect.clone()),
-        )
-        .await
-        .context("serving the API")?;
-    info!("shutting down: removing faults and detaching");
-    api.clear().ok();
+            connections.limit(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            async {
+                let _ = stopped.await;
+            },
+        );
+    tokio::pin!(server);
+    info!(listen = %args.listen, "faultd ready");
+    let signal = tokio::select! {
+        served = &mut server => {
+            // The server stopped by itself: still leave the interfaces as found.
+            api.shut_down().ok();
+            return served.context("serving the API");
+        }
+        signal = signals.recv() => signal,
+    };
+
+    info!(signal, "stopping: removing faults and detaching");
+    if let Some(reconnect) = &reconnect {
+        // Fails the Starts still waiting for their turn.
+        reconnect.shut_down();
+    }
+    let _ = stop_accepting.send(());
+    // Faults and programs go first, whatever the clients do; event streams end here.
+    let shutting = api.clone();
+    match tokio::task::spawn_blocking(move || shutting.shut_down()).await {
+        Ok(Ok(removed)) => info!(removed, "faults removed, programs detached"),
+        Ok(Err(e)) => warn!(error = %e, "removing the faults failed; the programs are detached"),
+        Err(e) => warn!(error = %e, "shutting the engine down panicked"),
+    }
+    tokio::select! {
+        served = &mut server => served.context("closing the API's connections")?,
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!(
+            open = connections.len(),
+            "connections still open after {SHUTDOWN_GRACE:?}: exiting without them"
+        ),
+        second = signals.recv() => info!(signal = second, "second signal: exiting without waiting for connections"),
+    }
     Ok(())
+}
+
+/// Loads the programs and attaches them, off the async threads. A signal meanwhile stops
+/// faultd as soon as the kernel is done loading (the verifier cannot be interrupted):
+/// what was attached is detached and `None` returned. A second signal exits at once;
+/// links attached so far close with the process.
+async fn load_and_attach(
+    ifaces: Vec<String>,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Datapath>> {
+    // Debug: a start-up error stays one line.
+    tracing::debug!("loading the programs");
+    let mut loading = tokio::task::spawn_blocking(move || {
+        let mut datapath = Datapath::load()?;
+        for iface in &ifaces {
+            // On error, dropping `datapath` detaches what was attached so far.
+            datapath.attach(iface)?;
+        }
+        anyhow::Ok(datapath)
+    });
+    let signal = tokio::select! {
+        loaded = &mut loading => return Ok(Some(loaded.context("loading the programs")??)),
+        signal = signals.recv() => signal,
+    };
+    info!(
+        signal,
+        "stopping: the programs are being loaded; they are detached once the kernel is done"
+    );
+    tokio::select! {
+        loaded = loading => {
+            // Dropping the datapath detaches it.
+            drop(loaded);
+            info!("stopped before serving");
+            Ok(None)
+        }
+        second = signals.recv() => {
+            warn!(signal = second, "second signal while loading: exiting at once");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The signals that stop faultd: SIGTERM, SIGINT, and SIGHUP (a closed terminal or
+/// session: faultd cleans up rather than being killed with its faults in place) unless
+/// SIGHUP was ignored when faultd started (`nohup`).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let listen = |kind| signal(kind).context("installing a signal handler");
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            hup: if ignored_at_start(libc::SIGHUP) {
+                None
+            } else {
+                Some(listen(SignalKind::hangup())?)
+            },
+        })
+    }
+
+    /// Waits for the next signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        let hup = async {
+            match &mut self.hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = hup => "SIGHUP",
+        }
+    }
+}
+
+/// Whether `signal` was set to be ignored by whoever started faultd.
+fn ignored_at_start(signal: libc::c_int) -> bool {
+    // SAFETY: querying (null new action) into a zeroed sigaction.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// `faultd reconnect`: the interop server alone, on its own control port.
@@ -183,18 +337,18 @@ fn spawn_reconnect(retry: TcpListener) -> anyhow::Result<(ReconnectServer, u16)>
 /// Waits for SIGTERM or SIGINT, then fails the `Start`s still waiting for their turn: a
 /// graceful shutdown waits for every running call to end.
 async fn shutdown(reconnect: Option<ReconnectServer>) {
-    shutdown_signal().await;
+    match Signals::install() {
+        Ok(mut signals) => {
+            let signal = signals.recv().await;
+            info!(signal, "stopping");
+        }
+        Err(e) => {
+            warn!("{e:#}");
+            std::future::pending::<()>().await;
+        }
+    }
     if let Some(reconnect) = reconnect {
         reconnect.shut_down();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
     }
 }
 
