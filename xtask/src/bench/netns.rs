@@ -139,7 +139,8 @@ impl Daemon {
     pub fn start(ns: &Netns, faultd: &Path, log: PathBuf) -> anyhow::Result<Self> {
         let child = ns
             .exec(faultd)
-            .args(["--iface", "lo"])
+            // The sweep installs up to 100 000 faults: all the kernel maps hold.
+            .args(["--iface", "lo", "--max-faults", "131072"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
