@@ -195,6 +195,8 @@ fn startup_errors_are_one_clear_line() {
             &["--iface", "lo", "--listen", "banana"],
             "invalid value 'banana' for '--listen",
         ),
+        (&["--iface", "lo", "--max-faults", "0"], "--max-faults 0"),
+        (&["--iface", "lo", "--max-ttl", "400days"], "--max-ttl"),
     ];
     for (args, expected) in cases {
         let out = ns.cmd(FAULTD).args(*args).output().unwrap();
@@ -534,11 +536,41 @@ fn a_signal_during_loading_still_detaches_and_exits_cleanly() {
         Some(0),
         "killed or failed instead of a clean exit:\n{log}"
     );
-    assert!(log.contains("the programs are being loaded"), "{log}");
+    assert!(log.contains("stopping before serving"), "{log}");
     assert!(!log.contains("faultd ready"), "{log}");
+    assert!(!log.contains("attached iface"), "attached after the signal: {log}");
     assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
     // The interface is free for the next faultd.
     let _next = Daemon::start(&ns, &["lo"]);
+}
+
+/// A second signal while the verifier works: nothing is attached yet, so faultd exits at
+/// once instead of waiting for the kernel.
+#[test]
+fn a_second_signal_during_loading_exits_at_once() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("loadsig2");
+    let mut daemon = spawn_faultd(
+        ns.cmd(FAULTD)
+            .args(["--iface", "lo"])
+            .env("RUST_LOG", "info,faultd=debug"),
+        &ns,
+        "load2",
+    );
+    wait_for_log(&daemon, "loading the programs", Duration::from_secs(10));
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    wait_for_log(&daemon, "stopping before serving", Duration::from_secs(5));
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid(), libc::SIGINT) };
+    let code = exit_within(&mut daemon.child, Duration::from_secs(60)).unwrap();
+    let log = daemon.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("second signal while loading"), "{log}");
+    assert!(!log.contains("attached iface"), "{log}");
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
 }
 
 /// SIGHUP (a closed terminal) ends faultd as cleanly as SIGTERM; under `nohup` it is

@@ -211,42 +211,70 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the programs and attaches them, off the async threads. A signal meanwhile stops
-/// faultd as soon as the kernel is done loading (the verifier cannot be interrupted):
-/// what was attached is detached and `None` returned. A second signal exits at once;
-/// links attached so far close with the process.
+/// Where start-up is, shared by the loading thread and the signal handling.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Startup {
+    /// The verifier is at work; nothing is attached yet.
+    Loading,
+    /// A signal came while loading: the programs will not be attached.
+    Stopped,
+    /// Attaching (quick); the datapath detaches what it attached when dropped.
+    Attaching,
+}
+
+/// Loads the programs and attaches them, off the async threads. A signal while loading
+/// (the verifier cannot be interrupted) means they are never attached: faultd stops as
+/// soon as the kernel is done, or at once on a second signal, since nothing is attached
+/// yet. A signal while attaching waits for that (milliseconds), then detaches. `None`
+/// when stopped.
 async fn load_and_attach(
     ifaces: Vec<String>,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<Datapath>> {
     // Debug: a start-up error stays one line.
     tracing::debug!("loading the programs");
+    let phase = Arc::new(std::sync::Mutex::new(Startup::Loading));
+    let phase_of_loading = phase.clone();
     let mut loading = tokio::task::spawn_blocking(move || {
         let mut datapath = Datapath::load()?;
+        {
+            let mut phase = phase_of_loading.lock().unwrap_or_else(|p| p.into_inner());
+            if *phase == Startup::Stopped {
+                return Ok(None);
+            }
+            *phase = Startup::Attaching;
+        }
         for iface in &ifaces {
             // On error, dropping `datapath` detaches what was attached so far.
             datapath.attach(iface)?;
         }
-        anyhow::Ok(datapath)
+        anyhow::Ok(Some(datapath))
     });
     let signal = tokio::select! {
-        loaded = &mut loading => return Ok(Some(loaded.context("loading the programs")??)),
+        loaded = &mut loading => return loaded.context("loading the programs")?,
         signal = signals.recv() => signal,
+    };
+    let attaching = {
+        let mut phase = phase.lock().unwrap_or_else(|p| p.into_inner());
+        if *phase == Startup::Loading {
+            *phase = Startup::Stopped;
+        }
+        *phase == Startup::Attaching
     };
     info!(
         signal,
-        "stopping: the programs are being loaded; they are detached once the kernel is done"
+        attaching, "stopping before serving: nothing is left attached once the kernel is done"
     );
     tokio::select! {
-        loaded = loading => {
+        loaded = &mut loading => {
             // Dropping the datapath detaches it.
             drop(loaded);
             info!("stopped before serving");
             Ok(None)
         }
-        second = signals.recv() => {
-            warn!(signal = second, "second signal while loading: exiting at once");
-            std::process::exit(1);
+        second = signals.recv(), if !attaching => {
+            warn!(signal = second, "second signal while loading: nothing attached, exiting now");
+            std::process::exit(0);
         }
     }
 }
@@ -395,6 +423,30 @@ mod tests {
             "--retry_port=2",
         ];
         assert!(Args::try_parse_from(mixed).is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_durations() {
+        let args = Args::try_parse_from(["faultd", "--iface", "lo"]).unwrap();
+        assert_eq!(args.max_faults, DEFAULT_MAX_FAULTS);
+        assert_eq!(args.max_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(args.max_connections as usize, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(args.max_streams as usize, DEFAULT_MAX_STREAMS);
+        let args = Args::try_parse_from([
+            "faultd",
+            "--iface",
+            "lo",
+            "--max-ttl",
+            "90s",
+            "--max-faults",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(args.max_ttl, Duration::from_secs(90));
+        assert_eq!(args.max_faults, 10);
+        for zero in ["--max-connections", "--max-streams"] {
+            assert!(Args::try_parse_from(["faultd", "--iface", "lo", zero, "0"]).is_err());
+        }
     }
 
     #[test]
