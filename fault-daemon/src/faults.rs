@@ -561,13 +561,13 @@ impl FaultSpec {
                 ),
             ));
         }
-        if let Some(ttl) = self.ttl {
-            if ttl.is_zero() || ttl > MAX_TTL {
-                return Err(FaultError::invalid(
-                    "ttl_ms",
-                    format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
-                ));
-            }
+        if let Some(ttl) = self.ttl
+            && (ttl.is_zero() || ttl > MAX_TTL)
+        {
+            return Err(FaultError::invalid(
+                "ttl_ms",
+                format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
+            ));
         }
         if self.label.len() > MAX_LABEL {
             return Err(FaultError::invalid(

@@ -538,7 +538,10 @@ fn a_signal_during_loading_still_detaches_and_exits_cleanly() {
     );
     assert!(log.contains("stopping before serving"), "{log}");
     assert!(!log.contains("faultd ready"), "{log}");
-    assert!(!log.contains("attached iface"), "attached after the signal: {log}");
+    assert!(
+        !log.contains("attached iface"),
+        "attached after the signal: {log}"
+    );
     assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
     // The interface is free for the next faultd.
     let _next = Daemon::start(&ns, &["lo"]);

@@ -1,6 +1,7 @@
 //! faultd: loads the fault programs onto interfaces and serves the control API.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,13 +188,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         signal = signals.recv() => signal,
     };
 
+    stop(
+        signal,
+        &api,
+        reconnect.as_ref(),
+        stop_accepting,
+        server,
+        &connections,
+        &mut signals,
+    )
+    .await
+}
+
+/// After `signal`: faults off and programs detached first, whatever the clients do (event
+/// streams end there too); then at most [`SHUTDOWN_GRACE`] for the connections to close,
+/// cut short by a second signal.
+async fn stop(
+    signal: &str,
+    api: &FaultApi,
+    reconnect: Option<&ReconnectServer>,
+    stop_accepting: tokio::sync::oneshot::Sender<()>,
+    mut server: Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    connections: &ConnectionLimit,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
     info!(signal, "stopping: removing faults and detaching");
-    if let Some(reconnect) = &reconnect {
+    if let Some(reconnect) = reconnect {
         // Fails the Starts still waiting for their turn.
         reconnect.shut_down();
     }
     let _ = stop_accepting.send(());
-    // Faults and programs go first, whatever the clients do; event streams end here.
     let shutting = api.clone();
     match tokio::task::spawn_blocking(move || shutting.shut_down()).await {
         Ok(Ok(removed)) => info!(removed, "faults removed, programs detached"),
@@ -206,7 +230,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             open = connections.len(),
             "connections still open after {SHUTDOWN_GRACE:?}: exiting without them"
         ),
-        second = signals.recv() => info!(signal = second, "second signal: exiting without waiting for connections"),
+        second = signals.recv() => info!(
+            signal = second,
+            "second signal: exiting without waiting for connections"
+        ),
     }
     Ok(())
 }

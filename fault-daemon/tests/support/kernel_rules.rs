@@ -34,10 +34,9 @@ fn map_ids(pid: i32) -> Vec<u32> {
             .lines()
             .find_map(|l| l.strip_prefix("map_id:"))
             .and_then(|v| v.trim().parse().ok())
+            && !ids.contains(&id)
         {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+            ids.push(id);
         }
     }
     ids
