@@ -1,20 +1,22 @@
 //! The gRPC control service: converts requests into the domain model and back, and owns
 //! the expiry of faults with a TTL.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_stream::{Stream, StreamExt as _};
+use fault_common::{FaultCounters, PortKey, PortRule};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::info;
-
-use fault_common::FaultCounters;
+use tracing::{info, warn};
 
 use crate::access::Caller;
 use crate::capabilities;
 use crate::datapath::Attachment;
-use crate::events::EventHub;
+use crate::events::{EventHub, Filter, Subscription};
 use crate::faults::{
     Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Owner, Peer, Protocol, RateMode,
     RefuseMode, RuleSink, Selector, Target, Then, validate_port, validate_probability,
@@ -110,6 +112,18 @@ impl Engine {
         cleared
     }
 
+    /// Removes every fault, puts the interfaces' own qdiscs back and detaches the programs
+    /// (the datapath is dropped here, whoever still holds the engine). Every change after
+    /// this is refused with [`FaultError::ShuttingDown`].
+    pub fn shut_down(&mut self) -> Result<usize, FaultError> {
+        let cleared = self.clear();
+        if self.fq.is_active() {
+            self.fq.restore();
+        }
+        self.sink = Box::new(Detached);
+        cleared
+    }
+
     /// Puts back the interfaces' own qdiscs once no fault sets departure times.
     fn release_fq_if_unused(&mut self) {
         if self.fq.is_active() && !self.table.iter().any(|f| f.spec.action.needs_fq()) {
@@ -118,18 +132,68 @@ impl Engine {
     }
 }
 
+/// What the engine writes to once the programs are detached: nothing.
+struct Detached;
+
+impl RuleSink for Detached {
+    fn write_rule(&mut self, _: PortKey, _: Option<&PortRule>) -> Result<(), FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+    fn reset_counters(&mut self, _: u32) -> Result<(), FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+    fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+}
+
+/// Default of `faultd --max-streams`: event streams open at once.
+pub const DEFAULT_MAX_STREAMS: usize = 128;
+
 #[derive(Clone)]
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
+    /// One permit per open WatchEvents stream.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    /// Cancelled when faultd shuts down: event streams end.
+    shutdown: CancellationToken,
+    /// Wakes the expiry task when a fault with a TTL is added.
+    expiry: Arc<Notify>,
 }
 
 impl FaultApi {
+    /// Also starts the task that expires faults (so: call it within a tokio runtime).
     pub fn new(engine: Engine, events: Arc<EventHub>) -> Self {
-        Self {
+        let api = Self {
             engine: Arc::new(Mutex::new(engine)),
             events,
-        }
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
+            max_streams: DEFAULT_MAX_STREAMS,
+            shutdown: CancellationToken::new(),
+            expiry: Arc::new(Notify::new()),
+        };
+        tokio::spawn(expire_faults(
+            Arc::downgrade(&api.engine),
+            api.expiry.clone(),
+            api.shutdown.clone(),
+        ));
+        api
+    }
+
+    /// At most `max` event streams open at once (`faultd --max-streams`).
+    pub fn with_max_streams(mut self, max: usize) -> Self {
+        self.streams = Arc::new(Semaphore::new(max));
+        self.max_streams = max;
+        self
+    }
+
+    /// Ends every event stream, removes every fault and detaches the programs; the API
+    /// answers UNAVAILABLE afterwards. Returns how many faults were removed.
+    pub fn shut_down(&self) -> Result<usize, FaultError> {
+        self.shutdown.cancel();
+        self.engine().shut_down()
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -159,15 +223,28 @@ impl FaultApi {
             .collect()
     }
 
+    /// Events received from the kernel and lost on their way (GetStats and the metrics).
+    pub fn event_stats(&self) -> crate::events::EventStats {
+        self.events.stats()
+    }
+
     /// Faults added and removed since start.
     pub fn rule_updates(&self) -> RuleUpdates {
         self.engine().updates
     }
 
-    /// Installs a validated fault for `owner` and schedules its expiry: AddFault, and the
-    /// configuration file's faults at start.
+    /// Installs a validated fault for `owner`: AddFault, and the configuration file's
+    /// faults at start. A fault that reports connection attempts on a port that had none
+    /// starts that port's attempt history afresh (what `faultctl backoff` judges).
     pub fn add(&self, spec: FaultSpec, owner: Owner) -> Result<Fault, FaultError> {
-        let fault = self.engine().add(spec, owner)?;
+        let mut engine = self.engine();
+        let port = spec.target.port;
+        let first_to_report_syns = spec.action.on_syns()
+            && spec.target.protocol.covers_tcp()
+            && !engine.table.reports_syns(port);
+        // Events numbered from here on may come from the new fault.
+        let next_seq = self.events.next_seq();
+        let fault = engine.add(spec, owner)?;
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
@@ -175,25 +252,132 @@ impl FaultApi {
             owner = %fault.owner,
             "fault added"
         );
-        if let Some(ttl) = fault.spec.ttl {
-            self.expire_later(fault.id, ttl);
+        if first_to_report_syns {
+            self.events.restart_syns(port, next_seq - 1);
+        }
+        if fault.expires.is_some() {
+            self.expiry.notify_one();
         }
         Ok(fault)
     }
 
-    fn expire_later(&self, id: u64, ttl: Duration) {
-        let api = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            // Ids are never reused, so a fault removed meanwhile is simply not found.
-            if let Ok(fault) = api.engine().remove(id) {
-                info!(id, owner = %fault.owner, "fault expired");
-            }
-        });
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} event streams are open, this faultd's limit (faultd --max-streams)",
+                self.max_streams
+            ))
+        })
     }
 }
 
+/// First wait before retrying the removal of an expired fault, and the longest.
+const EXPIRY_RETRY_FIRST: Duration = Duration::from_millis(500);
+const EXPIRY_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest sleep between looks at the table: wall-clock jumps are noticed within it.
+const EXPIRY_MAX_SLEEP: Duration = Duration::from_secs(10);
+
+/// Removes faults whose TTL ran out. One task for every fault: it sleeps until the next
+/// expiry in the table, so a fault removed by hand leaves no timer behind. A removal that
+/// fails is logged, the fault stays listed (and acting), and the removal is retried with
+/// a growing wait. Ends with the engine or on shutdown.
+async fn expire_faults(
+    engine: Weak<Mutex<Engine>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    // Faults whose removal failed: when to try again, and the wait after that.
+    let mut retry: HashMap<u64, (Instant, Duration)> = HashMap::new();
+    loop {
+        let wait = {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            expire_due(&mut engine, &mut retry);
+            next_expiry_wait(&engine, &retry)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn expire_due(engine: &mut Engine, retry: &mut HashMap<u64, (Instant, Duration)>) {
+    let now = Instant::now();
+    for id in engine.table.expired(SystemTime::now()) {
+        let wait = match retry.get(&id) {
+            Some((at, _)) if *at > now => continue,
+            Some((_, wait)) => *wait,
+            None => EXPIRY_RETRY_FIRST,
+        };
+        match engine.remove(id) {
+            Ok(_) => {
+                info!(id, "fault expired");
+                retry.remove(&id);
+            }
+            Err(FaultError::NotFound(_)) => {}
+            Err(e) => {
+                warn!(
+                    id,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "could not remove an expired fault: it stays listed and in force; retrying"
+                );
+                retry.insert(id, (now + wait, (wait * 2).min(EXPIRY_RETRY_MAX)));
+            }
+        }
+    }
+    retry.retain(|id, _| engine.table.get(*id).is_some());
+}
+
+/// How long until the next expiry or retry is due.
+fn next_expiry_wait(engine: &Engine, retry: &HashMap<u64, (Instant, Duration)>) -> Duration {
+    let now = SystemTime::now();
+    let expiry = engine
+        .table
+        .iter()
+        .filter(|f| !retry.contains_key(&f.id))
+        .filter_map(|f| f.expires)
+        .min()
+        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO));
+    let retry = retry
+        .values()
+        .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+        .min();
+    expiry
+        .into_iter()
+        .chain(retry)
+        .min()
+        .unwrap_or(EXPIRY_MAX_SLEEP)
+        .min(EXPIRY_MAX_SLEEP)
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+/// A subscription as a gRPC stream: it ends with UNAVAILABLE when faultd shuts down, and
+/// holds its stream permit while it lives.
+fn event_stream(
+    sub: Subscription,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) -> EventStream {
+    let state = Some((sub, shutdown, permit));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut sub, shutdown, permit) = state?;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                Some((Err(Status::unavailable("faultd is shutting down")), None))
+            }
+            event = sub.next() => {
+                event.map(|e| (Ok(e), Some((sub, shutdown, permit))))
+            }
+        }
+    }))
+}
 
 #[tonic::async_trait]
 impl FaultService for FaultApi {
@@ -203,17 +387,35 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let proto::WatchEventsRequest { follow, fault_id } = request.into_inner();
-        let wanted = move |e: &proto::Event| fault_id == 0 || e.fault_id == fault_id;
-        let (history, live) = self.events.subscribe();
-        let past = tokio_stream::iter(history.into_iter().filter(wanted).map(Ok));
-        if !follow {
-            return Ok(Response::new(Box::pin(past)));
+        let proto::WatchEventsRequest {
+            follow,
+            fault_id,
+            syn_port,
+        } = request.into_inner();
+        if syn_port != 0 {
+            let port = validate_port(syn_port, "syn_port").map_err(status)?;
+            if follow {
+                return Err(status(FaultError::invalid(
+                    "follow",
+                    "not with syn_port: the attempt history is read once",
+                )));
+            }
+            let permit = self.stream_permit()?;
+            let attempts = self.events.syn_history(port);
+            return Ok(Response::new(Box::pin(tokio_stream::iter(
+                attempts.into_iter().map(move |e| {
+                    let _held = &permit;
+                    Ok(e)
+                }),
+            ))));
         }
-        // A subscriber that falls far behind loses the oldest events, not the stream.
-        let future = tokio_stream::wrappers::BroadcastStream::new(live)
-            .filter_map(move |e| e.ok().filter(wanted).map(Ok));
-        Ok(Response::new(Box::pin(past.chain(future))))
+        let permit = self.stream_permit()?;
+        let sub = self.events.subscribe(Filter { fault_id }, follow);
+        Ok(Response::new(event_stream(
+            sub,
+            self.shutdown.clone(),
+            permit,
+        )))
     }
 
     async fn get_capabilities(
@@ -310,9 +512,15 @@ impl FaultService for FaultApi {
                 tc_mode: a.tc_mode.into(),
             })
             .collect();
+        let e = self.event_stats();
         Ok(Response::new(proto::GetStatsResponse {
             faults,
             attachments,
+            events: Some(proto::EventStats {
+                received: e.received,
+                lost_in_kernel: e.lost_in_kernel,
+                lost_to_slow_subscribers: e.lost_to_slow_subscribers,
+            }),
         }))
     }
 }
@@ -363,6 +571,7 @@ fn status(e: FaultError) -> Status {
         FaultError::Refused(_) => Status::failed_precondition(e.to_string()),
         FaultError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
         FaultError::Datapath(_) => Status::internal(e.to_string()),
+        FaultError::ShuttingDown => Status::unavailable(e.to_string()),
     }
 }
 
@@ -626,6 +835,7 @@ fn unix_ms(t: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::faults::tests::MemorySink;
+    use std::time::Instant;
 
     fn request(port: u32) -> proto::FaultSpec {
         proto::FaultSpec {
@@ -907,5 +1117,149 @@ mod tests {
         assert_eq!(api.engine().table.len(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.engine().table.len(), 0);
+    }
+
+    /// A sink whose writes fail while the flag is set: a datapath that refuses removals.
+    struct FlakySink {
+        inner: MemorySink,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl RuleSink for FlakySink {
+        fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(FaultError::Datapath("map busy".into()));
+            }
+            self.inner.write_rule(key, rule)
+        }
+        fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
+            self.inner.reset_counters(counter)
+        }
+        fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
+            self.inner.read_counters(counter)
+        }
+    }
+
+    fn api_with(sink: Box<dyn RuleSink>) -> FaultApi {
+        FaultApi::new(
+            Engine::new(FaultTable::default(), sink, vec![]),
+            Arc::default(),
+        )
+    }
+
+    async fn add(api: &FaultApi, spec: proto::FaultSpec) -> Result<proto::Fault, Status> {
+        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(spec) }))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn an_expired_fault_whose_removal_fails_stays_listed_and_is_retried() {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let api = api_with(Box::new(FlakySink {
+            inner: MemorySink::default(),
+            failing: failing.clone(),
+        }));
+        let mut r = request(5000);
+        r.ttl_ms = Some(50);
+        let fault = add(&api, r).await.unwrap();
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            api.engine().table.get(fault.id).is_some(),
+            "a fault still in the maps was dropped from the list"
+        );
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Retried: first after 500 ms, then 1 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while api.engine().table.get(fault.id).is_some() {
+            assert!(Instant::now() < deadline, "the expiry was never retried");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn removed_faults_leave_no_timer_behind() {
+        let api = api_with(Box::new(MemorySink::default()));
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        for port in 1..=200 {
+            let mut r = request(port);
+            r.ttl_ms = Some(3_600_000);
+            let fault = add(&api, r).await.unwrap();
+            api.remove_fault(Request::new(proto::RemoveFaultRequest { id: fault.id }))
+                .await
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before,
+            "tasks left behind by 200 removed faults"
+        );
+    }
+
+    #[tokio::test]
+    async fn event_streams_are_limited_and_end_on_shutdown() {
+        let api = api_with(Box::new(MemorySink::default())).with_max_streams(2);
+        let watch = |follow| proto::WatchEventsRequest {
+            follow,
+            ..Default::default()
+        };
+        let mut a = api
+            .watch_events(Request::new(watch(true)))
+            .await
+            .unwrap()
+            .into_inner();
+        let _b = api.watch_events(Request::new(watch(true))).await.unwrap();
+        let third = api.watch_events(Request::new(watch(false))).await;
+        let err = third.err().expect("a third stream was opened");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("--max-streams"), "{}", err.message());
+
+        add(&api, request(80)).await.unwrap();
+        assert_eq!(api.shut_down().unwrap(), 1);
+        use tokio_stream::StreamExt as _;
+        let ended = tokio::time::timeout(Duration::from_secs(5), a.next())
+            .await
+            .expect("a follow stream outlived the shutdown");
+        assert_eq!(ended.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), a.next())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Nothing changes any more, and the clients are told why.
+        let err = add(&api, request(81)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(api.engine().table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_recording_fault_starts_the_ports_attempt_history_afresh() {
+        let api = api_with(Box::new(MemorySink::default()));
+        let syn = |port| proto::Event {
+            kind: proto::EventKind::SynRefused as i32,
+            dst_port: port,
+            ..Default::default()
+        };
+        // Attempts of an earlier experiment on the port.
+        api.events.publish(syn(7000));
+        api.events.publish(syn(7000));
+        let mut r = request(7000);
+        r.action = Some(proto::Action {
+            kind: Some(proto::action::Kind::Refuse(proto::Refuse { mode: 0 })),
+        });
+        add(&api, r.clone()).await.unwrap();
+        api.events.publish(syn(7000));
+        assert_eq!(api.events.syns(7000).0.len(), 1);
+        // A second reporting fault on the port keeps the history going.
+        r.action = Some(proto::Action {
+            kind: Some(proto::action::Kind::Record(proto::Record {})),
+        });
+        add(&api, r).await.unwrap();
+        api.events.publish(syn(7000));
+        assert_eq!(api.events.syns(7000).0.len(), 2);
     }
 }

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
@@ -88,6 +89,8 @@ pub struct Datapath {
     buckets: aya::maps::Array<MapData, u64>,
     ifaces: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
+    /// Per-CPU count of events that found the ring full.
+    events_lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
     held: Vec<Held>,
 }
@@ -123,6 +126,8 @@ impl Datapath {
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
+        let events_lost = PerCpuArray::try_from(take(&mut ebpf, "EVENTS_LOST")?)
+            .map_err(|e| kernel("map EVENTS_LOST", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -131,6 +136,7 @@ impl Datapath {
             buckets,
             ifaces,
             events: Some(events),
+            events_lost: Some(events_lost),
             cpus,
             held: Vec::new(),
         })
@@ -209,6 +215,11 @@ impl Datapath {
     /// The ring buffer the programs write events to (once; the reader owns it).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The per-CPU count of events the programs lost to a full ring (once; the reader owns it).
+    pub fn take_event_losses(&mut self) -> Option<PerCpuArray<MapData, u64>> {
+        self.events_lost.take()
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -346,31 +357,86 @@ fn lock_interface(iface: &str, ifindex: u32) -> Result<(File, String), DatapathE
         .map(|m| m.ino())
         .unwrap_or(0);
     let path = format!("{LOCK_DIR}/netns-{netns}-ifindex-{ifindex}.lock");
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| kernel(format!("opening {path}"), e))?;
+    match lock_file(Path::new(&path)) {
+        Ok(file) => Ok((file, path)),
+        Err(LockError::Held { pid }) => Err(DatapathError::Held {
+            iface: iface.into(),
+            pid,
+        }),
+        Err(LockError::Io { what, source }) => Err(kernel(what, source)),
+    }
+}
+
+#[derive(Debug)]
+enum LockError {
+    /// Another process holds the lock; its pid as it wrote it (maybe not yet).
+    Held {
+        pid: String,
+    },
+    Io {
+        what: String,
+        source: io::Error,
+    },
+}
+
+/// Locks the file at `path` (creating it) and writes our pid into it.
+///
+/// A holder unlinks its lock file on exit while it still holds the lock. A starter that
+/// opened the file just before that and locks it just after holds an inode that nobody
+/// else can find any more, while the next starter creates and locks a fresh file: two
+/// holders. So a lock counts only while the path still names the locked inode; otherwise
+/// the starter tries again on the path's new file.
+fn lock_file(path: &Path) -> Result<File, LockError> {
+    let io_error = |what: &str, source| LockError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    // Each retry means that a holder unlinked the file in between: a few suffice.
+    for _ in 0..64 {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_error("opening", e))?;
+        if let Some(mut file) = lock_opened(file, path)? {
+            file.set_len(0).ok();
+            write!(file, "{}", std::process::id()).ok();
+            return Ok(file);
+        }
+    }
+    Err(io_error(
+        "locking",
+        io::Error::other("the lock file was replaced 64 times in a row"),
+    ))
+}
+
+/// Locks `file`, opened at `path`: `Ok(None)` when the lock was taken on a file that `path`
+/// no longer names (its holder unlinked it on exit), which is no lock on the interface.
+fn lock_opened(file: File, path: &Path) -> Result<Option<File>, LockError> {
     // SAFETY: a valid open file descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
-            let pid = fs::read_to_string(&path)
+            let pid = fs::read_to_string(path)
                 .unwrap_or_default()
                 .trim()
                 .to_string();
-            return Err(DatapathError::Held {
-                iface: iface.into(),
-                pid,
-            });
+            return Err(LockError::Held { pid });
         }
-        return Err(kernel(format!("locking {path}"), err));
+        return Err(LockError::Io {
+            what: format!("locking {}", path.display()),
+            source: err,
+        });
     }
-    file.set_len(0).ok();
-    write!(file, "{}", std::process::id()).ok();
-    Ok((file, path))
+    let locked = file.metadata().map_err(|e| LockError::Io {
+        what: format!("reading {}", path.display()),
+        source: e,
+    })?;
+    let still_there =
+        fs::metadata(path).is_ok_and(|now| now.dev() == locked.dev() && now.ino() == locked.ino());
+    Ok(still_there.then_some(file))
 }
 
 /// Adds a clsact qdisc unless one is there; `true` when faultd added it.
@@ -411,4 +477,46 @@ fn is_permission_error(e: &DynError) -> bool {
 
 fn is_busy(e: &DynError) -> bool {
     has_os_error(e, &[libc::EBUSY, libc::EEXIST])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_file_held_by_a_live_holder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("if.lock");
+        let _held = lock_file(&path).unwrap();
+        match lock_file(&path) {
+            Err(LockError::Held { pid }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("a second lock was not refused: {other:?}"),
+        }
+    }
+
+    /// The race: B opens the lock file, A (the holder) unlinks it and exits, B locks what it
+    /// opened and C creates and locks a new file. Only one of B and C may hold the interface.
+    #[test]
+    fn a_lock_on_an_unlinked_lock_file_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("if.lock");
+        let a = lock_file(&path).unwrap();
+        let opened_by_b = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // A exits the way Datapath::drop does: unlink while holding, then release.
+        fs::remove_file(&path).unwrap();
+        drop(a);
+        let c = lock_file(&path).unwrap();
+        assert!(
+            lock_opened(opened_by_b, &path).unwrap().is_none(),
+            "B's lock on the unlinked file counted: B and C both hold the interface"
+        );
+        assert!(matches!(lock_file(&path), Err(LockError::Held { .. })));
+        drop(c);
+        // Released: the next starter gets it, on the same path.
+        lock_file(&path).unwrap();
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
+//! - [`connections`]: the bound on the API's connections.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 //! - [`observe`]: the gRPC health and reflection services; [`metrics`]: Prometheus.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod datapath;
 pub mod events;
 pub mod faults;

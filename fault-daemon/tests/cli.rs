@@ -36,6 +36,16 @@ const STATS_COLUMNS: &[&str] = &[
     "LABEL",
 ];
 
+/// `faultctl stats` on one interface: its attachment line, the events line, the table.
+fn stats_parts(text: &str) -> (&str, &str, &str) {
+    let (attachment, rest) = text.split_once('\n').expect("an attachment line");
+    let (events, table) = rest
+        .split_once('\n')
+        .expect("an events line, then the table");
+    assert!(events.starts_with("events: "), "{text}");
+    (attachment, events, table)
+}
+
 /// The rows of a table printed with a header of `columns` (left-aligned cells, so each
 /// cell starts where its header does), as lists of trimmed cells.
 fn table_rows(text: &str, columns: &[&str]) -> Vec<Vec<String>> {
@@ -195,7 +205,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
     );
 
     let before = faultctl_raw(&ns, &["stats"]);
-    let (_, table) = before.split_once('\n').unwrap();
+    let (_, _, table) = stats_parts(&before);
     let rows = table_rows(table, STATS_COLUMNS);
     assert_eq!(&row_of(&rows, &dns)[4..8], ["0", "0", "0", "0"], "{before}");
 
@@ -222,9 +232,16 @@ fn list_stats_and_clear_tables_show_real_faults() {
     let text = faultctl_raw(&ns, &["stats"]);
     eprintln!("faultctl stats:\n{text}");
     let json: Value = serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
-    let (attachment, table) = text
-        .split_once('\n')
-        .expect("an attachment line, then the table");
+    let (attachment, events, table) = stats_parts(&text);
+    let e = &json["events"];
+    assert_eq!(
+        events,
+        format!(
+            "events: {} received, {} lost in the kernel (ring full), 0 not delivered to slow \
+             subscribers",
+            e["received"], e["lost_in_kernel"]
+        )
+    );
     let a = &json["attachments"][0];
     assert_eq!(
         attachment,
@@ -282,7 +299,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
         "{text}"
     );
     let text = faultctl_raw(&ns, &["stats"]);
-    let (_, table) = text.split_once('\n').unwrap();
+    let (_, _, table) = stats_parts(&text);
     assert_eq!(
         table_rows(table, STATS_COLUMNS),
         Vec::<Vec<String>>::new(),

@@ -195,6 +195,8 @@ fn startup_errors_are_one_clear_line() {
             &["--iface", "lo", "--listen", "banana"],
             "invalid value 'banana' for '--listen",
         ),
+        (&["--iface", "lo", "--max-faults", "0"], "--max-faults 0"),
+        (&["--iface", "lo", "--max-ttl", "400days"], "--max-ttl"),
     ];
     for (args, expected) in cases {
         let out = ns.cmd(FAULTD).args(*args).output().unwrap();
@@ -308,4 +310,418 @@ fn faultctl_without_a_daemon_says_how_to_start_one() {
     assert!(err.contains("no faultd answers at 127.0.0.1:1"), "{err}");
     assert!(err.contains("faultd --iface lo"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Waits up to `within` for the process to exit; its exit code (None: killed by a signal),
+/// or `Err` when it is still running.
+fn exit_within(child: &mut std::process::Child, within: Duration) -> Result<Option<i32>, ()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Ok(status.code());
+        }
+        if Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether the CPU is emulated (the VM exports FAULTD_TEST_READY_SECS): everything,
+/// the verifier first, runs 10 to 30 times slower there.
+fn emulated() -> bool {
+    std::env::var_os("FAULTD_TEST_READY_SECS").is_some()
+}
+
+/// How long faultd may take to load its programs: FAULTD_TEST_READY_SECS, else 60 s.
+fn load_within() -> Duration {
+    std::env::var("FAULTD_TEST_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+/// What faultd promises between SIGTERM and its exit: 2 s (ten times that on an emulated
+/// CPU, where running `tc` alone takes a good part of a second).
+fn exit_bound() -> Duration {
+    if emulated() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// Waits until `log` shows `line`.
+fn wait_for_log(daemon: &Daemon, line: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !daemon.log_text().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in the log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `faultctl events --follow` that has printed its first event: its stream is open.
+struct Follower {
+    child: std::process::Child,
+}
+
+impl Follower {
+    fn start(ns: &Netns) -> Self {
+        use std::io::BufRead as _;
+        let mut child = ns
+            .cmd(FAULTCTL)
+            .args(["events", "--follow"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A SYN to the dropped port: the fault's first hit is an event.
+        ns.run(|| {
+            let addr = "127.0.0.1:9000".parse().unwrap();
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        });
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("first-hit"), "follower printed {line:?}");
+        Self { child }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What SIGTERM must do whatever clients are connected: the issue's streaming client and
+/// a connection that never says anything kept faultd waiting forever.
+#[test]
+fn sigterm_with_a_follower_and_an_idle_connection_exits_within_two_seconds() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("follow");
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    ns.faultctl_ok(&["drop", "--port", "9000"]);
+    let mut follower = Follower::start(&ns);
+    let _idle = ns.run(|| std::net::TcpStream::connect("127.0.0.1:7447").unwrap());
+    assert!(
+        !leftovers(&ns, "lo").is_empty(),
+        "attached before the signal"
+    );
+
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    let code = exit_within(&mut daemon.child, exit_bound()).unwrap_or_else(|()| {
+        panic!(
+            "faultd still runs {:?} after SIGTERM; log:\n{}",
+            exit_bound(),
+            daemon.log_text()
+        )
+    });
+    assert_eq!(code, Some(0), "log:\n{}", daemon.log_text());
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+    // The follower's stream ended, and it was told why.
+    let status = exit_within(&mut follower.child, Duration::from_secs(5))
+        .expect("the follower's stream outlived faultd");
+    assert_eq!(status, Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(follower.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("shutting down"), "{err}");
+}
+
+/// Opens a follow stream from a client that then never reads (its runtime is never driven
+/// again): once its HTTP/2 window is full, its stream cannot end, and a graceful shutdown
+/// would wait for it.
+fn stuck_follower(ns: &Netns) -> impl Send {
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt.block_on(async {
+            let mut client = faultd::proto::fault_service_client::FaultServiceClient::connect(
+                "http://127.0.0.1:7447",
+            )
+            .await
+            .unwrap();
+            client
+                .watch_events(faultd::proto::WatchEventsRequest {
+                    follow: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        });
+        (rt, stream)
+    })
+}
+
+/// Connection attempts refused by a fault on `port`: `n` events.
+fn refused_attempts(ns: &Netns, port: u16, n: usize) {
+    ns.run(|| {
+        for _ in 0..n {
+            let err = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+}
+
+#[test]
+fn a_second_signal_exits_without_waiting_for_connections() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("second");
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    ns.faultctl_ok(&["refuse", "--port", "9001"]);
+    // About 200 KB of history: more than a stream's HTTP/2 window.
+    refused_attempts(&ns, 9001, 2000);
+    let _stuck = stuck_follower(&ns);
+
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    wait_for_log(&daemon, "programs detached", exit_bound());
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "faultd exited at once: the stuck client did not hold the shutdown, so the second \
+         signal proves nothing; log:\n{}",
+        daemon.log_text()
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    let code = exit_within(&mut daemon.child, exit_bound()).unwrap_or_else(|()| {
+        panic!(
+            "a second SIGTERM did not end faultd:\n{}",
+            daemon.log_text()
+        )
+    });
+    assert_eq!(code, Some(0), "log:\n{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("second signal"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+}
+
+/// Starts faultd without waiting for it to be ready.
+fn spawn_faultd(cmd: &mut std::process::Command, ns: &Netns, tag: &str) -> Daemon {
+    let log = std::env::temp_dir().join(format!("{}-{tag}-{}.log", ns.name, std::process::id()));
+    if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "info");
+    }
+    let child = cmd
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
+/// A signal while the verifier works: faultd finishes loading, detaches and exits 0.
+#[test]
+fn a_signal_during_loading_still_detaches_and_exits_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("loadsig");
+    let mut daemon = spawn_faultd(
+        ns.cmd(FAULTD)
+            .args(["--iface", "lo"])
+            .env("RUST_LOG", "info,faultd=debug"),
+        &ns,
+        "load",
+    );
+    // Loading takes seconds (ten times more in a VM): the signal comes in the middle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // (Before faultd said "loading the programs", a program's "loaded" was the first sign.)
+    while !["loading the programs", "loaded program="]
+        .iter()
+        .any(|sign| daemon.log_text().contains(sign))
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    let code = exit_within(&mut daemon.child, load_within()).unwrap();
+    let log = daemon.log_text();
+    assert_eq!(
+        code,
+        Some(0),
+        "killed or failed instead of a clean exit:\n{log}"
+    );
+    assert!(log.contains("stopping before serving"), "{log}");
+    assert!(!log.contains("faultd ready"), "{log}");
+    assert!(
+        !log.contains("attached iface"),
+        "attached after the signal: {log}"
+    );
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+    // The interface is free for the next faultd.
+    let _next = Daemon::start(&ns, &["lo"]);
+}
+
+/// A second signal while the verifier works: nothing is attached yet, so faultd exits at
+/// once instead of waiting for the kernel.
+#[test]
+fn a_second_signal_during_loading_exits_at_once() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("loadsig2");
+    let mut daemon = spawn_faultd(
+        ns.cmd(FAULTD)
+            .args(["--iface", "lo"])
+            .env("RUST_LOG", "info,faultd=debug"),
+        &ns,
+        "load2",
+    );
+    wait_for_log(&daemon, "loading the programs", Duration::from_secs(10));
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+    wait_for_log(&daemon, "stopping before serving", Duration::from_secs(5));
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid(), libc::SIGINT) };
+    let code = exit_within(&mut daemon.child, load_within()).unwrap();
+    let log = daemon.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("second signal while loading"), "{log}");
+    assert!(!log.contains("attached iface"), "{log}");
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+}
+
+/// SIGHUP (a closed terminal) ends faultd as cleanly as SIGTERM; under `nohup` it is
+/// ignored as asked.
+#[test]
+fn sighup_stops_faultd_cleanly_unless_nohup() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("hup");
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    ns.faultctl_ok(&["drop", "--port", "9000"]);
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    let code = exit_within(&mut daemon.child, Duration::from_secs(2)).unwrap();
+    assert_eq!(code, Some(0), "log:\n{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("SIGHUP"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+
+    // As `nohup` starts it: SIGHUP ignored, which exec keeps.
+    let mut cmd = ns.cmd(FAULTD);
+    cmd.args(["--iface", "lo"]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut nohup = spawn_faultd(&mut cmd, &ns, "nohup");
+    wait_for_log(&nohup, "faultd ready", load_within());
+    // SAFETY: as above.
+    unsafe { libc::kill(nohup.pid(), libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(nohup.child.try_wait().unwrap().is_none(), "nohup ignored");
+    ns.faultctl_ok(&["list"]);
+    assert_eq!(nohup.stop(libc::SIGTERM), Some(0));
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+}
+
+/// Starts two faultd on `lo` of `ns` at the same moment (other API ports), optionally
+/// while `holder` is told to stop; returns the one that got the interface, if any.
+fn race(ns: &Netns, round: usize, holder: Option<Daemon>) -> Option<Daemon> {
+    let mut racers: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let listen = format!("127.0.0.1:{}", 7500 + 2 * (round % 50) + i);
+            let mut cmd = ns.cmd(FAULTD);
+            cmd.args(["--iface", "lo", "--listen", &listen]);
+            spawn_faultd(&mut cmd, ns, &format!("race{round}-{i}"))
+        })
+        .collect();
+    let mut holder = holder;
+    if let Some(h) = holder.as_mut() {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(h.pid(), libc::SIGTERM) };
+    }
+    // Each racer ends up ready or gone.
+    let deadline = Instant::now() + 2 * load_within();
+    let mut winners = Vec::new();
+    for (i, racer) in racers.iter_mut().enumerate() {
+        loop {
+            if racer.log_text().contains("faultd ready") {
+                winners.push(i);
+                break;
+            }
+            if let Some(status) = racer.child.try_wait().unwrap() {
+                let log = racer.log_text();
+                assert_eq!(status.code(), Some(1), "round {round}: {log}");
+                assert!(
+                    log.contains("already held by another faultd"),
+                    "round {round}: lost for another reason: {log}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: racer {i} hangs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if let Some(mut h) = holder {
+        assert_eq!(h.stop(libc::SIGTERM), Some(0));
+    }
+    assert!(
+        winners.len() <= 1,
+        "round {round}: both faultd hold lo:\n{}\n---\n{}",
+        racers[0].log_text(),
+        racers[1].log_text()
+    );
+    winners.first().map(|&i| racers.swap_remove(i))
+}
+
+/// The interface lock: two faultd starting together, alone or while the holder exits,
+/// never both get the interface; alone, exactly one does.
+#[test]
+fn two_faultd_racing_for_one_interface_never_both_win() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("race");
+    let mut holder = None;
+    // Each race costs two program loads: 10 rounds here, fewer where the CPU is emulated.
+    let started = Instant::now();
+    for round in 0..10 {
+        if round >= 2 && started.elapsed() > Duration::from_secs(120) {
+            eprintln!(
+                "{} races in {:?}: enough on this slow CPU",
+                2 * round,
+                started.elapsed()
+            );
+            break;
+        }
+        // Alone: exactly one wins.
+        let winner = race(&ns, 2 * round, None);
+        assert!(winner.is_some(), "round {}: nobody got lo", 2 * round);
+        // While that winner exits: at most one of the next two.
+        holder = race(&ns, 2 * round + 1, winner);
+        if let Some(mut h) = holder.take() {
+            assert_eq!(h.stop(libc::SIGTERM), Some(0));
+        }
+    }
+    drop(holder);
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
 }

@@ -80,8 +80,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Kernel timestamps of the connection attempts (SYNs) to `port`. A SYN retransmitted by
-/// the same socket (same source address and port) is one attempt, counted at its first SYN.
+/// Kernel timestamps of the connection attempts (SYNs) to `port`, from faultd's history of
+/// attempts to that port. A SYN retransmitted by the same socket (same source address and
+/// port) is one attempt, counted at its first SYN. Fails when the history says attempts
+/// may be missing: a judgment on part of the attempts would be wrong.
 async fn attempts(
     client: &mut FaultServiceClient<Channel>,
     port: u16,
@@ -90,6 +92,7 @@ async fn attempts(
         .watch_events(proto::WatchEventsRequest {
             follow: false,
             fault_id: 0,
+            syn_port: port.into(),
         })
         .await
         .map_err(super::rpc_error)?
@@ -97,6 +100,15 @@ async fn attempts(
     let mut seen = HashSet::new();
     let mut times = Vec::new();
     while let Some(e) = stream.message().await.map_err(super::rpc_error)? {
+        if super::events::is_gap(&e) {
+            bail!(
+                "the history of attempts to port {port} is incomplete ({} lost: {}); \
+                 nothing judged. Remove the port's refuse/record faults, add them again \
+                 and let the client retry",
+                e.lost,
+                e.note
+            );
+        }
         let syn = matches!(
             proto::EventKind::try_from(e.kind),
             Ok(proto::EventKind::Syn | proto::EventKind::SynRefused)

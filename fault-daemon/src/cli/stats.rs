@@ -32,14 +32,29 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
             .iter()
             .map(|a| serde_json::json!({ "interface": a.interface, "xdp_mode": a.xdp_mode, "tc_mode": a.tc_mode }))
             .collect();
+        let events = stats.events.unwrap_or_default();
         println!(
             "{}",
-            serde_json::json!({ "faults": faults, "attachments": attachments })
+            serde_json::json!({
+                "faults": faults,
+                "attachments": attachments,
+                "events": {
+                    "received": events.received,
+                    "lost_in_kernel": events.lost_in_kernel,
+                    "lost_to_slow_subscribers": events.lost_to_slow_subscribers,
+                },
+            })
         );
         return Ok(());
     }
     for a in &stats.attachments {
         println!("{}: xdp {}, tc {}", a.interface, a.xdp_mode, a.tc_mode);
+    }
+    if let Some(e) = stats.events {
+        println!(
+            "events: {} received, {} lost in the kernel (ring full), {} not delivered to slow subscribers",
+            e.received, e.lost_in_kernel, e.lost_to_slow_subscribers
+        );
     }
     let mut table = output::table(&[
         "ID",
