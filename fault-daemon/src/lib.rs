@@ -7,23 +7,19 @@
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
-//! - [`cli`]: `faultctl`, a thin gRPC client.
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod access;
 pub mod api;
 pub mod capabilities;
-pub mod cli;
 pub mod datapath;
 pub mod events;
 pub mod faults;
 pub mod qdisc;
 pub mod reconnect;
 
-/// Generated from `proto/faultd/v1/faultd.proto`.
-pub mod proto {
-    tonic::include_proto!("faultd.v1");
-}
+/// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share.
+pub use faultd_api::proto;
 
 /// Where faultd serves its API unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+pub use faultd_api::DEFAULT_LISTEN;

@@ -2,8 +2,8 @@
 
 use tonic::transport::Channel;
 
-use crate::capabilities;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
+use faultd_api::capabilities;
 
 pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow::Result<()> {
     let caps = client

@@ -94,7 +94,7 @@ pub fn owner(owner: Option<&proto::Owner>) -> String {
     };
     let mut parts = Vec::new();
     if let Some(uid) = o.uid {
-        parts.push(match crate::access::user_name(uid) {
+        parts.push(match user_name(uid) {
             Some(name) => format!("{name}({uid})"),
             None => format!("uid {uid}"),
         });
@@ -180,4 +180,12 @@ fn bits(bps: i64) -> String {
         b if b >= 1000 && b % 1000 == 0 => format!("{}kbit", b / 1000),
         b => format!("{b}bit"),
     }
+}
+
+/// A user's name from the user database, if it has one.
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }

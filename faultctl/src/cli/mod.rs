@@ -23,8 +23,8 @@ mod target;
 
 use clap::{Parser, Subcommand};
 
-use crate::access::client::ClientTlsArgs;
 use crate::proto::fault_service_client::FaultServiceClient;
+use faultd_api::client::ClientTlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,7 +91,7 @@ pub enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = crate::access::client::connect(cli.addr.as_deref(), &cli.tls).await?;
+    let channel = faultd_api::client::connect(cli.addr.as_deref(), &cli.tls).await?;
     let mut client = FaultServiceClient::new(channel);
     match cli.command {
         Command::Drop(args) => drop::run(&mut client, args, cli.json).await,

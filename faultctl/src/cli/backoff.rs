@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use super::target::parse_duration;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
-use crate::reconnect::backoff::{self, Policy};
+use faultd_api::backoff::{self, Policy};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum PolicyArg {

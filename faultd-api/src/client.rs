@@ -9,35 +9,45 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::listen::default_socket_path;
+use crate::default_socket_path;
 
 /// Certificates for a TLS connection to a remote faultd (`faultd --allow-remote`).
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ClientTlsArgs {
     /// CA certificate (PEM) that signed faultd's server certificate; turns TLS on.
-    #[arg(
-        long = "tls-ca",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_CA"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-ca",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_CA"
+        )
     )]
     pub ca: Option<PathBuf>,
     /// This client's certificate (PEM), signed by the CA faultd trusts (--tls-client-ca).
-    #[arg(
-        long = "tls-cert",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_CERT",
-        requires = "key"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-cert",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_CERT",
+            requires = "key"
+        )
     )]
     pub cert: Option<PathBuf>,
     /// This client's private key (PEM).
-    #[arg(
-        long = "tls-key",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_KEY",
-        requires = "cert"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-key",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_KEY",
+            requires = "cert"
+        )
     )]
     pub key: Option<PathBuf>,
 }
