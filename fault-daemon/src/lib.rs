@@ -7,6 +7,7 @@
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
+//! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod access;
@@ -15,6 +16,7 @@ pub mod capabilities;
 pub mod datapath;
 pub mod events;
 pub mod faults;
+pub mod logging;
 pub mod qdisc;
 pub mod reconnect;
 

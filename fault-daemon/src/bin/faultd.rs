@@ -35,6 +35,10 @@ use faultd::reconnect::{ReconnectServer, bind_retry_listener};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// faultd's log on stderr: text (coloured only on a terminal) or json (one object per
+    /// line, for log collectors).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: faultd::logging::LogFormat,
     /// Interface to attach to (repeatable), e.g. `lo` or a veth.
     #[arg(long = "iface", value_name = "IF")]
     ifaces: Vec<String>,
@@ -160,13 +164,8 @@ struct ReconnectArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    faultd::logging::init(args.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let outcome = match args.command {
         Some(Command::Reconnect(reconnect)) => runtime.block_on(run_reconnect(reconnect)),
