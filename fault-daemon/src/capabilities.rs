@@ -106,6 +106,7 @@ pub fn report(attachments: &[Attachment]) -> proto::Capabilities {
             })
             .collect(),
         actions,
+        version: env!("CARGO_PKG_VERSION").into(),
     }
 }
 

@@ -3,16 +3,42 @@
 
 mod cli;
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::Parser as _;
 
 /// The generated code of faultd's API, as `crate::proto` for the subcommands.
 pub use faultd_api::proto;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let cli = cli::Cli::parse();
-    if let Err(e) = cli::run(cli).await {
-        eprintln!("faultctl: {e:#}");
-        std::process::exit(1);
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are answers (0); any other clap error is bad input (1,
+            // where clap's own default would be 2, which here means "daemon unreachable").
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                cli::exit::BAD_INPUT
+            } else {
+                cli::exit::OK
+            });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("faultctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::from(cli::exit::OK),
+        Err(e) => {
+            eprintln!("faultctl: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
     }
 }

@@ -163,10 +163,11 @@ async fn connect_to(target: &Target, tls: Option<ClientTlsConfig>) -> anyhow::Re
         .map_err(anyhow::Error::from)
 }
 
-/// A connection that failed, in words that say what to do.
+/// A connection that failed, in words that say what to do: faultd is unreachable (as
+/// opposed to a mistake in what the client was asked to do, which fails differently).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.explain())]
-struct ConnectError {
+pub struct ConnectError {
     target: Target,
     kind: Option<io::ErrorKind>,
     detail: String,

@@ -6,10 +6,12 @@
 //! - [`reconnect_proto`]: `grpc.testing` — gRPC's reconnect interop service.
 //! - [`client`]: [`client::connect`] to the daemon of this network namespace, or to one named.
 //! - [`backoff`]: judges connection attempts against an exponential backoff policy.
+//! - [`names`]: the names of the API's enums (`tcp`, `to-port`, `syn-refused`…), in one place.
 
 pub mod backoff;
 pub mod capabilities;
 pub mod client;
+pub mod names;
 
 use std::fs;
 use std::io;

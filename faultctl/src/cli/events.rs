@@ -1,8 +1,11 @@
 //! `faultctl events [--follow]`: what the kernel saw, with kernel timestamps.
 
 use clap::Args;
+use faultd_api::names::Named as _;
+use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::output::{self, Render};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 #[derive(Args, Debug)]
@@ -28,24 +31,40 @@ pub async fn run(
         .await
         .map_err(super::rpc_error)?
         .into_inner();
+    // One line per event (one JSON object per line with --json), as each arrives.
     while let Some(event) = stream.message().await.map_err(super::rpc_error)? {
-        if json {
-            println!("{}", event_json(&event));
-        } else {
-            println!("{}", event_line(&event));
-        }
+        output::print(&EventRow::from(&event), json)?;
     }
     Ok(())
 }
 
-pub fn kind_name(kind: i32) -> &'static str {
-    match proto::EventKind::try_from(kind) {
-        Ok(proto::EventKind::FirstHit) => "first-hit",
-        Ok(proto::EventKind::RstSent) => "rst-sent",
-        Ok(proto::EventKind::SynRefused) => "syn-refused",
-        Ok(proto::EventKind::Syn) => "syn",
-        Ok(proto::EventKind::FlowCut) => "flow-cut",
-        _ => "unknown",
+/// An event as faultctl prints it.
+#[derive(Debug, Serialize)]
+pub struct EventRow {
+    pub kind: &'static str,
+    pub fault_id: u64,
+    pub kernel_ns: u64,
+    pub unix_ns: i64,
+    pub protocol: &'static str,
+    pub src: String,
+    pub src_port: u32,
+    pub dst: String,
+    pub dst_port: u32,
+}
+
+impl From<&proto::Event> for EventRow {
+    fn from(e: &proto::Event) -> Self {
+        EventRow {
+            kind: proto::EventKind::name_of(e.kind),
+            fault_id: e.fault_id,
+            kernel_ns: e.kernel_ns,
+            unix_ns: e.unix_ns,
+            protocol: proto::Protocol::name_of(e.protocol),
+            src: e.src.clone(),
+            src_port: e.src_port,
+            dst: e.dst.clone(),
+            dst_port: e.dst_port,
+        }
     }
 }
 
@@ -57,32 +76,23 @@ fn endpoint(addr: &str, port: u32) -> String {
     }
 }
 
-fn event_line(e: &proto::Event) -> String {
-    let secs = e.unix_ns.div_euclid(1_000_000_000);
-    let time = humantime::format_rfc3339_micros(
-        std::time::UNIX_EPOCH
-            + std::time::Duration::new(secs as u64, e.unix_ns.rem_euclid(1_000_000_000) as u32),
-    );
-    format!(
-        "{time} kernel_ns={} fault={} {} {} -> {}",
-        e.kernel_ns,
-        e.fault_id,
-        kind_name(e.kind),
-        endpoint(&e.src, e.src_port),
-        endpoint(&e.dst, e.dst_port)
-    )
-}
-
-pub fn event_json(e: &proto::Event) -> serde_json::Value {
-    serde_json::json!({
-        "kind": kind_name(e.kind),
-        "fault_id": e.fault_id,
-        "kernel_ns": e.kernel_ns,
-        "unix_ns": e.unix_ns,
-        "protocol": if e.protocol == proto::Protocol::Udp as i32 { "udp" } else { "tcp" },
-        "src": e.src,
-        "src_port": e.src_port,
-        "dst": e.dst,
-        "dst_port": e.dst_port,
-    })
+impl Render for EventRow {
+    fn text(&self) -> String {
+        let secs = self.unix_ns.div_euclid(1_000_000_000);
+        let time = humantime::format_rfc3339_micros(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    secs as u64,
+                    self.unix_ns.rem_euclid(1_000_000_000) as u32,
+                ),
+        );
+        format!(
+            "{time} kernel_ns={} fault={} {} {} -> {}",
+            self.kernel_ns,
+            self.fault_id,
+            self.kind,
+            endpoint(&self.src, self.src_port),
+            endpoint(&self.dst, self.dst_port)
+        )
+    }
 }

@@ -1,8 +1,9 @@
 //! `faultctl list`.
 
+use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::output;
+use super::output::{self, FaultRow, OwnerRow, Render};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow::Result<()> {
@@ -12,38 +13,42 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
         .map_err(super::rpc_error)?
         .into_inner()
         .faults;
-    if json {
-        let list: Vec<_> = faults.iter().map(output::fault_json).collect();
-        println!("{}", serde_json::Value::Array(list));
-        return Ok(());
-    }
-    let mut table = output::table(&[
-        "ID",
-        "ACTION",
-        "PORT",
-        "PROTO",
-        "DIRECTION",
-        "PEER",
-        "PARAMS",
-        "EXPIRES IN",
-        "LABEL",
-        "OWNER",
-    ]);
-    for f in &faults {
-        let v = output::fault_json(f);
-        table.add_row(vec![
-            v["id"].to_string(),
-            output::text(&v["action"]),
-            v["port"].to_string(),
-            output::text(&v["protocol"]),
-            output::text(&v["direction"]),
-            output::text(&v["peer"]),
-            output::text(&v["params"]),
-            output::expires_in(f.expires_unix_ms),
-            output::text(&v["label"]),
-            output::owner(f.owner.as_ref()),
+    output::print(&List(faults.iter().map(FaultRow::from).collect()), json)
+}
+
+/// The active faults: a JSON array, or a table.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct List(pub Vec<FaultRow>);
+
+impl Render for List {
+    fn text(&self) -> String {
+        let mut table = output::table(&[
+            "ID",
+            "ACTION",
+            "PORT",
+            "PROTO",
+            "DIRECTION",
+            "PEER",
+            "PARAMS",
+            "EXPIRES IN",
+            "LABEL",
+            "OWNER",
         ]);
+        for f in &self.0 {
+            table.add_row(vec![
+                f.id.to_string(),
+                f.action.to_string(),
+                f.port.to_string(),
+                f.protocol.to_string(),
+                f.direction.to_string(),
+                output::cell(&f.peer),
+                output::cell(&f.params),
+                output::expires_in(f.expires_unix_ms),
+                output::cell(&f.label),
+                OwnerRow::text(f.owner.as_ref()),
+            ]);
+        }
+        table.to_string()
     }
-    println!("{table}");
-    Ok(())
 }

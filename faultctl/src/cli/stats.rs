@@ -1,8 +1,9 @@
 //! `faultctl stats`.
 
+use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::output;
+use super::output::{self, AttachmentRow, FaultRow, Render};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow::Result<()> {
@@ -11,62 +12,87 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
         .await
         .map_err(super::rpc_error)?
         .into_inner();
-    if json {
-        let faults: Vec<_> = stats
+    let stats = Stats {
+        faults: stats
             .faults
             .iter()
-            .map(|s| {
-                let mut v = s.fault.as_ref().map(output::fault_json).unwrap_or_default();
-                let c = s.counters.unwrap_or_default();
-                v["counters"] = serde_json::json!({
-                    "matched_packets": c.matched_packets,
-                    "matched_bytes": c.matched_bytes,
-                    "acted_packets": c.acted_packets,
-                    "acted_bytes": c.acted_bytes,
-                });
-                v
+            .filter_map(|s| {
+                Some(FaultStats {
+                    fault: FaultRow::from(s.fault.as_ref()?),
+                    counters: Counters::from(s.counters.unwrap_or_default()),
+                })
             })
-            .collect();
-        let attachments: Vec<_> = stats
-            .attachments
-            .iter()
-            .map(|a| serde_json::json!({ "interface": a.interface, "xdp_mode": a.xdp_mode, "tc_mode": a.tc_mode }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "faults": faults, "attachments": attachments })
-        );
-        return Ok(());
+            .collect(),
+        attachments: stats.attachments.iter().map(AttachmentRow::from).collect(),
+    };
+    output::print(&stats, json)
+}
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub faults: Vec<FaultStats>,
+    pub attachments: Vec<AttachmentRow>,
+}
+
+/// A fault and its counters: in JSON, the fault's fields and `counters`.
+#[derive(Serialize)]
+pub struct FaultStats {
+    #[serde(flatten)]
+    pub fault: FaultRow,
+    pub counters: Counters,
+}
+
+#[derive(Serialize)]
+pub struct Counters {
+    pub matched_packets: u64,
+    pub matched_bytes: u64,
+    pub acted_packets: u64,
+    pub acted_bytes: u64,
+}
+
+impl From<proto::Counters> for Counters {
+    fn from(c: proto::Counters) -> Self {
+        Counters {
+            matched_packets: c.matched_packets,
+            matched_bytes: c.matched_bytes,
+            acted_packets: c.acted_packets,
+            acted_bytes: c.acted_bytes,
+        }
     }
-    for a in &stats.attachments {
-        println!("{}: xdp {}, tc {}", a.interface, a.xdp_mode, a.tc_mode);
-    }
-    let mut table = output::table(&[
-        "ID",
-        "ACTION",
-        "PORT",
-        "PROTO",
-        "MATCHED PKTS",
-        "MATCHED BYTES",
-        "ACTED PKTS",
-        "ACTED BYTES",
-        "LABEL",
-    ]);
-    for s in &stats.faults {
-        let v = s.fault.as_ref().map(output::fault_json).unwrap_or_default();
-        let c = s.counters.unwrap_or_default();
-        table.add_row(vec![
-            v["id"].to_string(),
-            output::text(&v["action"]),
-            v["port"].to_string(),
-            output::text(&v["protocol"]),
-            c.matched_packets.to_string(),
-            c.matched_bytes.to_string(),
-            c.acted_packets.to_string(),
-            c.acted_bytes.to_string(),
-            output::text(&v["label"]),
+}
+
+impl Render for Stats {
+    /// One line per attachment, then the table.
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for a in &self.attachments {
+            out += &format!("{}: xdp {}, tc {}\n", a.interface, a.xdp_mode, a.tc_mode);
+        }
+        let mut table = output::table(&[
+            "ID",
+            "ACTION",
+            "PORT",
+            "PROTO",
+            "MATCHED PKTS",
+            "MATCHED BYTES",
+            "ACTED PKTS",
+            "ACTED BYTES",
+            "LABEL",
         ]);
+        for s in &self.faults {
+            let (f, c) = (&s.fault, &s.counters);
+            table.add_row(vec![
+                f.id.to_string(),
+                f.action.to_string(),
+                f.port.to_string(),
+                f.protocol.to_string(),
+                c.matched_packets.to_string(),
+                c.matched_bytes.to_string(),
+                c.acted_packets.to_string(),
+                c.acted_bytes.to_string(),
+                output::cell(&f.label),
+            ]);
+        }
+        out + &table.to_string()
     }
-    println!("{table}");
-    Ok(())
 }
