@@ -249,13 +249,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_files_without_a_ca_are_the_callers_mistake() {
+        let tls = ClientTlsArgs {
+            ca: None,
+            cert: Some("me.pem".into()),
+            key: Some("me.key".into()),
+        };
+        let err = connect(Some("127.0.0.1:1"), &tls).await.unwrap_err();
+        assert!(err.downcast_ref::<ConnectError>().is_none(), "{err:#}");
+        assert!(
+            err.to_string().contains("--tls-cert needs --tls-ca"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_socket_says_no_faultd_answers() {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("unix:{}", dir.path().join("none.sock").display());
         let err = connect(Some(&addr), &ClientTlsArgs::default())
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        // Typed, so that a client tells "unreachable" from its own mistakes (faultctl's exit 2).
+        assert!(err.downcast_ref::<ConnectError>().is_some(), "{err:#}");
+        let err = err.to_string();
         assert!(
             err.starts_with(&format!("no faultd answers at {addr}")),
             "{err}"
