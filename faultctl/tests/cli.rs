@@ -193,6 +193,16 @@ fn exit_1_for_bad_input() {
             "a.key",
             "list",
         ],
+        // ... and a backoff policy that shrinks.
+        &[
+            "--addr",
+            &addr,
+            "backoff",
+            "--port",
+            "80",
+            "--multiplier",
+            "0.5",
+        ],
     ];
     for args in cases {
         let out = faultctl(args);

@@ -43,7 +43,7 @@ pub struct BackoffArgs {
 }
 
 impl BackoffArgs {
-    fn policy(&self) -> anyhow::Result<Policy> {
+    pub fn policy(&self) -> anyhow::Result<Policy> {
         if self.initial.is_none() && self.multiplier.is_none() && self.jitter.is_none() {
             return Ok(Policy::grpc(self.max));
         }

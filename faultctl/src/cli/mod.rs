@@ -109,6 +109,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions(args) => return help::completions(args, cli.json),
         Command::Man => return help::man(cli.json),
         Command::Version => return version::run(cli.addr.as_deref(), &cli.tls, cli.json).await,
+        // Bad input is bad input whether or not a daemon answers: check it first.
+        Command::Backoff(ref args) => drop(args.policy()?),
         _ => {}
     }
     let channel = faultd_api::client::connect(cli.addr.as_deref(), &cli.tls).await?;
