@@ -9,6 +9,8 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use fault_common::FaultCounters;
+
 use crate::access::Caller;
 use crate::capabilities;
 use crate::datapath::Attachment;
@@ -27,6 +29,16 @@ pub struct Engine {
     pub attachments: Vec<Attachment>,
     /// The fq qdisc that departure times (delay, paced rate) need.
     pub fq: Fq,
+    /// Faults added and removed so far (metrics).
+    pub updates: RuleUpdates,
+}
+
+/// How many faults were added and removed since faultd started, whatever removed them
+/// (a call, a clear, a TTL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleUpdates {
+    pub adds: u64,
+    pub removes: u64,
 }
 
 impl Engine {
@@ -40,6 +52,7 @@ impl Engine {
             sink,
             attachments,
             fq: Fq::new(ifaces),
+            updates: RuleUpdates::default(),
         }
     }
 
@@ -65,17 +78,24 @@ impl Engine {
         if added.is_err() && !fq_before {
             self.release_fq_if_unused();
         }
+        if added.is_ok() {
+            self.updates.adds += 1;
+        }
         added
     }
 
     fn remove(&mut self, id: u64) -> Result<Fault, FaultError> {
         let removed = self.table.remove(id, self.sink.as_mut())?;
+        self.updates.removes += 1;
         self.release_fq_if_unused();
         Ok(removed)
     }
 
     fn clear(&mut self) -> Result<usize, FaultError> {
         let cleared = self.table.clear(self.sink.as_mut());
+        if let Ok(n) = cleared {
+            self.updates.removes += n as u64;
+        }
         self.release_fq_if_unused();
         cleared
     }
@@ -83,6 +103,9 @@ impl Engine {
     /// Removes the faults `selector` matches; returns them.
     fn clear_matching(&mut self, selector: &Selector) -> Result<Vec<Fault>, FaultError> {
         let cleared = self.table.clear_matching(selector, self.sink.as_mut());
+        if let Ok(removed) = &cleared {
+            self.updates.removes += removed.len() as u64;
+        }
         self.release_fq_if_unused();
         cleared
     }
@@ -123,6 +146,39 @@ impl FaultApi {
     /// What this kernel and these attachments support; also logged at start-up.
     pub fn capabilities(&self) -> proto::Capabilities {
         capabilities::report(&self.engine().attachments)
+    }
+
+    /// Every active fault with its counters, read from the per-CPU maps now (GetStats and
+    /// the metrics endpoint).
+    pub fn counters(&self) -> Result<Vec<(Fault, FaultCounters)>, FaultError> {
+        let engine = self.engine();
+        engine
+            .table
+            .iter()
+            .map(|fault| Ok((fault.clone(), engine.sink.read_counters(fault.counter)?)))
+            .collect()
+    }
+
+    /// Faults added and removed since start.
+    pub fn rule_updates(&self) -> RuleUpdates {
+        self.engine().updates
+    }
+
+    /// Installs a validated fault for `owner` and schedules its expiry: AddFault, and the
+    /// configuration file's faults at start.
+    pub fn add(&self, spec: FaultSpec, owner: Owner) -> Result<Fault, FaultError> {
+        let fault = self.engine().add(spec, owner)?;
+        info!(
+            id = fault.id,
+            action = fault.spec.action.name(),
+            port = fault.spec.target.port,
+            owner = %fault.owner,
+            "fault added"
+        );
+        if let Some(ttl) = fault.spec.ttl {
+            self.expire_later(fault.id, ttl);
+        }
+        Ok(fault)
     }
 
     fn expire_later(&self, id: u64, ttl: Duration) {
@@ -183,17 +239,7 @@ impl FaultService for FaultApi {
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.engine().add(spec, owner).map_err(status)?;
-        info!(
-            id = fault.id,
-            action = fault.spec.action.name(),
-            port = fault.spec.target.port,
-            owner = %fault.owner,
-            "fault added"
-        );
-        if let Some(ttl) = fault.spec.ttl {
-            self.expire_later(fault.id, ttl);
-        }
+        let fault = self.add(spec, owner).map_err(status)?;
         Ok(Response::new(fault_to_proto(&fault)))
     }
 
@@ -240,24 +286,21 @@ impl FaultService for FaultApi {
         &self,
         _: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
-        let engine = self.engine();
-        let faults = engine
-            .table
+        let faults = self
+            .counters()
+            .map_err(status)?
             .iter()
-            .map(|fault| {
-                let c = engine.sink.read_counters(fault.counter)?;
-                Ok(proto::FaultStats {
-                    fault: Some(fault_to_proto(fault)),
-                    counters: Some(proto::Counters {
-                        matched_packets: c.matched_packets,
-                        matched_bytes: c.matched_bytes,
-                        acted_packets: c.acted_packets,
-                        acted_bytes: c.acted_bytes,
-                    }),
-                })
+            .map(|(fault, c)| proto::FaultStats {
+                fault: Some(fault_to_proto(fault)),
+                counters: Some(proto::Counters {
+                    matched_packets: c.matched_packets,
+                    matched_bytes: c.matched_bytes,
+                    acted_packets: c.acted_packets,
+                    acted_bytes: c.acted_bytes,
+                }),
             })
-            .collect::<Result<_, FaultError>>()
-            .map_err(status)?;
+            .collect();
+        let engine = self.engine();
         let attachments = engine
             .attachments
             .iter()

@@ -9,18 +9,24 @@
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
 //! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
+//! - [`observe`]: the gRPC health and reflection services; [`metrics`]: Prometheus.
+//! - [`config`]: the TOML configuration file.
 
 pub mod access;
 pub mod api;
 pub mod capabilities;
+pub mod config;
 pub mod datapath;
 pub mod events;
 pub mod faults;
 pub mod logging;
+pub mod metrics;
+pub mod observe;
 pub mod qdisc;
 pub mod reconnect;
 
-/// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share.
+/// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share
+/// (with `FILE_DESCRIPTOR_SET`, for server reflection).
 pub use faultd_api::proto;
 
 /// Where faultd serves its API unless told otherwise.

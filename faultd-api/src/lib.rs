@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 /// Generated from `proto/faultd/v1/faultd.proto`.
 pub mod proto {
     tonic::include_proto!("faultd.v1");
+
+    pub use super::FILE_DESCRIPTOR_SET;
 }
 
 /// Generated from `proto/grpc/testing/reconnect.proto`.

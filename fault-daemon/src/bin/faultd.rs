@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::service::InterceptorLayer;
@@ -22,6 +22,7 @@ use faultd::api::{Engine, FaultApi};
 use faultd::datapath::Datapath;
 use faultd::events::EventHub;
 use faultd::faults::FaultTable;
+use faultd::observe::Observe;
 use faultd::proto::fault_service_server::FaultServiceServer;
 use faultd::reconnect::{ReconnectServer, bind_retry_listener};
 
@@ -39,6 +40,12 @@ struct Args {
     /// line, for log collectors).
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: faultd::logging::LogFormat,
+    /// Read settings and faults from this TOML file; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check FILE (a --config file) and exit: needs no root and touches nothing.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
     /// Interface to attach to (repeatable), e.g. `lo` or a veth.
     #[arg(long = "iface", value_name = "IF")]
     ifaces: Vec<String>,
@@ -53,6 +60,10 @@ struct Args {
     /// one per network namespace, where faultctl looks first.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9747) at /metrics; off by
+    /// default. A non-loopback address needs --allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     access: AccessArgs,
     #[command(flatten)]
@@ -164,12 +175,16 @@ struct ReconnectArgs {
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     faultd::logging::init(args.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let outcome = match args.command {
         Some(Command::Reconnect(reconnect)) => runtime.block_on(run_reconnect(reconnect)),
-        None => runtime.block_on(run(args)),
+        None => with_config(args, &matches).and_then(|(args, faults)| match args.check_config {
+            Some(_) => check_config(&args, faults.len()),
+            None => runtime.block_on(run(args, faults)),
+        }),
     };
     if let Err(e) = outcome {
         eprintln!("faultd: {e:#}");
@@ -177,7 +192,85 @@ fn main() {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Fills what the command line left unset from the --config (or --check-config) file; also
+/// returns the file's validated faults.
+fn with_config(mut args: Args, m: &ArgMatches) -> anyhow::Result<(Args, ConfigFaults)> {
+    use faultd::config::pick;
+    let Some(path) = args.config.as_ref().or(args.check_config.as_ref()) else {
+        return Ok((args, Vec::new()));
+    };
+    let loaded = faultd::config::load(path)?;
+    let (file, access) = (loaded.config, &mut args.access);
+    pick(m, "ifaces", &mut args.ifaces, file.interfaces);
+    pick(m, "listen", &mut args.listen, file.listen);
+    pick(m, "allow_remote", &mut args.allow_remote, file.allow_remote);
+    pick(m, "socket", &mut args.socket, file.socket.map(Some));
+    pick(m, "metrics", &mut args.metrics, file.metrics.map(Some));
+    pick(
+        m,
+        "retry_port",
+        &mut args.retry_port,
+        file.retry_port.map(Some),
+    );
+    pick(m, "retry_bind", &mut args.retry_bind, file.retry_bind);
+    pick(
+        m,
+        "retry_test_timeout",
+        &mut args.retry_test_timeout,
+        file.retry_test_timeout,
+    );
+    pick(m, "allow_uids", &mut access.allow_uids, loaded.allow_uids);
+    pick(
+        m,
+        "allow_groups",
+        &mut access.allow_groups,
+        loaded.allow_groups,
+    );
+    pick(m, "no_auth", &mut access.no_auth, file.access.no_auth);
+    pick(
+        m,
+        "tls_cert",
+        &mut args.tls.tls_cert,
+        file.access.tls_cert.map(Some),
+    );
+    pick(
+        m,
+        "tls_key",
+        &mut args.tls.tls_key,
+        file.access.tls_key.map(Some),
+    );
+    let ca = file.access.tls_client_ca.map(Some);
+    pick(m, "tls_client_ca", &mut args.tls.tls_client_ca, ca);
+    Ok((args, loaded.faults))
+}
+
+type ConfigFaults = Vec<(faultd::faults::FaultSpec, faultd::config::Position)>;
+
+/// `--check-config`: what `run` checks before it touches anything, without root.
+fn check_config(args: &Args, faults: usize) -> anyhow::Result<()> {
+    args.access.policy()?;
+    let tls = &args.tls;
+    let with_tls = [&tls.tls_cert, &tls.tls_key, &tls.tls_client_ca].map(Option::is_some);
+    if with_tls.iter().any(|t| *t) && !with_tls.iter().all(|t| *t) {
+        bail!("tls_cert, tls_key and tls_client_ca go together");
+    }
+    check_listen(args.listen, args.allow_remote, with_tls[0])?;
+    if let Some(addr) = args.metrics {
+        faultd::metrics::check_addr(addr, args.allow_remote)?;
+    }
+    let path = args
+        .check_config
+        .as_deref()
+        .unwrap_or(std::path::Path::new("-"));
+    println!(
+        "{}: ok ({} interface(s), {faults} fault(s))",
+        path.display(),
+        args.ifaces.len()
+    );
+    Ok(())
+}
+
+async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     if args.ifaces.is_empty() {
         bail!("--iface is required: name the interface(s) to attach to, e.g. --iface lo");
     }
@@ -200,6 +293,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     // The port actually bound (`--listen 127.0.0.1:0` picks one) is the one to protect.
     let api_addr = listener.local_addr()?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            faultd::metrics::check_addr(addr, args.allow_remote)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let retry = match args.retry_port {
         Some(port) => Some(bind_retry(args.retry_bind, port).await?),
         None => None,
@@ -223,6 +326,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         events,
     );
+    if let Some(listener) = metrics {
+        info!(metrics = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(faultd::metrics::serve(
+            listener,
+            faultd::metrics::registry(api.clone()),
+        ));
+    }
+    faultd::config::install(&api, faults)?;
+    let observe = Arc::new(faultd::observe::observe().await?);
     let caps = api.capabilities();
     info!(
         "what this kernel supports:\n{}",
@@ -260,8 +372,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn({
         let reconnect = reconnect.clone();
+        let observe = observe.clone();
         async move {
             shutdown(reconnect).await;
+            observe.not_serving().await;
             let _ = stop.send(true);
         }
     });
@@ -273,6 +387,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tcp_server.layer(InterceptorLayer::new(gate.clone())),
         &api,
         &reconnect,
+        &observe,
     )
     .serve_with_incoming_shutdown(
         tcp_incoming(listener, tcp_identity),
@@ -282,6 +397,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Server::builder().layer(InterceptorLayer::new(gate)),
         &api,
         &reconnect,
+        &observe,
     )
     .serve_with_incoming_shutdown(unix_incoming(unix), stopped(stopping));
     tokio::try_join!(tcp, unix).context("serving the API")?;
@@ -318,10 +434,12 @@ fn routes<L: Clone>(
     mut server: Server<L>,
     api: &FaultApi,
     reconnect: &Option<ReconnectServer>,
+    observe: &Observe<impl tonic_reflection::server::v1::ServerReflection>,
 ) -> Router<L> {
-    server
+    let router = server
         .add_service(FaultServiceServer::new(api.clone()))
-        .add_optional_service(reconnect.as_ref().map(ReconnectServer::service))
+        .add_optional_service(reconnect.as_ref().map(ReconnectServer::service));
+    observe.add_to(router)
 }
 
 /// `faultd reconnect`: the interop server alone, on its own control port.
@@ -494,6 +612,62 @@ mod tests {
         let err = check_listen(veth, true, false).unwrap_err().to_string();
         assert!(err.contains("plaintext"), "{err}");
         assert!(check_listen(veth, true, true).is_ok());
+    }
+
+    #[test]
+    fn flags_override_the_config_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faultd.toml");
+        std::fs::write(
+            &path,
+            "interfaces = [\"lo\"]\nlisten = \"127.0.0.1:7500\"\nmetrics = \"127.0.0.1:9747\"\n\
+             retry_port = 8081\n[access]\nno_auth = true\nallow_uid = [1001]\n\
+             [[fault]]\naction = \"drop\"\nport = 2379\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let path = path.to_str().unwrap();
+            let argv = ["faultd", "--config", path]
+                .into_iter()
+                .chain(extra.iter().copied());
+            let matches = Args::command().try_get_matches_from(argv).unwrap();
+            with_config(Args::from_arg_matches(&matches).unwrap(), &matches).unwrap()
+        };
+        let (file, faults) = parse(&[]);
+        assert_eq!(file.ifaces, ["lo"]);
+        assert_eq!(file.listen, "127.0.0.1:7500".parse().unwrap());
+        assert_eq!(file.metrics, Some("127.0.0.1:9747".parse().unwrap()));
+        assert_eq!(file.retry_port, Some(8081));
+        assert!(file.access.no_auth);
+        assert_eq!(file.access.allow_uids, [1001]);
+        assert_eq!(
+            file.retry_bind,
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            "a default"
+        );
+        assert_eq!(faults.len(), 1);
+        // A flag given on the command line wins, even when it equals the flag's default.
+        let (flags, _) = parse(&[
+            "--iface",
+            "veth0",
+            "--listen",
+            faultd::DEFAULT_LISTEN,
+            "--allow-uid",
+            "0",
+        ]);
+        assert_eq!(flags.ifaces, ["veth0"]);
+        assert_eq!(flags.listen, faultd::DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(flags.access.allow_uids, [0]);
+        assert_eq!(
+            flags.metrics, file.metrics,
+            "what the flags leave comes from the file"
+        );
+    }
+
+    #[test]
+    fn config_and_check_config_exclude_each_other() {
+        let argv = ["faultd", "--config", "a.toml", "--check-config", "b.toml"];
+        assert!(Args::try_parse_from(argv).is_err());
     }
 
     #[test]
