@@ -8,7 +8,7 @@
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
 //! - [`connections`]: the bound on the API's connections.
-//! - [`cli`]: `faultctl`, a thin gRPC client.
+//! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 //! - [`observe`]: the gRPC health and reflection services; [`metrics`]: Prometheus.
 //! - [`config`]: the TOML configuration file.
@@ -16,24 +16,20 @@
 pub mod access;
 pub mod api;
 pub mod capabilities;
-pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod datapath;
 pub mod events;
 pub mod faults;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod qdisc;
 pub mod reconnect;
 
-/// Generated from `proto/faultd/v1/faultd.proto`.
-pub mod proto {
-    tonic::include_proto!("faultd.v1");
-
-    /// The encoded descriptors of every proto faultd serves, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("faultd_descriptor");
-}
+/// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share
+/// (with `FILE_DESCRIPTOR_SET`, for server reflection).
+pub use faultd_api::proto;
 
 /// Where faultd serves its API unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+pub use faultd_api::DEFAULT_LISTEN;

@@ -1,5 +1,7 @@
 //! faultctl's output for people: the `list`, `stats` and `clear` tables with real faults and
-//! real traffic, and `events --follow` printing events as the kernel reports them.
+//! real traffic, and `events --follow` printing events as the kernel reports them; and for
+//! scripts: exit codes, `--json` on every command, `version`. faultd's own log: plain text
+//! in a file, or JSON.
 
 mod harness;
 
@@ -415,4 +417,183 @@ fn events_follow_prints_events_as_they_happen() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGTERM)
     );
+}
+
+fn exit_code(ns: &Netns, args: &[&str]) -> (Option<i32>, String) {
+    let out = ns.faultctl(args);
+    (out.status.code(), stderr_text(&out))
+}
+
+/// The exit codes of the README's table, against a real faultd: 0 done, 1 bad input,
+/// 2 daemon unreachable, 3 refused by the daemon, 4 `backoff`'s verdict is FAIL; and
+/// nothing changes on a refusal. (faultctl/tests/cli.rs covers them without a daemon.)
+#[test]
+fn exit_codes_match_the_table() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("exit");
+    let daemon = Daemon::start(&ns, &["lo"]);
+    let (code, err) = exit_code(&ns, &["drop", "--port", "7701", "--label", "kept"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    for bad in [
+        &["drop", "--port", "70000"][..],
+        &["drop", "--port", "7702", "--direction", "sideways"],
+        // faultctl's own check of a backoff policy, after it has connected.
+        &["backoff", "--port", "7702", "--multiplier", "0.5"],
+    ] {
+        let (code, err) = exit_code(&ns, bad);
+        assert_eq!(code, Some(1), "{bad:?}: {err}");
+    }
+    for (refused, says) in [
+        (&["rm", "999999"][..], "999999"),
+        (
+            &["limit-bytes", "--port", "7702", "--bytes", "-1"],
+            "action.limit_bytes.bytes",
+        ),
+        // faultd's own API port.
+        (&["drop", "--port", "7447"], "7447"),
+    ] {
+        let (code, err) = exit_code(&ns, refused);
+        assert_eq!(code, Some(3), "{refused:?}: {err}");
+        assert!(err.contains(says), "{refused:?}: {err}");
+    }
+    // Nothing recorded on the port: too few attempts to judge, which fails the verdict.
+    let (code, err) = exit_code(&ns, &["backoff", "--port", "7703"]);
+    assert_eq!(code, Some(4), "{err}");
+
+    let faults = ns.faults_json();
+    let labels: Vec<&str> = faults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["kept"], "refusals changed nothing: {faults}");
+
+    drop(daemon);
+    let (code, err) = exit_code(&ns, &["list"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no faultd answers"), "{err}");
+}
+
+/// `--json` on every command gives one JSON document per line (events: per event), and
+/// `version` names the daemon's version as the daemon reports it.
+#[test]
+fn every_command_speaks_json() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("json");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let json = |args: &[&str]| -> Value {
+        let text = ns.faultctl_ok(&[&["--json"][..], args].concat());
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text:?}"))
+    };
+
+    let versions = json(&["version"]);
+    assert_eq!(versions["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(versions["daemon"], env!("CARGO_PKG_VERSION"), "{versions}");
+    let text = ns.faultctl_ok(&["version"]);
+    assert_eq!(
+        text,
+        format!("faultctl {v}\nfaultd   {v}", v = env!("CARGO_PKG_VERSION"))
+    );
+
+    let adds: &[&[&str]] = &[
+        &["drop", "--port", "7801"],
+        &["reset", "--port", "7802"],
+        &["refuse", "--port", "7803", "--mode", "drop"],
+        &["limit-bytes", "--port", "7804", "--bytes", "10"],
+        &[
+            "limit-age",
+            "--port",
+            "7805",
+            "--after",
+            "5s",
+            "--then",
+            "drop",
+        ],
+        &["record", "--port", "7806"],
+        &["loss", "--port", "7807", "--percent", "5"],
+        &["rate", "--port", "7808", "--limit", "1mbit"],
+        &["corrupt", "--port", "7809", "--percent", "5"],
+        &["duplicate", "--port", "7810", "--percent", "5"],
+        &["stall", "--port", "7811", "--direction", "from-port"],
+    ];
+    let mut ids = Vec::new();
+    for args in adds {
+        let fault = json(args);
+        assert_eq!(fault["action"], args[0], "{fault}");
+        assert_eq!(fault["port"].as_u64(), args[2].parse().ok(), "{fault}");
+        ids.push(fault["id"].as_u64().unwrap());
+    }
+    assert_eq!(json(&["list"]).as_array().unwrap().len(), adds.len());
+    let stats = json(&["stats"]);
+    assert_eq!(stats["faults"].as_array().unwrap().len(), adds.len());
+    assert_eq!(stats["faults"][0]["counters"]["acted_packets"], 0);
+    let doctor = json(&["doctor"]);
+    assert!(
+        doctor["actions"].as_array().unwrap().len() >= 12,
+        "{doctor}"
+    );
+    assert_eq!(doctor["interfaces"][0]["interface"], "lo");
+
+    // A SYN to the recorded port: an event line, then a backoff verdict (one attempt).
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:7806").unwrap());
+    let _client = ns.run(|| TcpStream::connect("127.0.0.1:7806").unwrap());
+    let _accepted = listener.accept().unwrap();
+    let events = ns.faultctl_ok(&["events", "--json"]);
+    let syn: Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["kind"] == "syn")
+        .unwrap_or_else(|| panic!("no syn event: {events}"));
+    assert_eq!(syn["dst_port"], 7806, "{syn}");
+    let out = ns.faultctl(&["--json", "backoff", "--port", "7806"]);
+    assert_eq!(out.status.code(), Some(4), "one attempt is too few");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["attempts"], 1, "{report}");
+
+    let removed = json(&["rm", &ids[0].to_string()]);
+    assert_eq!(removed["removed"]["id"], ids[0], "{removed}");
+    let cleared = json(&["clear"]);
+    assert_eq!(cleared["removed"].as_u64(), Some(adds.len() as u64 - 1));
+}
+
+/// faultd's log written to a file carries no colour codes; `--log-format json` makes each
+/// line a JSON object.
+#[test]
+fn faultd_logs_plain_text_to_a_file_and_json_on_request() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("log");
+    {
+        let daemon = Daemon::start(&ns, &["lo"]);
+        ns.faultctl_ok(&["drop", "--port", "7901"]);
+        let log = std::fs::read_to_string(&daemon.log).unwrap();
+        assert!(log.contains("faultd ready"), "{log}");
+        assert!(
+            !log.contains("\x1b["),
+            "escape sequences in a log file:\n{log:?}"
+        );
+    }
+    let daemon = Daemon::try_start(&ns, &["lo"], &["--log-format", "json"])
+        .unwrap_or_else(|log| panic!("faultd --log-format json: {log}"));
+    ns.faultctl_ok(&["drop", "--port", "7902"]);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "faultd ready" && l["level"] == "INFO"),
+        "{log}"
+    );
+    assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{log}");
+    assert!(!log.contains("\x1b["), "{log:?}");
 }

@@ -69,10 +69,9 @@ fn run(task: Task) -> anyhow::Result<()> {
                 "--release",
                 "--package",
                 "fault-daemon",
-                "--bin",
-                "faultd",
-                "--bin",
+                "--package",
                 "faultctl",
+                "--bins",
             ])?;
             let faultd = workspace_root().join("target/release/faultd");
             let status = as_root(&faultd.to_string_lossy(), &args)
@@ -85,6 +84,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root(
                 "the program and system tests load eBPF programs and create network namespaces",
             )?;
+            // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
+            cargo(&["build", "--package", "faultctl"])?;
             cargo(&["test", "--workspace", "--no-fail-fast"])?;
             fuzz::run(&fuzz::Options {
                 seconds: 60,

@@ -4,16 +4,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: LLVM for bpf-linker, protoc for the gRPC code, iproute2 for the tests'
-/// namespaces and veths, iptables for the bench's comparison with iptables DROP rules,
-/// prometheus for `promtool check metrics` on faultd's metrics (tests/observe.rs).
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "protobuf-compiler",
-    "iproute2",
-    "iptables",
-    "prometheus",
-];
+/// Debian packages: LLVM for bpf-linker, iproute2 for the tests' namespaces and veths,
+/// iptables for the bench's comparison with iptables DROP rules, prometheus for `promtool
+/// check metrics` on faultd's metrics (tests/observe.rs). (No protoc: faultd-api compiles
+/// the protos with protox, and the Python tests' stubs come from grpcio-tools.)
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "iptables", "prometheus"];
 /// Debian packages for `cargo xtask vm-test`: the emulator, a static busybox for the VM's
 /// userland, and `xz` for kernels whose modules are compressed.
 const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];

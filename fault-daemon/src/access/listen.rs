@@ -18,18 +18,9 @@ use tracing::warn;
 
 use super::{Caller, identify};
 
-/// Where the sockets of faultd daemons live. `/run` is shared by every network namespace
-/// of the machine (it is a mount, not a network, thing), hence one name per namespace.
-pub const SOCKET_DIR: &str = "/run/faultd";
-
-/// The socket of the faultd serving the calling thread's network namespace:
-/// `/run/faultd/faultd-<inode of the namespace>.sock`. faultd and its clients both call
-/// this, so a client only ever finds the daemon of its own namespace, as with loopback TCP.
-pub fn default_socket_path() -> io::Result<PathBuf> {
-    // thread-self, not self: a test may move one thread into a namespace (setns).
-    let netns = fs::metadata("/proc/thread-self/ns/net")?.ino();
-    Ok(Path::new(SOCKET_DIR).join(format!("faultd-{netns}.sock")))
-}
+/// The per-network-namespace socket path, defined once in `faultd-api` for faultd and its
+/// clients alike.
+pub use faultd_api::{SOCKET_DIR, default_socket_path};
 
 /// The socket file faultd created; removed when dropped, unless another faultd has put its
 /// own socket at the same path since.
@@ -267,15 +258,6 @@ async fn pause_after(e: io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_socket_is_per_network_namespace() {
-        let path = default_socket_path().unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap();
-        let ino = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert_eq!(path.parent().unwrap(), Path::new(SOCKET_DIR));
-        assert_eq!(name, format!("faultd-{ino}.sock"));
-    }
 
     #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {

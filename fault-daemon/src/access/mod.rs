@@ -15,7 +15,6 @@
 //! travels with each request as its connection info; [`Gate`] checks it against the
 //! [`Policy`] in one place, in front of every service of the API.
 
-pub mod client;
 pub mod identify;
 pub mod listen;
 

@@ -44,6 +44,10 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// faultd's log on stderr: text (coloured only on a terminal) or json (one object per
+    /// line, for log collectors).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: faultd::logging::LogFormat,
     /// Read settings and faults from this TOML file; flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -192,14 +196,9 @@ struct ReconnectArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    faultd::logging::init(args.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let outcome = match args.command {
         Some(Command::Reconnect(reconnect)) => runtime.block_on(run_reconnect(reconnect)),

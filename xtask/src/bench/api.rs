@@ -1,5 +1,5 @@
-//! A gRPC client of faultd's control API (generated from proto/faultd/v1/faultd.proto by
-//! build.rs), and the few calls the bench makes.
+//! A gRPC client of faultd's control API (faultd-api's generated code, the same faultctl
+//! uses), and the few calls the bench makes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-pub mod proto {
-    tonic::include_proto!("faultd.v1");
-}
+pub use faultd_api::proto;
 
 pub type Client = proto::fault_service_client::FaultServiceClient<tonic::transport::Channel>;
 

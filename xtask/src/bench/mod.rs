@@ -161,11 +161,24 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let (bin, profile) = match std::env::var_os("XTASK_BENCH_BIN_DIR") {
         Some(dir) => (PathBuf::from(dir), "prebuilt (XTASK_BENCH_BIN_DIR)"),
         None if quick => {
-            crate::cargo(&["build", "--package", "fault-daemon", "--bins"])?;
+            crate::cargo(&[
+                "build",
+                "--package",
+                "fault-daemon",
+                "--package",
+                "faultctl",
+            ])?;
             (crate::workspace_root().join("target/debug"), "debug")
         }
         None => {
-            crate::cargo(&["build", "--release", "--package", "fault-daemon", "--bins"])?;
+            crate::cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "fault-daemon",
+                "--package",
+                "faultctl",
+            ])?;
             (crate::workspace_root().join("target/release"), "release")
         }
     };

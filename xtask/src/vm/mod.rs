@@ -182,9 +182,11 @@ fn vm_plan(tests: &[TestBin]) -> Vec<&TestBin> {
     plan
 }
 
-/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's and
-/// faultctl's, which the tests reference by absolute path) come from cargo's JSON messages.
+/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's, which the
+/// tests reference by absolute path) come from cargo's JSON messages. faultctl, a crate of
+/// its own, is built first; the tests look for it beside faultd.
 fn build(names: &[String]) -> anyhow::Result<Build> {
+    crate::cargo(&["build", "--package", "faultctl"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -206,7 +208,7 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
         bail!("building the test binaries failed ({})", out.status);
     }
     let mut tests: Vec<TestBin> = Vec::new();
-    let (mut faultd, mut faultctl) = (None, None);
+    let mut faultd = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -234,18 +236,21 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
                 exe,
             });
         } else if is("bin") && msg["profile"]["test"] == false {
-            match name.as_str() {
-                "faultd" => faultd = Some(PathBuf::from(exe)),
-                "faultctl" => faultctl = Some(PathBuf::from(exe)),
-                _ => {}
+            if name == "faultd" {
+                faultd = Some(PathBuf::from(exe));
             }
         }
     }
     tests.sort_by(|a, b| a.name.cmp(&b.name));
+    let faultd: PathBuf = faultd.context("cargo built no faultd binary")?;
+    let faultctl = faultd.with_file_name("faultctl");
+    if !faultctl.is_file() {
+        bail!("no faultctl beside faultd at {}", faultctl.display());
+    }
     Ok(Build {
         tests,
-        faultd: faultd.context("cargo built no faultd binary")?,
-        faultctl: faultctl.context("cargo built no faultctl binary")?,
+        faultd,
+        faultctl,
     })
 }
 
@@ -299,7 +304,8 @@ fn initramfs(
         let path = which(p)?;
         a.program(&path.to_string_lossy(), &path)?;
     }
-    // faultd and faultctl where the tests expect them (CARGO_BIN_EXE_* are absolute paths).
+    // faultd and faultctl where the tests expect them (CARGO_BIN_EXE_faultd is an absolute
+    // path; faultctl is beside it).
     for bin in [&build.faultd, &build.faultctl] {
         a.program(&bin.to_string_lossy(), &initramfs::stripped(bin, &stage)?)?;
     }

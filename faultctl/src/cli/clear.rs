@@ -1,8 +1,10 @@
 //! `faultctl clear`.
 
 use clap::Args;
+use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::output::{self, Render};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 #[derive(Args, Debug)]
@@ -33,10 +35,17 @@ pub async fn run(
         .map_err(super::rpc_error)?
         .into_inner()
         .removed;
-    if json {
-        println!("{}", serde_json::json!({ "removed": removed }));
-    } else {
-        println!("removed {removed} fault(s)");
+    output::print(&Cleared { removed }, json)
+}
+
+/// `{"removed": N}`, or `removed N fault(s)`.
+#[derive(Serialize)]
+pub struct Cleared {
+    pub removed: u32,
+}
+
+impl Render for Cleared {
+    fn text(&self) -> String {
+        format!("removed {} fault(s)", self.removed)
     }
-    Ok(())
 }

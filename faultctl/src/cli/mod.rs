@@ -1,4 +1,8 @@
 //! `faultctl`: a thin client of faultd's gRPC API. One module per subcommand.
+//!
+//! Exit codes, for scripts ([`exit_code`]): 0 done; 1 bad input (arguments, or what faultctl
+//! checks itself); 2 faultd unreachable; 3 refused by faultd (a gRPC error status);
+//! 4 `faultctl backoff`'s verdict is FAIL.
 
 mod backoff;
 mod clear;
@@ -8,6 +12,7 @@ mod doctor;
 mod drop;
 mod duplicate;
 mod events;
+mod help;
 mod limit;
 mod list;
 mod loss;
@@ -20,10 +25,12 @@ mod rm;
 mod stall;
 mod stats;
 mod target;
+mod version;
 
 use clap::{Parser, Subcommand};
 
-use crate::access::client::ClientTlsArgs;
+use faultd_api::client::{ClientTlsArgs, ConnectError};
+
 use crate::proto::fault_service_client::FaultServiceClient;
 
 #[derive(Parser, Debug)]
@@ -41,7 +48,7 @@ pub struct Cli {
     pub addr: Option<String>,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
-    /// Print JSON for scripts instead of tables.
+    /// Print JSON for scripts instead of text and tables (every command).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -88,10 +95,25 @@ pub enum Command {
     Clear(clear::ClearArgs),
     /// Per-fault packet and byte counters.
     Stats,
+    /// This faultctl's version and the daemon's.
+    Version,
+    /// Print a shell completion script: `faultctl completions bash > /etc/bash_completion.d/faultctl`.
+    Completions(help::CompletionsArgs),
+    /// Print faultctl's man page (roff): `faultctl man | man -l -`.
+    Man,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = crate::access::client::connect(cli.addr.as_deref(), &cli.tls).await?;
+    // What needs no daemon, or copes without one.
+    match cli.command {
+        Command::Completions(args) => return help::completions(args, cli.json),
+        Command::Man => return help::man(cli.json),
+        Command::Version => return version::run(cli.addr.as_deref(), &cli.tls, cli.json).await,
+        // Bad input is bad input whether or not a daemon answers: check it first.
+        Command::Backoff(ref args) => drop(args.policy()?),
+        _ => {}
+    }
+    let channel = faultd_api::client::connect(cli.addr.as_deref(), &cli.tls).await?;
     let mut client = FaultServiceClient::new(channel);
     match cli.command {
         Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
@@ -113,10 +135,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
         Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
+        Command::Version | Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
 
-/// Turns a gRPC error into the daemon's own words.
+/// A gRPC error status, shown in the daemon's own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.message())]
+pub struct Rpc(pub tonic::Status);
+
 fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    Rpc(status).into()
+}
+
+/// `faultctl backoff`'s verdict is FAIL (the summary names the offending gaps).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackoffFailed(pub String);
+
+/// What faultctl exits with.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Bad arguments, or input faultctl refuses itself.
+    pub const BAD_INPUT: u8 = 1;
+    /// No faultd answers (or the connection broke).
+    pub const UNREACHABLE: u8 = 2;
+    /// faultd answered with an error status: invalid argument, permission denied, not found…
+    pub const REFUSED: u8 = 3;
+    /// `faultctl backoff`: the client's backoff is outside its windows.
+    pub const BACKOFF_FAILED: u8 = 4;
+}
+
+/// The exit code for an error `run` returned.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConnectError>().is_some() {
+        return exit::UNREACHABLE;
+    }
+    if e.downcast_ref::<BackoffFailed>().is_some() {
+        return exit::BACKOFF_FAILED;
+    }
+    match e.downcast_ref::<Rpc>() {
+        // UNAVAILABLE is the transport's, not faultd's: the connection failed or broke.
+        Some(Rpc(status)) if status.code() == tonic::Code::Unavailable => exit::UNREACHABLE,
+        Some(_) => exit::REFUSED,
+        None => exit::BAD_INPUT,
+    }
 }

@@ -1,25 +1,17 @@
 //! `faultctl refuse`: new connections to the port fail; established ones are untouched.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tonic::transport::Channel;
 
 use super::target::TargetArgs;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-pub enum Mode {
-    /// connect() fails at once with ECONNREFUSED (TCP).
-    Rst,
-    /// connect() times out; for UDP, datagrams to the port vanish.
-    Drop,
-}
 
 #[derive(Args, Debug)]
 pub struct RefuseArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     #[arg(long, value_enum, default_value = "rst")]
-    pub mode: Mode,
+    pub mode: proto::RefuseMode,
     /// Every refused SYN is recorded anyway (see `faultctl events` and `faultctl backoff`);
     /// accepted for symmetry with `faultctl record`.
     #[arg(long)]
@@ -31,10 +23,8 @@ pub async fn run(
     args: RefuseArgs,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mode = match args.mode {
-        Mode::Rst => proto::RefuseMode::Rst,
-        Mode::Drop => proto::RefuseMode::Drop,
-    };
-    let action = proto::action::Kind::Refuse(proto::Refuse { mode: mode as i32 });
+    let action = proto::action::Kind::Refuse(proto::Refuse {
+        mode: args.mode.into(),
+    });
     super::output::added(client, args.target.spec(action), json).await
 }

@@ -2,37 +2,21 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::proto;
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-pub enum ProtocolArg {
-    Tcp,
-    Udp,
-    Any,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-pub enum DirectionArg {
-    /// Both directions.
-    Both,
-    /// Packets to the port (client → server).
-    ToPort,
-    /// Packets from the port (server → client).
-    FromPort,
-}
 
 #[derive(Args, Debug)]
 pub struct TargetArgs {
     /// The port whose traffic misbehaves (1-65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    // The values' names are faultd_api::names'.
     #[arg(long, value_enum, default_value = "tcp")]
-    pub protocol: ProtocolArg,
+    pub protocol: proto::Protocol,
     /// Which packets, relative to the port.
     #[arg(long, value_enum, default_value = "both")]
-    pub direction: DirectionArg,
+    pub direction: proto::Direction,
     /// Only flows with this remote address or network (ADDR or ADDR/PREFIX).
     #[arg(long)]
     pub peer: Option<String>,
@@ -69,16 +53,8 @@ impl TargetArgs {
         proto::FaultSpec {
             target: Some(proto::Target {
                 port: self.port.into(),
-                protocol: match self.protocol {
-                    ProtocolArg::Tcp => proto::Protocol::Tcp,
-                    ProtocolArg::Udp => proto::Protocol::Udp,
-                    ProtocolArg::Any => proto::Protocol::Any,
-                } as i32,
-                direction: match self.direction {
-                    DirectionArg::Both => proto::Direction::Both,
-                    DirectionArg::ToPort => proto::Direction::ToPort,
-                    DirectionArg::FromPort => proto::Direction::FromPort,
-                } as i32,
+                protocol: self.protocol.into(),
+                direction: self.direction.into(),
                 peer: self.peer.clone().unwrap_or_default(),
             }),
             action: Some(proto::Action { kind: Some(action) }),

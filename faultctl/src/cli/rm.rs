@@ -1,8 +1,10 @@
 //! `faultctl rm ID`.
 
 use clap::Args;
+use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::output::{self, FaultRow, Render};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 #[derive(Args, Debug)]
@@ -21,13 +23,23 @@ pub async fn run(
         .await
         .map_err(super::rpc_error)?
         .into_inner();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "removed": removed.removed.as_ref().map(super::output::fault_json) })
-        );
-    } else {
-        println!("removed {}", args.id);
+    let removed = Removed {
+        id: args.id,
+        removed: removed.removed.as_ref().map(FaultRow::from),
+    };
+    output::print(&removed, json)
+}
+
+/// `{"removed": <the fault>}`, or `removed ID`.
+#[derive(Serialize)]
+pub struct Removed {
+    #[serde(skip)]
+    pub id: u64,
+    pub removed: Option<FaultRow>,
+}
+
+impl Render for Removed {
+    fn text(&self) -> String {
+        format!("removed {}", self.id)
     }
-    Ok(())
 }

@@ -3,29 +3,15 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tonic::transport::Channel;
 
 use super::target::{TargetArgs, parse_duration};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
-#[derive(Copy, Clone, Debug, ValueEnum)]
-pub enum ThenArg {
-    /// The flow goes silent.
-    Drop,
-    /// Both ends get a RST (TCP only).
-    Reset,
-}
-
-impl ThenArg {
-    fn proto(then: Option<ThenArg>) -> i32 {
-        let then = match then {
-            None => proto::Then::Unspecified,
-            Some(ThenArg::Drop) => proto::Then::Drop,
-            Some(ThenArg::Reset) => proto::Then::Reset,
-        };
-        then as i32
-    }
+/// `--then`, or the protocol's default (unspecified) when not given.
+fn then(then: Option<proto::Then>) -> i32 {
+    then.unwrap_or(proto::Then::Unspecified).into()
 }
 
 #[derive(Args, Debug)]
@@ -37,7 +23,7 @@ pub struct LimitBytesArgs {
     pub bytes: i64,
     /// How the connection dies [default: reset for tcp, drop for udp].
     #[arg(long, value_enum)]
-    pub then: Option<ThenArg>,
+    pub then: Option<proto::Then>,
 }
 
 #[derive(Args, Debug)]
@@ -49,7 +35,7 @@ pub struct LimitAgeArgs {
     pub after: Duration,
     /// How the connection dies [default: reset for tcp, drop for udp].
     #[arg(long, value_enum)]
-    pub then: Option<ThenArg>,
+    pub then: Option<proto::Then>,
 }
 
 pub async fn run_bytes(
@@ -59,7 +45,7 @@ pub async fn run_bytes(
 ) -> anyhow::Result<()> {
     let action = proto::action::Kind::LimitBytes(proto::LimitBytes {
         bytes: args.bytes,
-        then: ThenArg::proto(args.then),
+        then: then(args.then),
     });
     super::output::added(client, args.target.spec(action), json).await
 }
@@ -71,7 +57,7 @@ pub async fn run_age(
 ) -> anyhow::Result<()> {
     let action = proto::action::Kind::LimitAge(proto::LimitAge {
         after_ms: args.after.as_millis() as i64,
-        then: ThenArg::proto(args.then),
+        then: then(args.then),
     });
     super::output::added(client, args.target.spec(action), json).await
 }

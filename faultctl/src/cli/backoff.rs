@@ -4,13 +4,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use faultd_api::backoff::{self, Policy, Report};
+use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::output::{self, Render};
 use super::target::parse_duration;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
-use crate::reconnect::backoff::{self, Policy};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum PolicyArg {
@@ -41,7 +43,7 @@ pub struct BackoffArgs {
 }
 
 impl BackoffArgs {
-    fn policy(&self) -> anyhow::Result<Policy> {
+    pub fn policy(&self) -> anyhow::Result<Policy> {
         if self.initial.is_none() && self.multiplier.is_none() && self.jitter.is_none() {
             return Ok(Policy::grpc(self.max));
         }
@@ -55,7 +57,8 @@ impl BackoffArgs {
     }
 }
 
-/// Exits non-zero when the backoff fails, so scripts can use the verdict.
+/// Fails with [`super::BackoffFailed`] (its own exit code) when the backoff fails, so
+/// scripts can use the verdict.
 pub async fn run(
     client: &mut FaultServiceClient<Channel>,
     args: BackoffArgs,
@@ -63,21 +66,37 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let policy = args.policy()?;
     let attempts = attempts(client, args.port).await?;
-    let report = backoff::check(&attempts, &policy);
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
-            "{} connection attempt(s) to port {} recorded by the kernel",
-            attempts.len(),
-            args.port
-        );
-        println!("{report}");
-    }
-    if !report.passed() {
-        bail!("{}", report.summary());
+    let verdict = Verdict {
+        report: backoff::check(&attempts, &policy),
+        attempts: attempts.len(),
+        port: args.port,
+    };
+    output::print(&verdict, json)?;
+    if !verdict.report.passed() {
+        return Err(super::BackoffFailed(verdict.report.summary()).into());
     }
     Ok(())
+}
+
+/// The checker's report: as JSON exactly the report; as text, how many attempts the kernel
+/// recorded, then the report's table and verdict.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Verdict {
+    report: Report,
+    #[serde(skip)]
+    attempts: usize,
+    #[serde(skip)]
+    port: u16,
+}
+
+impl Render for Verdict {
+    fn text(&self) -> String {
+        format!(
+            "{} connection attempt(s) to port {} recorded by the kernel\n{}",
+            self.attempts, self.port, self.report
+        )
+    }
 }
 
 /// Kernel timestamps of the connection attempts (SYNs) to `port`, from faultd's history of
@@ -101,7 +120,7 @@ async fn attempts(
     let mut times = Vec::new();
     while let Some(e) = stream.message().await.map_err(super::rpc_error)? {
         if super::events::is_gap(&e) {
-            bail!(
+            anyhow::bail!(
                 "the history of attempts to port {port} is incomplete ({} lost: {}); \
                  nothing judged. Remove the port's refuse/record faults, add them again \
                  and let the client retry",

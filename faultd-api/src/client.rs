@@ -9,35 +9,45 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::listen::default_socket_path;
+use crate::default_socket_path;
 
 /// Certificates for a TLS connection to a remote faultd (`faultd --allow-remote`).
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ClientTlsArgs {
     /// CA certificate (PEM) that signed faultd's server certificate; turns TLS on.
-    #[arg(
-        long = "tls-ca",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_CA"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-ca",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_CA"
+        )
     )]
     pub ca: Option<PathBuf>,
     /// This client's certificate (PEM), signed by the CA faultd trusts (--tls-client-ca).
-    #[arg(
-        long = "tls-cert",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_CERT",
-        requires = "key"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-cert",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_CERT",
+            requires = "key"
+        )
     )]
     pub cert: Option<PathBuf>,
     /// This client's private key (PEM).
-    #[arg(
-        long = "tls-key",
-        global = true,
-        value_name = "PEM",
-        env = "FAULTD_TLS_KEY",
-        requires = "cert"
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "tls-key",
+            global = true,
+            value_name = "PEM",
+            env = "FAULTD_TLS_KEY",
+            requires = "cert"
+        )
     )]
     pub key: Option<PathBuf>,
 }
@@ -153,10 +163,11 @@ async fn connect_to(target: &Target, tls: Option<ClientTlsConfig>) -> anyhow::Re
         .map_err(anyhow::Error::from)
 }
 
-/// A connection that failed, in words that say what to do.
+/// A connection that failed, in words that say what to do: faultd is unreachable (as
+/// opposed to a mistake in what the client was asked to do, which fails differently).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.explain())]
-struct ConnectError {
+pub struct ConnectError {
     target: Target,
     kind: Option<io::ErrorKind>,
     detail: String,
@@ -238,13 +249,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_files_without_a_ca_are_the_callers_mistake() {
+        let tls = ClientTlsArgs {
+            ca: None,
+            cert: Some("me.pem".into()),
+            key: Some("me.key".into()),
+        };
+        let err = connect(Some("127.0.0.1:1"), &tls).await.unwrap_err();
+        assert!(err.downcast_ref::<ConnectError>().is_none(), "{err:#}");
+        assert!(
+            err.to_string().contains("--tls-cert needs --tls-ca"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_socket_says_no_faultd_answers() {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("unix:{}", dir.path().join("none.sock").display());
         let err = connect(Some(&addr), &ClientTlsArgs::default())
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        // Typed, so that a client tells "unreachable" from its own mistakes (faultctl's exit 2).
+        assert!(err.downcast_ref::<ConnectError>().is_some(), "{err:#}");
+        let err = err.to_string();
         assert!(
             err.starts_with(&format!("no faultd answers at {addr}")),
             "{err}"
