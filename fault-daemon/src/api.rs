@@ -105,6 +105,19 @@ impl FaultApi {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs a change of the engine on a blocking thread, not on the async runtime's workers:
+    /// a change may add or remove qdiscs through netlink (fq for a delay) while it holds
+    /// the engine's lock.
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || change(&mut api.engine()))
+            .await
+            .map_err(|e| Status::internal(format!("changing the faults: {e}")))
+    }
+
     /// Removes faults of the table; used on shutdown so the maps are empty before detach.
     pub fn clear(&self) -> Result<usize, FaultError> {
         self.engine().clear()
@@ -120,7 +133,7 @@ impl FaultApi {
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             // Ids are never reused, so a fault removed meanwhile is simply not found.
-            if api.engine().remove(id).is_ok() {
+            if let Ok(Ok(_)) = api.change(move |engine| engine.remove(id)).await {
                 info!(id, "fault expired");
             }
         });
@@ -155,7 +168,7 @@ impl FaultService for FaultApi {
         _: Request<proto::GetCapabilitiesRequest>,
     ) -> Result<Response<proto::Capabilities>, Status> {
         let api = self.clone();
-        // The fq probe runs `tc`: keep it off the async threads.
+        // The fq probe goes to the kernel through netlink: keep it off the async threads.
         let caps = tokio::task::spawn_blocking(move || api.capabilities())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -172,7 +185,10 @@ impl FaultService for FaultApi {
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.engine().add(spec).map_err(status)?;
+        let fault = self
+            .change(move |engine| engine.add(spec))
+            .await?
+            .map_err(status)?;
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
@@ -189,9 +205,10 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::RemoveFaultRequest>,
     ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
+        let id = request.into_inner().id;
         let fault = self
-            .engine()
-            .remove(request.into_inner().id)
+            .change(move |engine| engine.remove(id))
+            .await?
             .map_err(status)?;
         info!(id = fault.id, "fault removed");
         Ok(Response::new(proto::RemoveFaultResponse {
@@ -211,7 +228,10 @@ impl FaultService for FaultApi {
         &self,
         _: Request<proto::ClearFaultsRequest>,
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
-        let removed = self.clear().map_err(status)?;
+        let removed = self
+            .change(|engine| engine.clear())
+            .await?
+            .map_err(status)?;
         info!(removed, "faults cleared");
         Ok(Response::new(proto::ClearFaultsResponse {
             removed: removed as u32,

@@ -3,6 +3,7 @@
 //! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
 //! - [`datapath`]: load and attach the eBPF programs, write their maps.
 //! - [`events`]: kernel events, kept and broadcast to subscribers.
+//! - [`netlink`]: qdiscs and TC filters through rtnetlink.
 //! - [`qdisc`]: the fq qdisc that delays and paced rates need.
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod datapath;
 pub mod events;
 pub mod faults;
+pub mod netlink;
 pub mod qdisc;
 pub mod reconnect;
 
