@@ -449,6 +449,22 @@ fn bad_input_changes_nothing() {
     ns.faultctl_ok(&["rm", &id]);
 }
 
+/// The VM exports how long faultd may take to be ready; the harness must wait that long.
+#[test]
+fn the_readiness_wait_is_what_the_vm_asks_for() {
+    assert_eq!(ready_wait_from(None), Duration::from_secs(30));
+    assert_eq!(ready_wait_from(Some("240")), Duration::from_secs(240));
+    let init = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../xtask/src/vm/initramfs.rs"
+    ))
+    .unwrap();
+    assert!(
+        init.contains(&format!("export {READY_ENV}=")),
+        "the VM's /init no longer exports {READY_ENV}"
+    );
+}
+
 #[test]
 fn faultctl_without_a_daemon_says_how_to_start_one() {
     let out = std::process::Command::new(FAULTCTL)
