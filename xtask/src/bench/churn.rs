@@ -181,7 +181,7 @@ pub(super) async fn client(
     report
 }
 
-async fn request(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+pub(super) async fn request(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
     conn.get_mut()
         .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
         .await?;
