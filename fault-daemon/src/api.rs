@@ -89,6 +89,8 @@ impl Engine {
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
+    /// Changes take turns here before they take a blocking thread (see `change`).
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FaultApi {
@@ -96,6 +98,7 @@ impl FaultApi {
         Self {
             engine: Arc::new(Mutex::new(engine)),
             events,
+            changes: Arc::default(),
         }
     }
 
@@ -107,11 +110,13 @@ impl FaultApi {
 
     /// Runs a change of the engine on a blocking thread, not on the async runtime's workers:
     /// a change may add or remove qdiscs through netlink (fq for a delay) while it holds
-    /// the engine's lock.
+    /// the engine's lock. Changes wait for their turn without a thread, so that many
+    /// concurrent calls do not each hold a blocking thread waiting for the lock.
     async fn change<T: Send + 'static>(
         &self,
         change: impl FnOnce(&mut Engine) -> T + Send + 'static,
     ) -> Result<T, Status> {
+        let _turn = self.changes.lock().await;
         let api = self.clone();
         tokio::task::spawn_blocking(move || change(&mut api.engine()))
             .await
