@@ -621,6 +621,12 @@ pub fn markdown(r: &SoakResult) -> String {
         mib(rss1 as u64),
         mib(rss_max as u64),
     );
+    let per_minute = (rss1 - rss0) / (1 << 10) as f64 / (minutes * 0.75).max(f64::MIN_POSITIVE);
+    if rss1 > rss0 {
+        s += &format!(
+            "RSS grew between the quarters: about {per_minute:.0} KiB per minute of soak.\n"
+        );
+    }
     for (name, capacity) in &r.map_capacity {
         let count = |sample: &Sample| {
             sample
@@ -635,6 +641,13 @@ pub fn markdown(r: &SoakResult) -> String {
              after `clear`.\n",
             count(&r.after_clear)
         );
+        if name == "FLOWS" && count(&r.after_clear) > 0 {
+            s += &format!(
+                "FLOWS holds per-flow state (first packet, bytes, cut) per fault and flow. It \
+                 is an LRU hash map and faultd deletes nothing from it, not even with its fault: \
+                 its entries stay after `clear`, bounded only by the LRU at {capacity}.\n"
+            );
+        }
     }
     s
 }
