@@ -70,7 +70,7 @@ pub fn fq_available() -> Result<(), String> {
 }
 
 fn probe_fq() -> Result<(), String> {
-    let outcome = std::thread::spawn(|| {
+    std::thread::spawn(|| {
         // SAFETY: unshare affects only this thread, which exits right after.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(format!(
@@ -91,8 +91,7 @@ fn probe_fq() -> Result<(), String> {
             })
     })
     .join()
-    .unwrap_or_else(|_| Err("the fq probe panicked".into()));
-    outcome
+    .unwrap_or_else(|_| Err("the fq probe panicked".into()))
 }
 
 /// What faultd installed on one interface, as noted in /run/faultd.
