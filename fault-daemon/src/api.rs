@@ -161,6 +161,8 @@ pub struct FaultApi {
     shutdown: CancellationToken,
     /// Wakes the expiry task when a fault with a TTL is added.
     expiry: Arc<Notify>,
+    /// Changes take turns here before they take a blocking thread (see `change`).
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FaultApi {
@@ -173,6 +175,7 @@ impl FaultApi {
             max_streams: DEFAULT_MAX_STREAMS,
             shutdown: CancellationToken::new(),
             expiry: Arc::new(Notify::new()),
+            changes: Arc::default(),
         };
         tokio::spawn(expire_faults(
             Arc::downgrade(&api.engine),
@@ -200,6 +203,21 @@ impl FaultApi {
         // A panic while holding the lock cannot leave the table half-changed (every change
         // is applied after its map writes succeed), so a poisoned lock is still usable.
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a change of the engine on a blocking thread, not on the async runtime's workers:
+    /// a change may add or remove qdiscs through netlink (fq for a delay) while it holds
+    /// the engine's lock. Changes wait for their turn without a thread, so that many
+    /// concurrent calls do not each hold a blocking thread waiting for the lock.
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&FaultApi) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let _turn = self.changes.lock().await;
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || change(&api))
+            .await
+            .map_err(|e| Status::internal(format!("changing the faults: {e}")))
     }
 
     /// Removes faults of the table; used on shutdown so the maps are empty before detach.
@@ -289,14 +307,21 @@ async fn expire_faults(
     // Faults whose removal failed: when to try again, and the wait after that.
     let mut retry: HashMap<u64, (Instant, Duration)> = HashMap::new();
     loop {
-        let wait = {
-            let Some(engine) = engine.upgrade() else {
-                return;
-            };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        // A removal may restore a qdisc through netlink: off the async workers.
+        let looked = tokio::task::spawn_blocking(move || {
             let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
             expire_due(&mut engine, &mut retry);
-            next_expiry_wait(&engine, &retry)
+            let wait = next_expiry_wait(&engine, &retry);
+            (retry, wait)
+        })
+        .await;
+        let Ok((kept, wait)) = looked else {
+            return;
         };
+        retry = kept;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = wake.notified() => {}
@@ -423,7 +448,7 @@ impl FaultService for FaultApi {
         _: Request<proto::GetCapabilitiesRequest>,
     ) -> Result<Response<proto::Capabilities>, Status> {
         let api = self.clone();
-        // The fq probe runs `tc`: keep it off the async threads.
+        // The fq probe goes to the kernel through netlink: keep it off the async threads.
         let caps = tokio::task::spawn_blocking(move || api.capabilities())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -441,7 +466,10 @@ impl FaultService for FaultApi {
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.add(spec, owner).map_err(status)?;
+        let fault = self
+            .change(move |api| api.add(spec, owner))
+            .await?
+            .map_err(status)?;
         Ok(Response::new(fault_to_proto(&fault)))
     }
 
@@ -450,9 +478,10 @@ impl FaultService for FaultApi {
         request: Request<proto::RemoveFaultRequest>,
     ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
         let by = owner_of(&request);
+        let id = request.into_inner().id;
         let fault = self
-            .engine()
-            .remove(request.into_inner().id)
+            .change(move |api| api.engine().remove(id))
+            .await?
             .map_err(status)?;
         info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed");
         Ok(Response::new(proto::RemoveFaultResponse {
@@ -474,7 +503,10 @@ impl FaultService for FaultApi {
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
         let by = owner_of(&request);
         let selector = selector_from_proto(request.into_inner(), &by).map_err(status)?;
-        let removed = self.engine().clear_matching(&selector).map_err(status)?;
+        let removed = self
+            .change(move |api| api.engine().clear_matching(&selector))
+            .await?
+            .map_err(status)?;
         for fault in &removed {
             info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed (clear)");
         }

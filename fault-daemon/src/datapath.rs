@@ -10,16 +10,16 @@ use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, include_bytes_aligned};
 use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
 use tracing::{info, warn};
 
 use crate::faults::{FaultError, RuleSink};
+use crate::netlink::{self, Rtnl};
 
 /// The programs, built by build.rs and embedded so that faultd is one file to copy.
 static PROGRAMS: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
@@ -73,7 +73,8 @@ pub struct Attachment {
 
 struct Held {
     attachment: Attachment,
-    /// Set when faultd added a clsact qdisc (kernels without TCX) and must remove it.
+    /// Set when faultd added a clsact qdisc (kernels without TCX), or took over the one a
+    /// killed faultd added, and must remove it.
     added_clsact: bool,
     /// Kept open: the flock on it marks the interface as ours until we exit or die.
     _lock: File,
@@ -170,7 +171,11 @@ impl Datapath {
         };
 
         let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        let added_clsact = !has_tcx && add_clsact(iface)?;
+        let added_clsact = !has_tcx && add_clsact(iface, ifindex)?;
+        // Filters attached through netlink outlive a faultd killed by SIGKILL and would go on
+        // acting with its faults beside ours. We hold the interface's lock: no running faultd
+        // owns them.
+        remove_stale_filters(iface, ifindex)?;
         for (name, attach_type) in [
             (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
             (TC_EGRESS_PROGRAM, TcAttachType::Egress),
@@ -274,7 +279,8 @@ impl Drop for Datapath {
         drop(self.ebpf.take());
         for held in &self.held {
             if held.added_clsact {
-                remove_clsact(&held.attachment.iface);
+                remove_clsact(&held.attachment.iface, held.attachment.ifindex);
+                let _ = fs::remove_file(clsact_note(held.attachment.ifindex));
             }
             let _ = fs::remove_file(&held.lock_path);
             info!(iface = held.attachment.iface, "detached");
@@ -439,24 +445,104 @@ fn lock_opened(file: File, path: &Path) -> Result<Option<File>, LockError> {
     Ok(still_there.then_some(file))
 }
 
-/// Adds a clsact qdisc unless one is there; `true` when faultd added it.
-fn add_clsact(iface: &str) -> Result<bool, DatapathError> {
-    match tc::qdisc_add_clsact(iface) {
-        Ok(()) => Ok(true),
-        // Already there (someone else's, or a killed faultd's): use it, leave it.
-        Err(e) if e.to_string().contains("exists") || has_os_error(&e, &[libc::EEXIST]) => {
-            Ok(false)
+/// Where faultd notes that it added the clsact qdisc of an interface, so that the faultd
+/// after one killed by SIGKILL knows the clsact it finds is faultd's to remove.
+fn clsact_note(ifindex: u32) -> String {
+    let netns = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    format!("{LOCK_DIR}/netns-{netns}-ifindex-{ifindex}.clsact")
+}
+
+/// Adds a clsact qdisc unless one is there; `true` when it is faultd's to remove: added
+/// now, or by a faultd that was killed before it could remove it.
+fn add_clsact(iface: &str, ifindex: u32) -> Result<bool, DatapathError> {
+    let added = Rtnl::open().and_then(|mut rtnl| {
+        rtnl.create_qdisc(
+            ifindex,
+            netlink::CLSACT_PARENT,
+            netlink::CLSACT_HANDLE,
+            "clsact",
+            None,
+        )
+    });
+    match added {
+        Ok(_) => {
+            let _ = fs::write(clsact_note(ifindex), b"");
+            Ok(true)
         }
+        // Already there: a killed faultd's (noted), or someone else's: used, and left.
+        Err(e) if e.is(libc::EEXIST) => Ok(fs::metadata(clsact_note(ifindex)).is_ok()),
         Err(e) => Err(kernel(format!("adding clsact to {iface}"), e)),
     }
 }
 
-fn remove_clsact(iface: &str) {
-    let status = Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        warn!(iface, "could not remove the clsact qdisc faultd added");
+/// Whether a TC filter runs one of faultd's programs: `bpf` filters carry the name of
+/// their program (`TCA_BPF_NAME`), which aya sets to the program's.
+fn is_faultds(filter: &netlink::Filter) -> bool {
+    filter.kind == "bpf"
+        && filter
+            .bpf_name
+            .as_deref()
+            .is_some_and(|n| n == TC_INGRESS_PROGRAM || n == TC_EGRESS_PROGRAM)
+}
+
+/// Deletes the TC filters of faultd's programs from the interface's clsact hooks.
+fn remove_stale_filters(iface: &str, ifindex: u32) -> Result<(), DatapathError> {
+    let what = || format!("removing the TC filters an earlier faultd left on {iface}");
+    let mut rtnl = Rtnl::open().map_err(|e| kernel(what(), e))?;
+    let mut removed = 0;
+    for parent in [netlink::CLSACT_INGRESS, netlink::CLSACT_EGRESS] {
+        let filters = rtnl
+            .filters(ifindex, parent)
+            .map_err(|e| kernel(what(), e))?;
+        // A dump also lists each priority's head (handle 0), which has no program.
+        for filter in filters.iter().filter(|f| f.handle != 0 && is_faultds(f)) {
+            match rtnl.delete_filter(ifindex, filter) {
+                Ok(()) => removed += 1,
+                // Gone meanwhile: what was wanted.
+                Err(e) if e.is(libc::ENOENT) => {}
+                Err(e) => return Err(kernel(what(), e)),
+            }
+        }
+    }
+    if removed > 0 {
+        warn!(
+            iface,
+            removed, "removed the TC filters of a faultd that was killed before it could"
+        );
+    }
+    Ok(())
+}
+
+/// Removes the clsact qdisc faultd added, unless someone else's filters now hang on it.
+fn remove_clsact(iface: &str, ifindex: u32) {
+    let removed = Rtnl::open().and_then(|mut rtnl| {
+        let mut others = Vec::new();
+        for parent in [netlink::CLSACT_INGRESS, netlink::CLSACT_EGRESS] {
+            others.extend(
+                rtnl.filters(ifindex, parent)?
+                    .into_iter()
+                    .filter(|f| f.handle != 0 && !is_faultds(f)),
+            );
+        }
+        if !others.is_empty() {
+            warn!(
+                iface,
+                filters = others.len(),
+                "leaving the clsact qdisc faultd added: other filters use it now"
+            );
+            return Ok(());
+        }
+        rtnl.delete_qdisc(
+            ifindex,
+            netlink::CLSACT_PARENT,
+            netlink::CLSACT_HANDLE,
+            "clsact",
+        )
+    });
+    if let Err(e) = removed {
+        warn!(iface, error = %e, "could not remove the clsact qdisc faultd added");
     }
 }
 

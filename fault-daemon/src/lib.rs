@@ -3,6 +3,7 @@
 //! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
 //! - [`datapath`]: load and attach the eBPF programs, write their maps.
 //! - [`events`]: kernel events, kept and broadcast to subscribers.
+//! - [`netlink`]: qdiscs and TC filters through rtnetlink.
 //! - [`qdisc`]: the fq qdisc that delays and paced rates need.
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
@@ -23,6 +24,7 @@ pub mod events;
 pub mod faults;
 pub mod logging;
 pub mod metrics;
+pub mod netlink;
 pub mod observe;
 pub mod qdisc;
 pub mod reconnect;

@@ -69,7 +69,56 @@ fn wait_until_clean(ns: &Netns, iface: &str) -> Vec<String> {
     }
 }
 
+/// Whether this kernel has TCX, asked of the kernel itself: a TCX query on the loopback of
+/// a fresh namespace, which kernels without TCX (< 6.6) refuse. Never what faultd reports:
+/// a faultd that fell back to netlink on a TCX kernel must fail the tests, not skip them.
+fn kernel_has_tcx() -> bool {
+    let ns = Netns::new("tcx");
+    ns.run(|| SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok())
+}
+
+/// faultd's TC filters (attached through netlink) on one hook of `iface`, as `tc` lists them.
+fn faultd_filters(ns: &Netns, iface: &str, hook: &str) -> usize {
+    let out = ns
+        .cmd("tc")
+        .args(["filter", "show", "dev", iface, hook])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("faultd_tc_{hook}")))
+        .count()
+}
+
+/// A connection from the client's namespace to `port` on the server (lo or the veth),
+/// with an echo both ways; `Err` when it cannot be made.
+fn connects(pair: &VethPair, iface: &str, port: u16) -> Result<(), String> {
+    let (server_ns, client_ns, addr) = if iface == "lo" {
+        (&pair.server, &pair.server, "127.0.0.1")
+    } else {
+        (&pair.server, &pair.client, SERVER_V4)
+    };
+    let addr: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
+    let listener = server_ns.run(|| std::net::TcpListener::bind(addr).unwrap());
+    let mut client = client_ns
+        .run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let (mut server, _) = listener.accept().unwrap();
+    use std::io::Write as _;
+    client.write_all(b"ping").unwrap();
+    match read_exact_within(&mut server, 4, Duration::from_secs(3)) {
+        Ok(got) if got == b"ping" => {}
+        other => return Err(format!("{addr}: the server read {other:?}")),
+    }
+    server.write_all(b"pong").unwrap();
+    match read_exact_within(&mut client, 4, Duration::from_secs(3)) {
+        Ok(got) if got == b"pong" => Ok(()),
+        other => Err(format!("{addr}: the client read {other:?}")),
+    }
+}
+
 fn check_signal_leaves_nothing(signal: i32) {
+    let tcx = kernel_has_tcx();
     let pair = VethPair::new(if signal == libc::SIGKILL {
         "kill"
     } else {
@@ -93,36 +142,21 @@ fn check_signal_leaves_nothing(signal: i32) {
             iface != "lo",
             "{iface}: {attached:?}"
         );
-        // TCX links (kernel ≥ 6.6), or filters on a clsact qdisc through netlink.
+        // TCX links where the kernel has TCX (≥ 6.6), else filters on a clsact qdisc.
+        let how = if tcx {
+            "TCX egress"
+        } else {
+            "tc egress filter"
+        };
         assert!(
-            attached
-                .iter()
-                .any(|l| l.contains("TCX egress") || l.contains("tc egress filter")),
-            "{iface}: {attached:?}"
+            attached.iter().any(|l| l.contains(how)),
+            "{iface}: {how} expected (the kernel {} TCX): {attached:?}",
+            if tcx { "has" } else { "has no" }
         );
     }
-    let tcx = leftovers(&pair.server, "lo")
-        .iter()
-        .any(|l| l.contains("TCX"));
     let code = daemon.stop(signal);
     if signal == libc::SIGKILL && !tcx {
-        // Without TCX, TC filters are attached through netlink and belong to the interface,
-        // not to the process: nothing can take them away when the process is killed.
-        for iface in ["lo", SERVER_IF] {
-            let _ = pair
-                .server
-                .cmd("tc")
-                .args(["qdisc", "del", "dev", iface, "clsact"])
-                .status();
-        }
-        eprintln!(
-            "SKIP: this kernel has no TCX (< 6.6): TC filters outlive a SIGKILLed faultd \
-             (XDP links checked only)"
-        );
-        for iface in ["lo", SERVER_IF] {
-            let left = wait_until_clean(&pair.server, iface);
-            assert!(!left.iter().any(|l| l.contains("XDP")), "{iface}: {left:?}");
-        }
+        check_the_next_faultd_removes_stale_filters(&pair);
         return;
     }
     if signal == libc::SIGTERM {
@@ -142,6 +176,47 @@ fn check_signal_leaves_nothing(signal: i32) {
     }
 }
 
+/// Kernels without TCX: TC filters attached through netlink belong to the interface, so a
+/// SIGKILLed faultd's stay, and act with its faults. The next faultd must remove them.
+fn check_the_next_faultd_removes_stale_filters(pair: &VethPair) {
+    for iface in ["lo", SERVER_IF] {
+        let left = wait_until_clean(&pair.server, iface);
+        assert!(!left.iter().any(|l| l.contains("XDP")), "{iface}: {left:?}");
+        // What the test is about: they are there, and they still drop.
+        assert_eq!(faultd_filters(&pair.server, iface, "egress"), 1, "{iface}");
+    }
+    assert!(
+        connects(pair, SERVER_IF, 9000).is_err(),
+        "the killed faultd's filters did not act: the test would prove nothing"
+    );
+    let mut next = Daemon::start(&pair.server, &["lo", SERVER_IF]);
+    assert_eq!(
+        next.log_text().matches("removed the TC filters").count(),
+        2,
+        "{}",
+        next.log_text()
+    );
+    for iface in ["lo", SERVER_IF] {
+        for hook in ["ingress", "egress"] {
+            assert_eq!(
+                faultd_filters(&pair.server, iface, hook),
+                1,
+                "{iface} {hook}: not exactly the new faultd's filter"
+            );
+        }
+        connects(pair, iface, 9000)
+            .unwrap_or_else(|e| panic!("{iface}: a stale filter still acts: {e}"));
+    }
+    assert_eq!(next.stop(libc::SIGTERM), Some(0), "{}", next.log_text());
+    for iface in ["lo", SERVER_IF] {
+        assert_eq!(
+            wait_until_clean(&pair.server, iface),
+            Vec::<String>::new(),
+            "{iface} after the next faultd's SIGTERM"
+        );
+    }
+}
+
 #[test]
 fn sigterm_leaves_the_interfaces_as_found() {
     if require_root() {
@@ -153,6 +228,83 @@ fn sigterm_leaves_the_interfaces_as_found() {
 fn sigkill_leaves_nothing_attached() {
     if require_root() {
         check_signal_leaves_nothing(libc::SIGKILL);
+    }
+}
+
+/// TC filters of faultd's programs that no running faultd owns — what a faultd killed on a
+/// kernel without TCX leaves — are removed when a faultd attaches. Planted here through the
+/// library, so that every kernel runs this (the VM also gets them from a real SIGKILL).
+#[test]
+fn tc_filters_a_killed_faultd_left_are_removed_on_attach() {
+    if !require_root() {
+        return;
+    }
+    let tcx = kernel_has_tcx();
+    let pair = VethPair::new("stale");
+    pair.server.run(|| plant_stale_filters(SERVER_IF, 9100));
+    for hook in ["ingress", "egress"] {
+        assert_eq!(faultd_filters(&pair.server, SERVER_IF, hook), 1, "{hook}");
+    }
+    assert!(
+        connects(&pair, SERVER_IF, 9100).is_err(),
+        "the planted filters do not act: the test would prove nothing"
+    );
+    let _daemon = Daemon::start(&pair.server, &[SERVER_IF]);
+    for hook in ["ingress", "egress"] {
+        // The new faultd's own, through netlink, only where the kernel has no TCX.
+        assert_eq!(
+            faultd_filters(&pair.server, SERVER_IF, hook),
+            usize::from(!tcx),
+            "{hook}"
+        );
+    }
+    connects(&pair, SERVER_IF, 9100).expect("a stale filter still acts");
+}
+
+/// Attaches faultd's TC programs to `iface` through netlink, with a drop on `port` in their
+/// maps, and lets go of them the way a killed process does: the filters stay.
+fn plant_stale_filters(iface: &str, port: u16) {
+    use aya::programs::tc::{self, NlOptions, TcAttachOptions};
+    use faultd::faults::{Action, Direction, FaultSpec, FaultTable, Protocol, Target};
+
+    let mut datapath = faultd::datapath::Datapath::load().expect("loading the programs");
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    datapath
+        .set_role(
+            ifindex,
+            fault_common::ROLE_EGRESS | fault_common::ROLE_INGRESS,
+        )
+        .unwrap();
+    let drop = FaultSpec {
+        target: Target {
+            port,
+            protocol: Protocol::Tcp,
+            direction: Direction::Both,
+            peer: None,
+        },
+        action: Action::Drop { probability: 1.0 },
+        ttl: None,
+        label: String::new(),
+    };
+    FaultTable::new(vec![])
+        .add(drop, std::time::SystemTime::now(), &mut datapath)
+        .unwrap();
+    tc::qdisc_add_clsact(iface).expect("adding clsact");
+    for (program, hook) in [
+        (faultd::datapath::TC_INGRESS_PROGRAM, TcAttachType::Ingress),
+        (faultd::datapath::TC_EGRESS_PROGRAM, TcAttachType::Egress),
+    ] {
+        let prog: &mut SchedClassifier = datapath
+            .ebpf_mut()
+            .program_mut(program)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let options = TcAttachOptions::Netlink(NlOptions::default());
+        let id = prog.attach_with_options(iface, hook, options).unwrap();
+        std::mem::forget(prog.take_link(id).unwrap());
     }
 }
 
@@ -297,6 +449,22 @@ fn bad_input_changes_nothing() {
     }
     assert_eq!(ns.faults_json(), before, "bad input changed the faults");
     ns.faultctl_ok(&["rm", &id]);
+}
+
+/// The VM exports how long faultd may take to be ready; the harness must wait that long.
+#[test]
+fn the_readiness_wait_is_what_the_vm_asks_for() {
+    assert_eq!(ready_wait_from(None), Duration::from_secs(30));
+    assert_eq!(ready_wait_from(Some("240")), Duration::from_secs(240));
+    // Read when this test is built: the VM has no source tree.
+    let init = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../xtask/src/vm/initramfs.rs"
+    ));
+    assert!(
+        init.contains(&format!("export {READY_ENV}=")),
+        "the VM's /init no longer exports {READY_ENV}"
+    );
 }
 
 #[test]

@@ -43,8 +43,20 @@ enum Task {
     /// memory) and write BENCHMARKS.md and benchmarks.png.
     Bench {
         /// A few seconds with tiny counts, written to target/bench-quick/ (the test suite's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "soak")]
         quick: bool,
+        /// Only the soak: churn with traffic for DURATION (10m, 180s…; 10 minutes when
+        /// given without one), faultd's resources sampled throughout; written into the
+        /// Soak section of BENCHMARKS.md.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "10m",
+            value_parser = bench::parse_soak_duration
+        )]
+        soak: Option<std::time::Duration>,
     },
 }
 
@@ -100,9 +112,12 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::all()?;
             fuzz::run(&opts)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, soak } => {
             setup::all()?;
-            bench::run(quick)
+            match soak {
+                Some(duration) => bench::soak(duration),
+                None => bench::run(quick),
+            }
         }
     }
 }

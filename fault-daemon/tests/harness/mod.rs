@@ -197,6 +197,25 @@ impl VethPair {
     }
 }
 
+/// Names how long the tests wait for faultd to be ready, in seconds: the VM sets it, where
+/// the emulated CPU loads and verifies the programs 10-30 times slower.
+pub const READY_ENV: &str = "FAULTD_TEST_READY_SECS";
+
+pub fn ready_wait() -> Duration {
+    ready_wait_from(std::env::var(READY_ENV).ok().as_deref())
+}
+
+/// The wait `READY_ENV` asks for; 30 s when it is not set.
+pub fn ready_wait_from(value: Option<&str>) -> Duration {
+    match value.map(str::trim) {
+        None | Some("") => Duration::from_secs(30),
+        Some(v) => Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("{READY_ENV}={v:?} is not a number of seconds")),
+        ),
+    }
+}
+
 /// A faultd process inside a namespace; stopped (by PID) on drop, its log removed. Made by
 /// [`Daemon::start`], or from a faultd a test spawned its own way (`Daemon { child, log }`,
 /// then [`Daemon::wait_ready`]).
@@ -224,7 +243,7 @@ impl Daemon {
             .spawn()
             .expect("spawn faultd");
         let mut daemon = Self { child, log };
-        daemon.wait_ready(Duration::from_secs(30))?;
+        daemon.wait_ready(ready_wait())?;
         Ok(daemon)
     }
 

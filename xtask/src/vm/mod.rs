@@ -28,6 +28,12 @@ const NOT_IN_VM: &[(&str, &str)] = &[(
 )];
 /// Binaries the VM runs first: the measurements only the VM can make.
 const FIRST_IN_VM: &[&str] = &["degrade"];
+/// Binaries that must not skip anything in the VM, and why: a skip there counts as a
+/// failure. The VM exists to run what this machine's kernel cannot.
+const NO_SKIPS_IN_VM: &[(&str, &str)] = &[(
+    "degrade",
+    "the VM has sch_fq, so delay, paced rate and the qdisc tests must run there",
+)];
 /// Programs from this machine the tests call (iproute2, util-linux's `setpriv`), copied into
 /// the VM in place of busybox's smaller versions.
 const PROGRAMS: &[&str] = &["ip", "tc", "setpriv"];
@@ -393,7 +399,13 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
             continue;
         }
         let outcome = match sections.iter().find(|(n, _, _)| n == name) {
-            Some((_, lines, rc)) => report::parse(lines, *rc),
+            Some((_, lines, rc)) => {
+                let mut outcome = report::parse(lines, *rc);
+                if let Some((_, why)) = NO_SKIPS_IN_VM.iter().find(|(n, _)| n == name) {
+                    outcome.forbid_skips(why);
+                }
+                outcome
+            }
             None if !booted => Outcome::broken(format!(
                 "not run: the VM did not boot (see {})",
                 log.display()
@@ -404,6 +416,18 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
             None => Outcome::broken("not run: the VM stopped before it".to_string()),
         };
         results.push((name.clone(), outcome));
+    }
+    // A module that did not load leaves the tests that need it skipping or failing for
+    // the wrong reason: the run fails, whatever they did.
+    if !failed_modules.is_empty() {
+        results.push((
+            "(modules)".to_string(),
+            Outcome::broken(format!(
+                "insmod failed: {}; see {}",
+                failed_modules.join(", "),
+                log.display()
+            )),
+        ));
     }
     let mut note = vec![format!(
         "{} in qemu TCG: boot {}, whole run {:.0} s",
