@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::access::Caller;
 use crate::capabilities;
@@ -19,6 +19,7 @@ use crate::faults::{
 };
 use crate::proto::{self, fault_service_server::FaultService};
 use crate::qdisc::Fq;
+use crate::sessions::{OnDrop, SessionStream, Sessions};
 
 /// The active faults and where they are compiled to.
 pub struct Engine {
@@ -99,6 +100,9 @@ impl Engine {
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
+    /// Locked after the engine, never before: adding a fault to a session and ending that
+    /// session then cannot interleave.
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 impl FaultApi {
@@ -106,6 +110,7 @@ impl FaultApi {
         Self {
             engine: Arc::new(Mutex::new(engine)),
             events,
+            sessions: Arc::default(),
         }
     }
 
@@ -125,6 +130,56 @@ impl FaultApi {
         capabilities::report(&self.engine().attachments)
     }
 
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a fault, bound to session `session_id` unless 0; the session is checked and
+    /// the fault bound under the engine's lock, so a session ending meanwhile takes it too.
+    fn add_in_session(
+        &self,
+        spec: FaultSpec,
+        owner: Owner,
+        session_id: u64,
+    ) -> Result<Fault, FaultError> {
+        let mut engine = self.engine();
+        let session = self.sessions().bind(session_id)?;
+        let mut fault = engine.add(spec, owner)?;
+        if let Some(session) = session {
+            engine.table.bind_session(fault.id, session);
+            fault.session = Some(session);
+        }
+        Ok(fault)
+    }
+
+    /// Ends a session and removes its faults; called when its stream is dropped.
+    fn end_session(&self, id: u64) {
+        let mut engine = self.engine();
+        let Some(session) = self.sessions().close(id) else {
+            return;
+        };
+        let ids = engine.table.session_faults(id);
+        for fault in &ids {
+            match engine.remove(*fault) {
+                Ok(f) => {
+                    info!(id = f.id, session = id, owner = %f.owner, "fault removed (session ended)")
+                }
+                Err(e) => warn!(
+                    id = fault,
+                    session = id,
+                    "session ended; removing fault failed: {e}"
+                ),
+            }
+        }
+        info!(
+            session = id,
+            name = %session.name,
+            owner = %session.owner,
+            removed = ids.len(),
+            "session ended"
+        );
+    }
+
     fn expire_later(&self, id: u64, ttl: Duration) {
         let api = self.clone();
         tokio::spawn(async move {
@@ -138,10 +193,26 @@ impl FaultApi {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+type SessionEvents = Pin<Box<dyn Stream<Item = Result<proto::SessionEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FaultService for FaultApi {
     type WatchEventsStream = EventStream;
+    type OpenSessionStream = SessionEvents;
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<SessionEvents>, Status> {
+        let owner = owner_of(&request);
+        let name = request.into_inner().name;
+        let session_id = self.sessions().open(name.clone(), owner.clone());
+        info!(session = session_id, name = %name, owner = %owner, "session opened");
+        let api = self.clone();
+        let guard = OnDrop::new(move || api.end_session(session_id));
+        let first = Ok(proto::SessionEvent { session_id });
+        Ok(Response::new(Box::pin(SessionStream::new(first, guard))))
+    }
 
     async fn watch_events(
         &self,
@@ -177,18 +248,21 @@ impl FaultService for FaultApi {
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
         let owner = owner_of(&request);
+        let request = request.into_inner();
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.engine().add(spec, owner).map_err(status)?;
+        let fault = self
+            .add_in_session(spec, owner, request.session_id)
+            .map_err(status)?;
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
             port = fault.spec.target.port,
             owner = %fault.owner,
+            session = fault.session.unwrap_or(0),
             "fault added"
         );
         if let Some(ttl) = fault.spec.ttl {
@@ -571,6 +645,7 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
             command: fault.owner.command.clone(),
             remote: fault.owner.remote.clone(),
         }),
+        session_id: fault.session.unwrap_or(0),
     }
 }
 
@@ -795,7 +870,13 @@ mod tests {
             let mut spec = request(5000);
             spec.label = label.into();
             let fault = api
-                .add_fault(as_caller(proto::AddFaultRequest { spec: Some(spec) }, uid))
+                .add_fault(as_caller(
+                    proto::AddFaultRequest {
+                        spec: Some(spec),
+                        session_id: 0,
+                    },
+                    uid,
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -846,6 +927,63 @@ mod tests {
         assert_eq!(api.engine().table.len(), 1);
     }
 
+    async fn add_to(api: &FaultApi, port: u32, session_id: u64) -> Result<proto::Fault, Status> {
+        let request = proto::AddFaultRequest {
+            spec: Some(request(port)),
+            session_id,
+        };
+        api.add_fault(Request::new(request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_its_faults_when_its_stream_ends() {
+        let api = api();
+        let open = |name: &str| proto::OpenSessionRequest { name: name.into() };
+        let mut stream = api
+            .open_session(as_caller(open("pytest"), 1001))
+            .await
+            .unwrap()
+            .into_inner();
+        let session = stream.next().await.unwrap().unwrap().session_id;
+        assert_ne!(session, 0);
+        let bound = add_to(&api, 5000, session).await.unwrap();
+        assert_eq!(bound.session_id, session);
+        add_to(&api, 5001, session).await.unwrap();
+        let free = add_to(&api, 5002, 0).await.unwrap();
+        assert_eq!(free.session_id, 0);
+        let listed = api
+            .list_faults(Request::new(proto::ListFaultsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .faults;
+        let sessions: Vec<_> = listed.iter().map(|f| f.session_id).collect();
+        assert_eq!(sessions, [session, session, 0]);
+
+        // Another session's end leaves these alone.
+        let other = api.open_session(Request::new(open("other"))).await.unwrap();
+        drop(other);
+        assert_eq!(api.engine().table.len(), 3);
+
+        drop(stream);
+        let left: Vec<_> = api.engine().table.iter().map(|f| f.id).collect();
+        assert_eq!(left, [free.id], "the session's faults went with it");
+
+        for (id, why) in [(session, "ended"), (session + 100, "no session")] {
+            let status = add_to(&api, 5003, id).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert!(status.message().starts_with("session_id:"), "{status:?}");
+            assert!(status.message().contains(why), "{status:?}");
+        }
+        assert_eq!(
+            api.engine().table.len(),
+            1,
+            "a refused fault changes nothing"
+        );
+    }
+
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
         let api = FaultApi::new(
@@ -858,9 +996,12 @@ mod tests {
         );
         let mut r = request(5000);
         r.ttl_ms = Some(50);
-        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(r) }))
-            .await
-            .unwrap();
+        api.add_fault(Request::new(proto::AddFaultRequest {
+            spec: Some(r),
+            session_id: 0,
+        }))
+        .await
+        .unwrap();
         assert_eq!(api.engine().table.len(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.engine().table.len(), 0);

@@ -8,6 +8,7 @@
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
 //! - [`cli`]: `faultctl`, a thin gRPC client.
+//! - [`sessions`]: faults bound to a client's lifetime (OpenSession).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 
 pub mod access;
@@ -19,6 +20,7 @@ pub mod events;
 pub mod faults;
 pub mod qdisc;
 pub mod reconnect;
+pub mod sessions;
 
 /// Generated from `proto/faultd/v1/faultd.proto`.
 pub mod proto {

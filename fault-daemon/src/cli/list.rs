@@ -28,6 +28,7 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
         "EXPIRES IN",
         "LABEL",
         "OWNER",
+        "SESSION",
     ]);
     for f in &faults {
         let v = output::fault_json(f);
@@ -42,6 +43,7 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
             output::expires_in(f.expires_unix_ms),
             output::text(&v["label"]),
             output::owner(f.owner.as_ref()),
+            output::session(f.session_id),
         ]);
     }
     println!("{table}");

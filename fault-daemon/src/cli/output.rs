@@ -15,7 +15,10 @@ pub async fn added(
     json: bool,
 ) -> anyhow::Result<()> {
     let fault = client
-        .add_fault(proto::AddFaultRequest { spec: Some(spec) })
+        .add_fault(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        })
         .await
         .map_err(super::rpc_error)?
         .into_inner();
@@ -83,7 +86,16 @@ pub fn fault_json(f: &proto::Fault) -> Value {
             "command": o.command,
             "remote": o.remote,
         })),
+        "session_id": (f.session_id != 0).then_some(f.session_id),
     })
+}
+
+/// The session a fault dies with, for people; "-" when none.
+pub fn session(session_id: u64) -> String {
+    match session_id {
+        0 => "-".into(),
+        id => id.to_string(),
+    }
 }
 
 /// Who added a fault, for people: `root pid 42 (faultctl)`, `alice (uid 1001) …`, or the
