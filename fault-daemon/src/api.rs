@@ -103,6 +103,8 @@ pub struct FaultApi {
     /// Locked after the engine, never before: adding a fault to a session and ending that
     /// session then cannot interleave.
     sessions: Arc<Mutex<Sessions>>,
+    /// Set when faultd stops: open session streams end, so a graceful shutdown can finish.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FaultApi {
@@ -111,6 +113,7 @@ impl FaultApi {
             engine: Arc::new(Mutex::new(engine)),
             events,
             sessions: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -128,6 +131,11 @@ impl FaultApi {
     /// What this kernel and these attachments support; also logged at start-up.
     pub fn capabilities(&self) -> proto::Capabilities {
         capabilities::report(&self.engine().attachments)
+    }
+
+    /// Ends every open session stream (and so its session): faultd is stopping.
+    pub fn end_sessions(&self) {
+        self.stopping.send_replace(true);
     }
 
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
@@ -211,7 +219,13 @@ impl FaultService for FaultApi {
         let api = self.clone();
         let guard = OnDrop::new(move || api.end_session(session_id));
         let first = Ok(proto::SessionEvent { session_id });
-        Ok(Response::new(Box::pin(SessionStream::new(first, guard))))
+        let mut stopping = self.stopping.subscribe();
+        let ended = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(Box::pin(SessionStream::new(
+            first, ended, guard,
+        ))))
     }
 
     async fn watch_events(

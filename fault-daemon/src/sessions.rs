@@ -6,6 +6,7 @@
 //! removes its faults. This keeps a crashed test run from leaving a blackhole behind.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -82,16 +83,19 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 }
 
 /// A session's response stream: its first item, then nothing, for as long as the client
-/// keeps it; `guard` is dropped with the stream.
+/// keeps it or until `ended` completes (faultd stopping: a graceful shutdown waits for
+/// every open call to end); `guard` is dropped with the stream.
 pub struct SessionStream<T, G> {
     first: Option<T>,
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
     _guard: G,
 }
 
 impl<T, G> SessionStream<T, G> {
-    pub fn new(first: T, guard: G) -> Self {
+    pub fn new(first: T, ended: impl Future<Output = ()> + Send + 'static, guard: G) -> Self {
         Self {
             first: Some(first),
+            ended: Box::pin(ended),
             _guard: guard,
         }
     }
@@ -100,13 +104,14 @@ impl<T, G> SessionStream<T, G> {
 impl<T: Unpin, G: Unpin> Stream for SessionStream<T, G> {
     type Item = T;
 
-    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
-        // Never ready again after the first item: the stream ends only when the client
-        // goes away (hyper notices the reset or the closed connection and drops it).
-        match self.get_mut().first.take() {
-            Some(first) => Poll::Ready(Some(first)),
-            None => Poll::Pending,
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // After the first item the stream ends only when faultd stops; otherwise it is the
+        // client going away (hyper notices the reset or closed connection and drops it).
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(first));
         }
+        this.ended.as_mut().poll(cx).map(|()| None)
     }
 }
 
@@ -153,8 +158,13 @@ mod tests {
     async fn the_stream_yields_its_first_item_and_drops_its_guard_with_it() {
         let dropped = Arc::new(AtomicUsize::new(0));
         let d = dropped.clone();
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let ended = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
         let mut stream = SessionStream::new(
             7u64,
+            ended,
             OnDrop::new(move || {
                 d.fetch_add(1, Ordering::SeqCst);
             }),
@@ -163,6 +173,8 @@ mod tests {
         let more = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next());
         assert!(more.await.is_err(), "nothing after the first item");
         assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        stop.send(true).unwrap();
+        assert_eq!(stream.next().await, None, "faultd stopping ends the stream");
         drop(stream);
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
     }

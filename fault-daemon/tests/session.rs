@@ -229,3 +229,28 @@ fn an_unknown_session_is_refused() {
     );
     assert_eq!(ns.faults_json(), serde_json::json!([]));
 }
+
+/// An open session does not hold faultd up: SIGTERM ends the session's call, faultd stops
+/// (a graceful shutdown waits for open calls) and the holder sees its stream end.
+#[test]
+fn faultd_stops_while_a_session_is_open() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("sesst");
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    let (child, _) = spawn_holder(&ns, "kill");
+    let _holder = Holder(child);
+    test_harness::send_signal(&mut daemon.child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "faultd still runs 10 s after SIGTERM with a session open:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = daemon.log_text();
+    assert!(log.contains("session ended"), "{log}");
+}

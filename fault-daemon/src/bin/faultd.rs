@@ -261,8 +261,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn({
         let reconnect = reconnect.clone();
+        let api = api.clone();
         async move {
             shutdown(reconnect).await;
+            // Open sessions hold their calls open; a graceful shutdown waits for those.
+            api.end_sessions();
             let _ = stop.send(true);
         }
     });
