@@ -23,6 +23,7 @@ use crate::faults::{
 };
 use crate::proto::{self, fault_service_server::FaultService};
 use crate::qdisc::Fq;
+use crate::sessions::{OnDrop, SessionStream, Sessions};
 
 /// The active faults and where they are compiled to.
 pub struct Engine {
@@ -163,6 +164,11 @@ pub struct FaultApi {
     expiry: Arc<Notify>,
     /// Changes take turns here before they take a blocking thread (see `change`).
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// Locked after the engine, never before: adding a fault to a session and ending that
+    /// session then cannot interleave.
+    sessions: Arc<Mutex<Sessions>>,
+    /// Set when faultd stops: open session streams end, so a graceful shutdown can finish.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FaultApi {
@@ -176,6 +182,8 @@ impl FaultApi {
             shutdown: CancellationToken::new(),
             expiry: Arc::new(Notify::new()),
             changes: Arc::default(),
+            sessions: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         tokio::spawn(expire_faults(
             Arc::downgrade(&api.engine),
@@ -196,6 +204,7 @@ impl FaultApi {
     /// answers UNAVAILABLE afterwards. Returns how many faults were removed.
     pub fn shut_down(&self) -> Result<usize, FaultError> {
         self.shutdown.cancel();
+        self.end_sessions();
         self.engine().shut_down()
     }
 
@@ -230,6 +239,15 @@ impl FaultApi {
         capabilities::report(&self.engine().attachments)
     }
 
+    /// Ends every open session stream (and so its session): faultd is stopping.
+    pub fn end_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Every active fault with its counters, read from the per-CPU maps now (GetStats and
     /// the metrics endpoint).
     pub fn counters(&self) -> Result<Vec<(Fault, FaultCounters)>, FaultError> {
@@ -255,19 +273,37 @@ impl FaultApi {
     /// faults at start. A fault that reports connection attempts on a port that had none
     /// starts that port's attempt history afresh (what `faultctl backoff` judges).
     pub fn add(&self, spec: FaultSpec, owner: Owner) -> Result<Fault, FaultError> {
+        self.add_in_session(spec, owner, 0)
+    }
+
+    /// [`FaultApi::add`], bound to session `session_id` unless 0; the session is checked
+    /// and the fault bound under the engine's lock, so a session ending meanwhile takes it
+    /// too.
+    fn add_in_session(
+        &self,
+        spec: FaultSpec,
+        owner: Owner,
+        session_id: u64,
+    ) -> Result<Fault, FaultError> {
         let mut engine = self.engine();
+        let session = self.sessions().bind(session_id)?;
         let port = spec.target.port;
         let first_to_report_syns = spec.action.on_syns()
             && spec.target.protocol.covers_tcp()
             && !engine.table.reports_syns(port);
         // Events numbered from here on may come from the new fault.
         let next_seq = self.events.next_seq();
-        let fault = engine.add(spec, owner)?;
+        let mut fault = engine.add(spec, owner)?;
+        if let Some(session) = session {
+            engine.table.bind_session(fault.id, session);
+            fault.session = Some(session);
+        }
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
             port = fault.spec.target.port,
             owner = %fault.owner,
+            session = fault.session.unwrap_or(0),
             "fault added"
         );
         if first_to_report_syns {
@@ -286,6 +322,34 @@ impl FaultApi {
                 self.max_streams
             ))
         })
+    }
+
+    /// Ends a session and removes its faults; called when its stream is dropped.
+    fn end_session(&self, id: u64) {
+        let mut engine = self.engine();
+        let Some(session) = self.sessions().close(id) else {
+            return;
+        };
+        let ids = engine.table.session_faults(id);
+        for fault in &ids {
+            match engine.remove(*fault) {
+                Ok(f) => {
+                    info!(id = f.id, session = id, owner = %f.owner, "fault removed (session ended)")
+                }
+                Err(e) => warn!(
+                    id = fault,
+                    session = id,
+                    "session ended; removing fault failed: {e}"
+                ),
+            }
+        }
+        info!(
+            session = id,
+            name = %session.name,
+            owner = %session.owner,
+            removed = ids.len(),
+            "session ended"
+        );
     }
 }
 
@@ -381,6 +445,7 @@ fn next_expiry_wait(engine: &Engine, retry: &HashMap<u64, (Instant, Duration)>) 
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+type SessionEvents = Pin<Box<dyn Stream<Item = Result<proto::SessionEvent, Status>> + Send>>;
 
 /// A subscription as a gRPC stream: it ends with UNAVAILABLE when faultd shuts down, and
 /// holds its stream permit while it lives.
@@ -407,6 +472,27 @@ fn event_stream(
 #[tonic::async_trait]
 impl FaultService for FaultApi {
     type WatchEventsStream = EventStream;
+    type OpenSessionStream = SessionEvents;
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<SessionEvents>, Status> {
+        let owner = owner_of(&request);
+        let name = request.into_inner().name;
+        let session_id = self.sessions().open(name.clone(), owner.clone());
+        info!(session = session_id, name = %name, owner = %owner, "session opened");
+        let api = self.clone();
+        let guard = OnDrop::new(move || api.end_session(session_id));
+        let first = Ok(proto::SessionEvent { session_id });
+        let mut stopping = self.stopping.subscribe();
+        let ended = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(Box::pin(SessionStream::new(
+            first, ended, guard,
+        ))))
+    }
 
     async fn watch_events(
         &self,
@@ -460,14 +546,15 @@ impl FaultService for FaultApi {
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
         let owner = owner_of(&request);
+        let request = request.into_inner();
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
+        let session_id = request.session_id;
         let fault = self
-            .change(move |api| api.add(spec, owner))
+            .change(move |api| api.add_in_session(spec, owner, session_id))
             .await?
             .map_err(status)?;
         Ok(Response::new(fault_to_proto(&fault)))
@@ -855,6 +942,7 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
             command: fault.owner.command.clone(),
             remote: fault.owner.remote.clone(),
         }),
+        session_id: fault.session.unwrap_or(0),
     }
 }
 
@@ -868,6 +956,7 @@ mod tests {
     use super::*;
     use crate::faults::tests::MemorySink;
     use std::time::Instant;
+    use tokio_stream::StreamExt as _;
 
     fn request(port: u32) -> proto::FaultSpec {
         proto::FaultSpec {
@@ -1080,7 +1169,13 @@ mod tests {
             let mut spec = request(5000);
             spec.label = label.into();
             let fault = api
-                .add_fault(as_caller(proto::AddFaultRequest { spec: Some(spec) }, uid))
+                .add_fault(as_caller(
+                    proto::AddFaultRequest {
+                        spec: Some(spec),
+                        session_id: 0,
+                    },
+                    uid,
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -1131,6 +1226,63 @@ mod tests {
         assert_eq!(api.engine().table.len(), 1);
     }
 
+    async fn add_to(api: &FaultApi, port: u32, session_id: u64) -> Result<proto::Fault, Status> {
+        let request = proto::AddFaultRequest {
+            spec: Some(request(port)),
+            session_id,
+        };
+        api.add_fault(Request::new(request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_its_faults_when_its_stream_ends() {
+        let api = api();
+        let open = |name: &str| proto::OpenSessionRequest { name: name.into() };
+        let mut stream = api
+            .open_session(as_caller(open("pytest"), 1001))
+            .await
+            .unwrap()
+            .into_inner();
+        let session = stream.next().await.unwrap().unwrap().session_id;
+        assert_ne!(session, 0);
+        let bound = add_to(&api, 5000, session).await.unwrap();
+        assert_eq!(bound.session_id, session);
+        add_to(&api, 5001, session).await.unwrap();
+        let free = add_to(&api, 5002, 0).await.unwrap();
+        assert_eq!(free.session_id, 0);
+        let listed = api
+            .list_faults(Request::new(proto::ListFaultsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .faults;
+        let sessions: Vec<_> = listed.iter().map(|f| f.session_id).collect();
+        assert_eq!(sessions, [session, session, 0]);
+
+        // Another session's end leaves these alone.
+        let other = api.open_session(Request::new(open("other"))).await.unwrap();
+        drop(other);
+        assert_eq!(api.engine().table.len(), 3);
+
+        drop(stream);
+        let left: Vec<_> = api.engine().table.iter().map(|f| f.id).collect();
+        assert_eq!(left, [free.id], "the session's faults went with it");
+
+        for (id, why) in [(session, "ended"), (session + 100, "no session")] {
+            let status = add_to(&api, 5003, id).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert!(status.message().starts_with("session_id:"), "{status:?}");
+            assert!(status.message().contains(why), "{status:?}");
+        }
+        assert_eq!(
+            api.engine().table.len(),
+            1,
+            "a refused fault changes nothing"
+        );
+    }
+
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
         let api = FaultApi::new(
@@ -1143,9 +1295,12 @@ mod tests {
         );
         let mut r = request(5000);
         r.ttl_ms = Some(50);
-        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(r) }))
-            .await
-            .unwrap();
+        api.add_fault(Request::new(proto::AddFaultRequest {
+            spec: Some(r),
+            session_id: 0,
+        }))
+        .await
+        .unwrap();
         assert_eq!(api.engine().table.len(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.engine().table.len(), 0);
@@ -1180,9 +1335,12 @@ mod tests {
     }
 
     async fn add(api: &FaultApi, spec: proto::FaultSpec) -> Result<proto::Fault, Status> {
-        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(spec) }))
-            .await
-            .map(Response::into_inner)
+        api.add_fault(Request::new(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        }))
+        .await
+        .map(Response::into_inner)
     }
 
     #[tokio::test]
@@ -1251,7 +1409,6 @@ mod tests {
 
         add(&api, request(80)).await.unwrap();
         assert_eq!(api.shut_down().unwrap(), 1);
-        use tokio_stream::StreamExt as _;
         let ended = tokio::time::timeout(Duration::from_secs(5), a.next())
             .await
             .expect("a follow stream outlived the shutdown");

@@ -652,6 +652,8 @@ pub struct Fault {
     pub counter: u32,
     /// Who added it.
     pub owner: Owner,
+    /// The client session it is bound to (removed when that session ends), if any.
+    pub session: Option<u64>,
 }
 
 impl Fault {
@@ -806,6 +808,7 @@ impl FaultTable {
             created: now,
             counter,
             owner,
+            session: None,
         };
         if let Err(e) = sink.reset_counters(counter) {
             self.free_counters.push(counter);
@@ -835,6 +838,22 @@ impl FaultTable {
         }
         self.free_counters.push(fault.counter);
         Ok(fault)
+    }
+
+    /// Binds a fault to a client session; returns it as bound, `None` when no such fault.
+    pub fn bind_session(&mut self, id: u64, session: u64) -> Option<&Fault> {
+        let fault = self.faults.get_mut(&id)?;
+        fault.session = Some(session);
+        Some(fault)
+    }
+
+    /// The ids of the faults bound to `session`.
+    pub fn session_faults(&self, session: u64) -> Vec<u64> {
+        self.faults
+            .values()
+            .filter(|f| f.session == Some(session))
+            .map(|f| f.id)
+            .collect()
     }
 
     pub fn clear(&mut self, sink: &mut dyn RuleSink) -> Result<usize, FaultError> {

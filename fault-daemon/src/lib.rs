@@ -10,6 +10,7 @@
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
 //! - [`connections`]: the bound on the API's connections.
 //! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
+//! - [`sessions`]: faults bound to a client's lifetime (OpenSession).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 //! - [`observe`]: the gRPC health and reflection services; [`metrics`]: Prometheus.
 //! - [`config`]: the TOML configuration file.
@@ -28,6 +29,7 @@ pub mod netlink;
 pub mod observe;
 pub mod qdisc;
 pub mod reconnect;
+pub mod sessions;
 
 /// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share
 /// (with `FILE_DESCRIPTOR_SET`, for server reflection).

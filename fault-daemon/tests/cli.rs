@@ -25,6 +25,7 @@ const LIST_COLUMNS: &[&str] = &[
     "EXPIRES IN",
     "LABEL",
     "OWNER",
+    "SESSION",
 ];
 const STATS_COLUMNS: &[&str] = &[
     "ID",
@@ -160,6 +161,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
         let row = row_of(&rows, id);
         assert_eq!(&row[1..7], &cells[..6], "fault {id}: {row:?}");
         assert_eq!(row[8], label, "fault {id}: {row:?}");
+        assert_eq!(row[10], "-", "fault {id} is bound to no session: {row:?}");
         // Added by root through faultctl (the name where the system has a passwd file).
         let owner: Vec<&str> = row[9].split_whitespace().collect();
         assert!(

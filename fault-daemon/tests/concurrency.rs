@@ -89,6 +89,7 @@ async fn churn(seed: u64) -> Tally {
             0..450 => match c
                 .add_fault(proto::AddFaultRequest {
                     spec: Some(random_spec(&mut rng)),
+                    ..Default::default()
                 })
                 .await
             {

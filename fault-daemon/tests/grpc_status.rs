@@ -32,7 +32,10 @@ fn drop_all() -> Kind {
 }
 
 fn add_request(spec: proto::FaultSpec) -> proto::AddFaultRequest {
-    proto::AddFaultRequest { spec: Some(spec) }
+    proto::AddFaultRequest {
+        spec: Some(spec),
+        ..Default::default()
+    }
 }
 
 /// An AddFault that must be refused: what it is, the request, the code, and what the
@@ -66,7 +69,14 @@ fn invalid_arguments() -> Vec<Refusal> {
     let base = || spec(5000, drop_all());
     let kind = |k: Kind| add_request(spec(5000, k));
     vec![
-        invalid("no spec", proto::AddFaultRequest { spec: None }, "spec"),
+        invalid(
+            "no spec",
+            proto::AddFaultRequest {
+                spec: None,
+                ..Default::default()
+            },
+            "spec",
+        ),
         invalid("no target", with(base(), |s| s.target = None), "target"),
         invalid("no action", with(base(), |s| s.action = None), "action"),
         invalid(

@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod python;
 mod setup;
 mod vm;
 
@@ -30,9 +31,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test suite (unit, program, system), a 60 s fuzz run, the kernel
-    /// matrix and the quick bench.
+    /// Set up, then run every test suite (unit, program, system, the Python client's), a 60 s
+    /// fuzz run, the kernel matrix and the quick bench.
     Test,
+    /// Set up, then run the Python client's suite alone (clients/python/tests, as root).
+    PythonTest,
     /// Set up, then check the fuzz seed corpus and fuzz AddFault requests for a while
     /// (`cargo xtask fuzz --seconds 3600` for a long session).
     Fuzz(fuzz::Options),
@@ -99,6 +102,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
             cargo(&["build", "--package", "faultctl"])?;
             cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            // The Python client and pytest plugin, against a real faultd.
+            python::tests()?;
             fuzz::run(&fuzz::Options {
                 seconds: 60,
                 libfuzzer: Vec::new(),
@@ -107,6 +112,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             vm::run(&vm::Options::default())?;
             // So that the bench cannot rot; it fails only on errors, never on a figure.
             bench::run(true)
+        }
+        Task::PythonTest => {
+            setup::all()?;
+            require_root("the Python client's tests create a network namespace and run faultd")?;
+            python::tests()
         }
         Task::Fuzz(opts) => {
             setup::all()?;

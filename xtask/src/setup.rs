@@ -22,6 +22,7 @@ pub fn all() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     python_packages()?;
+    python_venv()?;
     Ok(())
 }
 
@@ -129,6 +130,14 @@ fn cargo_fuzz() -> anyhow::Result<()> {
         Command::new("cargo").args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
         "cargo install cargo-fuzz (about a minute)",
     )
+}
+
+/// `python3 -m venv`, where the Python client's tests install it (Debian splits it off).
+fn python_venv() -> anyhow::Result<()> {
+    if quiet(Command::new("python3").args(["-c", "import ensurepip, venv"])) {
+        return Ok(());
+    }
+    install_missing(&["python3-venv"])
 }
 
 fn python_packages() -> anyhow::Result<()> {

@@ -34,6 +34,7 @@ impl Render for List {
             "EXPIRES IN",
             "LABEL",
             "OWNER",
+            "SESSION",
         ]);
         for f in &self.0 {
             table.add_row(vec![
@@ -47,6 +48,7 @@ impl Render for List {
                 output::expires_in(f.expires_unix_ms),
                 output::cell(&f.label),
                 OwnerRow::text(f.owner.as_ref()),
+                f.session_id.map_or("-".into(), |id| id.to_string()),
             ]);
         }
         table.to_string()

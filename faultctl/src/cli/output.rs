@@ -33,7 +33,10 @@ pub async fn added(
     json: bool,
 ) -> anyhow::Result<()> {
     let fault = client
-        .add_fault(proto::AddFaultRequest { spec: Some(spec) })
+        .add_fault(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        })
         .await
         .map_err(super::rpc_error)?
         .into_inner();
@@ -92,6 +95,8 @@ pub struct FaultRow {
     pub created_unix_ms: i64,
     pub expires_unix_ms: Option<i64>,
     pub owner: Option<OwnerRow>,
+    /// The session the fault dies with, if any.
+    pub session_id: Option<u64>,
 }
 
 /// Who added a fault.
@@ -126,6 +131,7 @@ impl From<&proto::Fault> for FaultRow {
                 command: o.command.clone(),
                 remote: o.remote.clone(),
             }),
+            session_id: (f.session_id != 0).then_some(f.session_id),
         }
     }
 }
@@ -268,6 +274,7 @@ mod tests {
                 command: "faultctl".into(),
                 remote: String::new(),
             }),
+            session_id: 0,
         }
     }
 

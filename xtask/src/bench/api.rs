@@ -51,7 +51,10 @@ pub fn drop_spec(port: u16, protocol: proto::Protocol) -> proto::FaultSpec {
 
 pub async fn add(client: &mut Client, spec: proto::FaultSpec) -> anyhow::Result<u64> {
     let fault = client
-        .add_fault(proto::AddFaultRequest { spec: Some(spec) })
+        .add_fault(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        })
         .await
         .context("AddFault")?
         .into_inner();
