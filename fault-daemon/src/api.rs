@@ -434,7 +434,7 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
-        let owner = owner_of(&request);
+        let owner = full_owner_of(&request).await;
         let spec = request
             .into_inner()
             .spec
@@ -532,6 +532,15 @@ fn owner_of<T>(request: &Request<T>) -> Owner {
         .get::<Caller>()
         .map(Caller::owner)
         .unwrap_or_default()
+}
+
+/// The owner recorded for a fault a request adds: with the calling process, looked up now
+/// (off the async threads) if the connection was admitted by its uid alone.
+async fn full_owner_of<T>(request: &Request<T>) -> Owner {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => caller.clone().with_process().await.owner(),
+        None => Owner::default(),
+    }
 }
 
 /// Which faults a `ClearFaults` removes; `mine` is the caller's uid.
@@ -1037,6 +1046,7 @@ mod tests {
                 pid: Some(77),
                 command: "faultctl".into(),
                 via: "unix socket".into(),
+                socket_inode: None,
             }));
         request
     }
