@@ -478,7 +478,7 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::OpenSessionRequest>,
     ) -> Result<Response<SessionEvents>, Status> {
-        let owner = owner_of(&request);
+        let owner = full_owner_of(&request).await;
         let name = request.into_inner().name;
         let session_id = self.sessions().open(name.clone(), owner.clone());
         info!(session = session_id, name = %name, owner = %owner, "session opened");
@@ -545,7 +545,7 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
-        let owner = owner_of(&request);
+        let owner = full_owner_of(&request).await;
         let request = request.into_inner();
         let spec = request
             .spec
@@ -651,6 +651,15 @@ fn owner_of<T>(request: &Request<T>) -> Owner {
         .get::<Caller>()
         .map(Caller::owner)
         .unwrap_or_default()
+}
+
+/// The owner recorded for a fault a request adds: with the calling process, looked up now
+/// (off the async threads) if the connection was admitted by its uid alone.
+async fn full_owner_of<T>(request: &Request<T>) -> Owner {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => caller.clone().with_process().await.owner(),
+        None => Owner::default(),
+    }
 }
 
 /// Which faults a `ClearFaults` removes; `mine` is the caller's uid.
@@ -1158,6 +1167,7 @@ mod tests {
                 pid: Some(77),
                 command: "faultctl".into(),
                 via: "unix socket".into(),
+                socket_inode: None,
             }));
         request
     }

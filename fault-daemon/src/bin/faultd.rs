@@ -409,7 +409,7 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     } else {
         info!(admits = %policy.admitted(), "access policy");
     }
-    let gate = Gate::new(policy);
+    let gate = Gate::new(policy.clone());
 
     // Both listeners stop accepting together; the connections' limit covers both.
     let connections = ConnectionLimit::new(args.max_connections as usize);
@@ -424,7 +424,7 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         &observe,
     )
     .serve_with_incoming_shutdown(
-        connections.limit(tcp_incoming(listener, tcp_identity)),
+        connections.limit(tcp_incoming(listener, tcp_identity, policy)),
         stopped(stopping.clone()),
     );
     let unix = routes(
