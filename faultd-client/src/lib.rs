@@ -120,6 +120,18 @@ impl Drop for Session {
 }
 
 /// How to connect: [`Client::builder`].
+///
+/// ```no_run
+/// use faultd_client::Client;
+///
+/// # async fn example() -> Result<(), faultd_client::Error> {
+/// // Faults that outlive this process (until removed or their TTL passes):
+/// let client = Client::builder().addr("127.0.0.1:7447").session(false).connect().await?;
+/// assert_eq!(client.session_id(), None);
+/// let id = client.refuse(8080).apply().await?.keep().id;
+/// client.remove(id).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     addr: Option<String>,
