@@ -599,3 +599,68 @@ fn faultd_logs_plain_text_to_a_file_and_json_on_request() {
     assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{log}");
     assert!(!log.contains("\x1b["), "{log:?}");
 }
+
+/// Starts `faultctl <verb> … --hold` in `ns`; returns it and the line it printed once the
+/// fault was added.
+fn spawn_holding(ns: &Netns, args: &[&str]) -> (test_harness::Process, String) {
+    let mut holder = ns.faultctl_spawn(args);
+    let mut line = String::new();
+    BufReader::new(holder.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (holder, line)
+}
+
+/// `--hold` binds the fault to faultctl's session: listed with a session while faultctl
+/// runs; SIGKILL of faultctl (no chance to clean up) → faultd removes it within 1 s.
+#[test]
+fn a_held_fault_dies_with_a_killed_faultctl() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("hold");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let (mut holder, line) = spawn_holding(&ns, &["drop", "--port", "7611", "--hold"]);
+    let id: u64 = line.trim().parse().expect("faultctl prints the id");
+    let listed = ns.faults_json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    assert!(
+        listed[0]["session_id"].as_u64().is_some_and(|s| s != 0),
+        "a held fault is bound to a session: {listed}"
+    );
+    assert!(holder.child.try_wait().unwrap().is_none(), "faultctl holds");
+
+    holder.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    while !ns.faults_json().as_array().unwrap().is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "the held fault outlived its killed faultctl by 1 s: {}",
+            ns.faults_json()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("held fault gone {:?} after SIGKILL", killed.elapsed());
+}
+
+/// SIGTERM (as Ctrl-C's SIGINT) ends `--hold`: faultctl removes the fault and exits 0; the
+/// fault is gone when it has exited.
+#[test]
+fn a_held_fault_goes_when_faultctl_is_told_to_stop() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("holdt");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let args = ["--json", "refuse", "--port", "7612", "--hold"];
+        let (mut holder, line) = spawn_holding(&ns, &args);
+        let fault: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ns.faults_json()[0]["id"], fault["id"]);
+        holder.signal(signal);
+        let status = holder.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "signal {signal}: {status}");
+        assert_eq!(ns.faults_json(), serde_json::json!([]), "signal {signal}");
+    }
+}

@@ -2,9 +2,9 @@
 //! process and real sockets in a network namespace.
 //!
 //! The client process is this test binary run again with `FAULTD_SESSION_HOLDER` set: its
-//! `session_holder` test then opens a session, binds faults to it, prints the session id
-//! and holds on until it is killed (or, with `close`, ends the session on a line on stdin
-//! and lives on).
+//! `session_holder` test then connects with faultd-client (which opens a session), binds
+//! faults to it, prints the session id and holds on until it is killed (or, with `close`,
+//! drops the client — ending the session — on a line on stdin and lives on).
 
 mod harness;
 
@@ -14,8 +14,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use faultd::proto::{self, fault_service_client::FaultServiceClient};
+use faultd_client::Client;
 use harness::*;
-use tokio_stream::StreamExt as _;
 
 const HOLDER: &str = "FAULTD_SESSION_HOLDER";
 
@@ -41,26 +41,23 @@ fn session_holder() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut client = FaultServiceClient::connect(format!("http://{}", faultd::DEFAULT_LISTEN))
+        // faultd-client opens the session on connect and binds every fault it adds to it.
+        let client = Client::builder()
+            .addr(faultd::DEFAULT_LISTEN)
+            .session_name("session test")
+            .connect()
             .await
             .unwrap();
-        let request = proto::OpenSessionRequest {
-            name: "session test".into(),
-        };
-        let mut stream = client.open_session(request).await.unwrap().into_inner();
-        let session_id = stream.next().await.unwrap().unwrap().session_id;
         for port in [7501, 7502] {
-            let request = proto::AddFaultRequest {
-                spec: Some(drop_spec(port)),
-                session_id,
-            };
-            client.add_fault(request).await.unwrap();
+            // Kept: these faults are to go with the session, not with a guard.
+            let fault = client.drop(port).label("session").apply().await.unwrap();
+            fault.keep();
         }
-        println!("SESSION {session_id}");
+        println!("SESSION {}", client.session_id().unwrap());
         if mode == "close" {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).unwrap();
-            drop(stream); // cancels the call: the session ends, the process lives on
+            drop(client); // ends the session (cancels its call); the process lives on
         }
         tokio::time::sleep(Duration::from_secs(600)).await;
     });

@@ -14,5 +14,5 @@ pub async fn run(
     let action = proto::action::Kind::Corrupt(proto::Corrupt {
         percent: args.percent,
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

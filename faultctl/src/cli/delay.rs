@@ -35,5 +35,5 @@ pub async fn run(
         latency_us: args.latency.as_micros() as i64,
         jitter_us: args.jitter.map_or(0, |j| j.as_micros() as i64),
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

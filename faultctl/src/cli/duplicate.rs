@@ -13,5 +13,5 @@ pub async fn run(
     let action = proto::action::Kind::Duplicate(proto::Duplicate {
         percent: args.percent,
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

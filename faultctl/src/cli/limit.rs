@@ -47,7 +47,7 @@ pub async fn run_bytes(
         bytes: args.bytes,
         then: then(args.then),
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }
 
 pub async fn run_age(
@@ -59,5 +59,5 @@ pub async fn run_age(
         after_ms: args.after.as_millis() as i64,
         then: then(args.then),
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

@@ -13,6 +13,7 @@ mod drop;
 mod duplicate;
 mod events;
 mod help;
+mod hold;
 mod limit;
 mod list;
 mod loss;

@@ -8,6 +8,7 @@ use faultd_api::names::Named as _;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::target::TargetArgs;
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 /// An answer faultctl prints: as JSON with `--json`, else as text.
@@ -26,12 +27,18 @@ pub fn print(value: &impl Render, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds a fault and prints its id (or the whole fault as JSON).
+/// Adds a fault and prints its id (or the whole fault as JSON); with `--hold`, holds it
+/// for as long as faultctl runs ([`super::hold`]).
 pub async fn added(
     client: &mut FaultServiceClient<Channel>,
-    spec: proto::FaultSpec,
+    target: &TargetArgs,
+    action: proto::action::Kind,
     json: bool,
 ) -> anyhow::Result<()> {
+    let spec = target.spec(action);
+    if target.hold {
+        return super::hold::run(client, spec, json).await;
+    }
     let fault = client
         .add_fault(proto::AddFaultRequest {
             spec: Some(spec),

@@ -30,7 +30,7 @@ pub async fn run(
         bits_per_second: i64::try_from(args.limit).unwrap_or(i64::MAX),
         mode: String::new(),
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }
 
 /// A rate as tc writes it, in bits per second. A bare number is bits per second, as in tc.

@@ -18,5 +18,5 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<()> {
     let action = proto::action::Kind::Record(proto::Record {});
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

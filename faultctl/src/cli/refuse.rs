@@ -26,5 +26,5 @@ pub async fn run(
     let action = proto::action::Kind::Refuse(proto::Refuse {
         mode: args.mode.into(),
     });
-    super::output::added(client, args.target.spec(action), json).await
+    super::output::added(client, &args.target, action, json).await
 }

@@ -26,6 +26,11 @@ pub struct TargetArgs {
     /// A free-form label, shown by list and stats.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Keep the fault only while faultctl runs: bind it to a session, print it, wait for
+    /// Ctrl-C or SIGTERM, then remove it and exit 0. Should faultctl die (SIGKILL, a lost
+    /// terminal), faultd removes the fault within 1 s all the same.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 /// Target options and an optional share of packets as a probability: drop, reset.
