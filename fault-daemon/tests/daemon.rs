@@ -610,28 +610,7 @@ fn sigterm_with_a_follower_and_an_idle_connection_exits_within_two_seconds() {
 /// again): once its HTTP/2 window is full, its stream cannot end, and a graceful shutdown
 /// would wait for it.
 fn stuck_follower(ns: &Netns) -> impl Send {
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let stream = rt.block_on(async {
-            let mut client = faultd::proto::fault_service_client::FaultServiceClient::connect(
-                "http://127.0.0.1:7447",
-            )
-            .await
-            .unwrap();
-            client
-                .watch_events(faultd::proto::WatchEventsRequest {
-                    follow: true,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        });
-        (rt, stream)
-    })
+    ns.run(stuck_event_stream)
 }
 
 /// Connection attempts refused by a fault on `port`: `n` events.

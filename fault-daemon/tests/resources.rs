@@ -40,31 +40,6 @@ fn refused(port: u16, n: usize) {
     }
 }
 
-/// A follow stream whose client never reads: its runtime is never driven again, so it
-/// neither reads nor acknowledges anything.
-fn stuck_stream() -> impl Send {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt.block_on(async {
-        let mut client = faultd::proto::fault_service_client::FaultServiceClient::connect(
-            "http://127.0.0.1:7447",
-        )
-        .await
-        .unwrap();
-        client
-            .watch_events(faultd::proto::WatchEventsRequest {
-                follow: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    });
-    (rt, stream)
-}
-
 #[test]
 fn stuck_streams_and_idle_connections_neither_grow_memory_nor_starve_clients() {
     if !require_root() {
@@ -99,7 +74,7 @@ fn stuck_streams_and_idle_connections_neither_grow_memory_nor_starve_clients() {
         });
         let stuck = ns.run(|| {
             (0..STUCK_STREAMS)
-                .map(|_| stuck_stream())
+                .map(|_| stuck_event_stream())
                 .collect::<Vec<_>>()
         });
         std::thread::sleep(Duration::from_secs(1));

@@ -370,3 +370,28 @@ pub fn lines(file: &PathBuf) -> Vec<String> {
         .map_while(Result::ok)
         .collect()
 }
+
+/// A follow stream whose client never reads: its runtime is never driven again, so it
+/// neither reads nor acknowledges anything.
+pub fn stuck_event_stream() -> impl Send {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let mut client = faultd::proto::fault_service_client::FaultServiceClient::connect(
+            "http://127.0.0.1:7447",
+        )
+        .await
+        .unwrap();
+        client
+            .watch_events(faultd::proto::WatchEventsRequest {
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    (rt, stream)
+}
