@@ -12,7 +12,9 @@ use anyhow::{Context as _, bail};
 /// interfaces), clsact (where faultd's TC programs attach without TCX, which 6.1 lacks) with
 /// its `bpf` classifier, and the `fq` qdisc that delay and paced rate need (plus netem);
 /// `tun` for a multi-queue tap (a NIC with an `mq` root) and `sch_tbf` for a configured
-/// root qdisc, in the qdisc tests.
+/// root qdisc, in the qdisc tests; `tcp_diag` (with `inet_diag`), through which faultd asks
+/// the kernel who owns a loopback TCP caller's socket — a real system loads it on demand
+/// through modprobe, which the VM's userland has not.
 pub const MODULES: &[&str] = &[
     "veth",
     "bridge",
@@ -22,6 +24,7 @@ pub const MODULES: &[&str] = &[
     "sch_netem",
     "sch_tbf",
     "tun",
+    "tcp_diag",
 ];
 
 pub struct Kernel {
