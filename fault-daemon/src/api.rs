@@ -122,6 +122,8 @@ impl Engine {
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
+    /// The programs' log level (SetEbpfLog); `None` without loaded programs (unit tests).
+    ebpf_log: Option<crate::ebpf_log::EbpfLogSwitch>,
 }
 
 impl FaultApi {
@@ -129,7 +131,14 @@ impl FaultApi {
         Self {
             engine: Arc::new(Mutex::new(engine)),
             events,
+            ebpf_log: None,
         }
+    }
+
+    /// Lets SetEbpfLog change the programs' log level through `switch`.
+    pub fn with_ebpf_log(mut self, switch: crate::ebpf_log::EbpfLogSwitch) -> Self {
+        self.ebpf_log = Some(switch);
+        self
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -226,6 +235,28 @@ impl FaultService for FaultApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(caps))
+    }
+
+    async fn set_ebpf_log(
+        &self,
+        request: Request<proto::SetEbpfLogRequest>,
+    ) -> Result<Response<proto::SetEbpfLogResponse>, Status> {
+        let by = owner_of(&request);
+        let level = crate::ebpf_log::EbpfLogLevel::from_proto(request.into_inner().level)
+            .ok_or_else(|| {
+                Status::invalid_argument("level: required, one of off, error, warn, info, debug")
+            })?;
+        let switch = self
+            .ebpf_log
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("no eBPF programs are loaded"))?;
+        let previous = switch
+            .set(level)
+            .map_err(|e| Status::internal(format!("writing map LOG_LEVEL: {e}")))?;
+        info!(level = level.name(), by = %by, "eBPF log level set");
+        Ok(Response::new(proto::SetEbpfLogResponse {
+            previous: previous.to_proto() as i32,
+        }))
     }
 
     async fn add_fault(

@@ -18,6 +18,7 @@ use aya::{Ebpf, include_bytes_aligned};
 use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
 use tracing::{info, warn};
 
+use crate::ebpf_log::KernelLog;
 use crate::faults::{FaultError, RuleSink};
 
 /// The programs, built by build.rs and embedded so that faultd is one file to copy.
@@ -88,6 +89,8 @@ pub struct Datapath {
     buckets: aya::maps::Array<MapData, u64>,
     ifaces: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
+    /// The programs' own log: its level and the reader of its records.
+    log: KernelLog,
     cpus: usize,
     held: Vec<Held>,
 }
@@ -123,6 +126,7 @@ impl Datapath {
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
+        let log = KernelLog::init(&mut ebpf).map_err(|e| kernel("the programs' log", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -131,6 +135,7 @@ impl Datapath {
             buckets,
             ifaces,
             events: Some(events),
+            log,
             cpus,
             held: Vec::new(),
         })
@@ -209,6 +214,12 @@ impl Datapath {
     /// The ring buffer the programs write events to (once; the reader owns it).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The programs' log: its level switch ([`KernelLog::switch`]) and the reader of its
+    /// records ([`KernelLog::take_reader`]).
+    pub fn ebpf_log(&mut self) -> &mut KernelLog {
+        &mut self.log
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.

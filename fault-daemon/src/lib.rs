@@ -18,6 +18,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod ebpf_log;
 pub mod events;
 pub mod faults;
 pub mod metrics;

@@ -19,6 +19,7 @@ use fault_common::{
 };
 
 use crate::events;
+use crate::log;
 use crate::packet::{Packet, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -365,43 +366,60 @@ const SLOT_ON: u32 = 0;
 const SLOT_DROP: u32 = 1;
 const SLOT_RESET: u32 = 2;
 
-/// One slot's whole work on a packet: match, count, act. Not inlined, on purpose: the
-/// verifier walks a call's paths and comes back to the caller with only the returned
-/// number differing, so paths do not multiply across slots.
+/// One slot's whole work on a packet: match, count, act, and say so in the kernel-side log
+/// (which costs one map read when it is off, and only on a faulted port). Not inlined, on
+/// purpose: the verifier walks a call's paths and comes back to the caller with only the
+/// returned number differing, so paths do not multiply across slots.
 #[inline(never)]
 fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
-    if !matches(slot, pkt, at) {
-        return SLOT_ON;
+    let (result, what) = match_and_act(slot, pkt, at, fx);
+    log::verdict(slot, pkt, at.hook, what);
+    result
+}
+
+/// The slot's result (`SLOT_*` of this module) and what it did, for the log (`log::SLOT_*`).
+#[inline(always)]
+fn match_and_act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> (u32, u32) {
+    let mismatch = mismatch(slot, pkt, at);
+    if mismatch != MATCHED {
+        return (SLOT_ON, mismatch);
     }
     let counters = COUNTERS.get_ptr_mut(slot.counter);
     count(counters, at.len, false);
     match act(slot, pkt, at, fx) {
-        Outcome::Untouched => SLOT_ON,
+        Outcome::Untouched => (SLOT_ON, log::SLOT_UNTOUCHED),
         Outcome::Altered => {
             count(counters, at.len, true);
-            SLOT_ON
+            (SLOT_ON, log::SLOT_ALTERED)
         }
         Outcome::Final(verdict) => {
             count(counters, at.len, true);
             match verdict {
-                Verdict::Drop => SLOT_DROP,
-                Verdict::Reset { .. } => SLOT_RESET,
-                Verdict::Pass | Verdict::PassChanged => SLOT_ON,
+                Verdict::Drop => (SLOT_DROP, log::SLOT_DROPPED),
+                Verdict::Reset { .. } => (SLOT_RESET, log::SLOT_RESET),
+                Verdict::Pass | Verdict::PassChanged => (SLOT_ON, log::SLOT_UNTOUCHED),
             }
         }
     }
 }
 
+/// [`mismatch`] found nothing against the packet.
+const MATCHED: u32 = 0;
+
+/// Whether the slot acts on this packet here: [`MATCHED`], or why not (`log::SLOT_SKIPPED_*`).
 #[inline(always)]
-fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
+fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
     let side = at.side;
-    if slot.directions & side.bit() == 0
-        || !at.hook.carries(slot, at.loopback)
-        || !peer_matches(slot, pkt, side)
-    {
-        return false;
+    if slot.directions & side.bit() == 0 {
+        return log::SLOT_SKIPPED_DIRECTION;
     }
-    match slot.action {
+    if !at.hook.carries(slot, at.loopback) {
+        return log::SLOT_SKIPPED_HOOK;
+    }
+    if !peer_matches(slot, pkt, side) {
+        return log::SLOT_SKIPPED_PEER;
+    }
+    let kind = match slot.action {
         // Connection attempts: SYNs to the port (for UDP, any datagram to it).
         ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && side == Side::ToPort,
         ACTION_REFUSE_DROP => side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP),
@@ -411,6 +429,11 @@ fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
         ACTION_STALL => pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0,
         ACTION_CORRUPT => pkt.payload_len > 0,
         _ => true,
+    };
+    if kind {
+        MATCHED
+    } else {
+        log::SLOT_SKIPPED_KIND
     }
 }
 

@@ -7,6 +7,7 @@ mod delay;
 mod doctor;
 mod drop;
 mod duplicate;
+mod ebpf_log;
 mod events;
 mod limit;
 mod list;
@@ -88,6 +89,8 @@ pub enum Command {
     Clear(clear::ClearArgs),
     /// Per-fault packet and byte counters.
     Stats,
+    /// Set how much faultd's eBPF programs log (into faultd's log): off … debug.
+    EbpfLog(ebpf_log::EbpfLogArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -113,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
         Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
+        Command::EbpfLog(args) => ebpf_log::run(&mut client, args, cli.json).await,
     }
 }
 
