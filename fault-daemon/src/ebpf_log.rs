@@ -32,8 +32,9 @@ const LEVEL_MAP: &str = "LOG_LEVEL";
 pub enum EbpfLogLevel {
     #[default]
     Off,
-    /// A RST that could not be forged (as `warn`).
+    /// Errors only (the programs report none today).
     Error,
+    /// A RST that could not be forged (the packet is dropped instead).
     Warn,
     /// A fault dropped, reset or altered a packet.
     Info,

@@ -13,8 +13,9 @@
 //!   each choice its own length and so its own path through that copy, and their product
 //!   ran past the verifier's million instructions.
 //! - Few arguments (the verdict's small fields are packed into one u32): aya-log builds
-//!   its record's fields on the stack, and this frame counts against the 512 bytes along
-//!   the call chain xdp/tc → decide → bpf_loop callback → apply_slot → here.
+//!   its record's fields on the stack, and on 6.1 every frame along a call chain counts,
+//!   rounded up to 32 bytes, against 512; see rules::apply_slot for the chain down to
+//!   [`verdict`] (384 bytes with this 64-byte frame).
 //! - Every function is `#[inline(never)]`, so that its frame and code are not part of the
 //!   parser's or of the fault walk's.
 
@@ -56,10 +57,12 @@ pub fn parse_failed(hook: Hook, why: u32) {
     debug!(&(), target: "faultd::ebpf", "parse {} {}", hook as u32, why);
 }
 
-/// A fault's verdict on a packet on its port: `what` is one of the `SLOT_*` values.
-/// Acting (drop, reset, alter) is `info`, matching without acting or not matching `debug`.
+/// A fault's verdict on a packet on its port: `outcome >> 8` is one of the `SLOT_*` values
+/// (the low byte is rules' own result). Acting (drop, reset, alter) is `info`, matching
+/// without acting or not matching `debug`.
 #[inline(never)]
-pub fn verdict(slot: &FaultSlot, pkt: &Packet, hook: Hook, what: u32) {
+pub fn verdict(slot: &FaultSlot, pkt: &Packet, hook: Hook, outcome: u32) {
+    let what = outcome >> 8;
     let (level, at_level) = if what >= SLOT_ALTERED {
         (LEVEL_INFO, Level::Info)
     } else {

@@ -366,38 +366,48 @@ const SLOT_ON: u32 = 0;
 const SLOT_DROP: u32 = 1;
 const SLOT_RESET: u32 = 2;
 
-/// One slot's whole work on a packet: match, count, act, and say so in the kernel-side log
-/// (which costs one map read when it is off, and only on a faulted port). Not inlined, on
-/// purpose: the verifier walks a call's paths and comes back to the caller with only the
-/// returned number differing, so paths do not multiply across slots.
+/// One slot's whole work on a packet: match, count, act ([`match_and_act`]), and say so in
+/// the kernel-side log (one map read when it is off, and only on a faulted port).
+///
+/// Two calls of its own, not inlined: 6.1's verifier sums the frames along a call chain,
+/// each rounded up to 32 bytes, against 512 bytes, and tc → try_tc → decide → walk_slot
+/// already takes 288 of them. With the work inlined here (a 168-byte frame, 192 rounded),
+/// a log call below it made 544; as siblings under this small frame the deepest chain is
+/// 288 + 32 + 160 (match_and_act) = 480. They are also why the log is not called from
+/// walk_slot: there the verifier takes every number this can return into the log call,
+/// once per bpf_loop iteration it walks, past its million instructions; here each path of
+/// match_and_act reaches it with its own constant.
 #[inline(never)]
 fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
-    let (result, what) = match_and_act(slot, pkt, at, fx);
-    log::verdict(slot, pkt, at.hook, what);
-    result
+    let outcome = match_and_act(slot, pkt, at, fx);
+    log::verdict(slot, pkt, at.hook, outcome);
+    outcome & 0xff
 }
 
-/// The slot's result (`SLOT_*` of this module) and what it did, for the log (`log::SLOT_*`).
-#[inline(always)]
-fn match_and_act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> (u32, u32) {
+/// The slot's result (`SLOT_*` of this module) in the low byte, and what it did for the
+/// log (`log::SLOT_*`) above it. Not inlined (see [`apply_slot`]); one number back, as a
+/// BPF call returns one register. The verifier walks a call's paths and comes back to the
+/// caller with only the returned number differing, so paths do not multiply across slots.
+#[inline(never)]
+fn match_and_act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
     let mismatch = mismatch(slot, pkt, at);
     if mismatch != MATCHED {
-        return (SLOT_ON, mismatch);
+        return SLOT_ON | mismatch << 8;
     }
     let counters = COUNTERS.get_ptr_mut(slot.counter);
     count(counters, at.len, false);
     match act(slot, pkt, at, fx) {
-        Outcome::Untouched => (SLOT_ON, log::SLOT_UNTOUCHED),
+        Outcome::Untouched => SLOT_ON | log::SLOT_UNTOUCHED << 8,
         Outcome::Altered => {
             count(counters, at.len, true);
-            (SLOT_ON, log::SLOT_ALTERED)
+            SLOT_ON | log::SLOT_ALTERED << 8
         }
         Outcome::Final(verdict) => {
             count(counters, at.len, true);
             match verdict {
-                Verdict::Drop => (SLOT_DROP, log::SLOT_DROPPED),
-                Verdict::Reset { .. } => (SLOT_RESET, log::SLOT_RESET),
-                Verdict::Pass | Verdict::PassChanged => (SLOT_ON, log::SLOT_UNTOUCHED),
+                Verdict::Drop => SLOT_DROP | log::SLOT_DROPPED << 8,
+                Verdict::Reset { .. } => SLOT_RESET | log::SLOT_RESET << 8,
+                Verdict::Pass | Verdict::PassChanged => SLOT_ON | log::SLOT_UNTOUCHED << 8,
             }
         }
     }
