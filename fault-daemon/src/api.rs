@@ -920,6 +920,27 @@ mod tests {
         assert_eq!(api.engine().table.len(), 1);
     }
 
+    /// The level is checked before anything else: an unspecified or unknown one is the
+    /// caller's mistake, named by its field, whether or not programs are loaded.
+    #[tokio::test]
+    async fn set_ebpf_log_names_a_missing_or_unknown_level() {
+        for level in [0, 99] {
+            let status = api()
+                .set_ebpf_log(Request::new(proto::SetEbpfLogRequest { level }))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().starts_with("level:"), "{status:?}");
+        }
+        let status = api()
+            .set_ebpf_log(Request::new(proto::SetEbpfLogRequest {
+                level: proto::EbpfLogLevel::Debug as i32,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
         let api = FaultApi::new(
