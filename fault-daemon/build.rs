@@ -1,24 +1,8 @@
-//! Builds the eBPF programs (embedded in faultd) and the gRPC code.
+//! Builds the eBPF programs (embedded in faultd); the gRPC code comes from `faultd-api`.
 use anyhow::{Context as _, anyhow};
 
-const PROTOS: &[&str] = &[
-    "../proto/faultd/v1/faultd.proto",
-    "../proto/grpc/testing/reconnect.proto",
-];
-
 fn main() -> anyhow::Result<()> {
-    build_ebpf()?;
-    for proto in PROTOS {
-        println!("cargo:rerun-if-changed={proto}");
-    }
-    // For server reflection (`faultd::proto::FILE_DESCRIPTOR_SET`).
-    let descriptors =
-        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("faultd_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(descriptors)
-        .compile_protos(PROTOS, &["../proto"])
-        .context("compiling the protos (is protoc installed? `cargo xtask setup` installs it)")?;
-    Ok(())
+    build_ebpf()
 }
 
 fn build_ebpf() -> anyhow::Result<()> {

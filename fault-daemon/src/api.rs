@@ -1,26 +1,29 @@
 //! The gRPC control service: converts requests into the domain model and back, and owns
 //! the expiry of faults with a TTL.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_stream::{Stream, StreamExt as _};
+use fault_common::{FaultCounters, PortKey, PortRule};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::info;
-
-use fault_common::FaultCounters;
+use tracing::{info, warn};
 
 use crate::access::Caller;
 use crate::capabilities;
 use crate::datapath::Attachment;
-use crate::events::EventHub;
+use crate::events::{EventHub, Filter, Subscription};
 use crate::faults::{
     Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Owner, Peer, Protocol, RateMode,
     RefuseMode, RuleSink, Selector, Target, Then, validate_port, validate_probability,
 };
 use crate::proto::{self, fault_service_server::FaultService};
 use crate::qdisc::Fq;
+use crate::sessions::{OnDrop, SessionStream, Sessions};
 
 /// The active faults and where they are compiled to.
 pub struct Engine {
@@ -110,6 +113,18 @@ impl Engine {
         cleared
     }
 
+    /// Removes every fault, puts the interfaces' own qdiscs back and detaches the programs
+    /// (the datapath is dropped here, whoever still holds the engine). Every change after
+    /// this is refused with [`FaultError::ShuttingDown`].
+    pub fn shut_down(&mut self) -> Result<usize, FaultError> {
+        let cleared = self.clear();
+        if self.fq.is_active() {
+            self.fq.restore();
+        }
+        self.sink = Box::new(Detached);
+        cleared
+    }
+
     /// Puts back the interfaces' own qdiscs once no fault sets departure times.
     fn release_fq_if_unused(&mut self) {
         if self.fq.is_active() && !self.table.iter().any(|f| f.spec.action.needs_fq()) {
@@ -118,21 +133,82 @@ impl Engine {
     }
 }
 
+/// What the engine writes to once the programs are detached: nothing.
+struct Detached;
+
+impl RuleSink for Detached {
+    fn write_rule(&mut self, _: PortKey, _: Option<&PortRule>) -> Result<(), FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+    fn reset_counters(&mut self, _: u32) -> Result<(), FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+    fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
+        Err(FaultError::ShuttingDown)
+    }
+}
+
+/// Default of `faultd --max-streams`: event streams open at once.
+pub const DEFAULT_MAX_STREAMS: usize = 128;
+
 #[derive(Clone)]
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
     /// The programs' log level (SetEbpfLog); `None` without loaded programs (unit tests).
     ebpf_log: Option<crate::ebpf_log::EbpfLogSwitch>,
+    /// One permit per open WatchEvents stream.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    /// Cancelled when faultd shuts down: event streams end.
+    shutdown: CancellationToken,
+    /// Wakes the expiry task when a fault with a TTL is added.
+    expiry: Arc<Notify>,
+    /// Changes take turns here before they take a blocking thread (see `change`).
+    changes: Arc<tokio::sync::Mutex<()>>,
+    /// Locked after the engine, never before: adding a fault to a session and ending that
+    /// session then cannot interleave.
+    sessions: Arc<Mutex<Sessions>>,
+    /// Set when faultd stops: open session streams end, so a graceful shutdown can finish.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FaultApi {
+    /// Also starts the task that expires faults (so: call it within a tokio runtime).
     pub fn new(engine: Engine, events: Arc<EventHub>) -> Self {
-        Self {
+        let api = Self {
             engine: Arc::new(Mutex::new(engine)),
             events,
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
+            max_streams: DEFAULT_MAX_STREAMS,
+            shutdown: CancellationToken::new(),
+            expiry: Arc::new(Notify::new()),
+            changes: Arc::default(),
+            sessions: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
             ebpf_log: None,
-        }
+        };
+        tokio::spawn(expire_faults(
+            Arc::downgrade(&api.engine),
+            api.expiry.clone(),
+            api.shutdown.clone(),
+        ));
+        api
+    }
+
+    /// At most `max` event streams open at once (`faultd --max-streams`).
+    pub fn with_max_streams(mut self, max: usize) -> Self {
+        self.streams = Arc::new(Semaphore::new(max));
+        self.max_streams = max;
+        self
+    }
+
+    /// Ends every event stream, removes every fault and detaches the programs; the API
+    /// answers UNAVAILABLE afterwards. Returns how many faults were removed.
+    pub fn shut_down(&self) -> Result<usize, FaultError> {
+        self.shutdown.cancel();
+        self.end_sessions();
+        self.engine().shut_down()
     }
 
     /// Lets SetEbpfLog change the programs' log level through `switch`.
@@ -147,6 +223,21 @@ impl FaultApi {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs a change of the engine on a blocking thread, not on the async runtime's workers:
+    /// a change may add or remove qdiscs through netlink (fq for a delay) while it holds
+    /// the engine's lock. Changes wait for their turn without a thread, so that many
+    /// concurrent calls do not each hold a blocking thread waiting for the lock.
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&FaultApi) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let _turn = self.changes.lock().await;
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || change(&api))
+            .await
+            .map_err(|e| Status::internal(format!("changing the faults: {e}")))
+    }
+
     /// Removes faults of the table; used on shutdown so the maps are empty before detach.
     pub fn clear(&self) -> Result<usize, FaultError> {
         self.engine().clear()
@@ -155,6 +246,15 @@ impl FaultApi {
     /// What this kernel and these attachments support; also logged at start-up.
     pub fn capabilities(&self) -> proto::Capabilities {
         capabilities::report(&self.engine().attachments)
+    }
+
+    /// Ends every open session stream (and so its session): faultd is stopping.
+    pub fn end_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every active fault with its counters, read from the per-CPU maps now (GetStats and
@@ -168,61 +268,274 @@ impl FaultApi {
             .collect()
     }
 
+    /// Events received from the kernel and lost on their way (GetStats and the metrics).
+    pub fn event_stats(&self) -> crate::events::EventStats {
+        self.events.stats()
+    }
+
     /// Faults added and removed since start.
     pub fn rule_updates(&self) -> RuleUpdates {
         self.engine().updates
     }
 
-    /// Installs a validated fault for `owner` and schedules its expiry: AddFault, and the
-    /// configuration file's faults at start.
+    /// Installs a validated fault for `owner`: AddFault, and the configuration file's
+    /// faults at start. A fault that reports connection attempts on a port that had none
+    /// starts that port's attempt history afresh (what `faultctl backoff` judges).
     pub fn add(&self, spec: FaultSpec, owner: Owner) -> Result<Fault, FaultError> {
-        let fault = self.engine().add(spec, owner)?;
+        self.add_in_session(spec, owner, 0)
+    }
+
+    /// [`FaultApi::add`], bound to session `session_id` unless 0; the session is checked
+    /// and the fault bound under the engine's lock, so a session ending meanwhile takes it
+    /// too.
+    fn add_in_session(
+        &self,
+        spec: FaultSpec,
+        owner: Owner,
+        session_id: u64,
+    ) -> Result<Fault, FaultError> {
+        let mut engine = self.engine();
+        let session = self.sessions().bind(session_id)?;
+        let port = spec.target.port;
+        let first_to_report_syns = spec.action.on_syns()
+            && spec.target.protocol.covers_tcp()
+            && !engine.table.reports_syns(port);
+        // Events numbered from here on may come from the new fault.
+        let next_seq = self.events.next_seq();
+        let mut fault = engine.add(spec, owner)?;
+        if let Some(session) = session {
+            engine.table.bind_session(fault.id, session);
+            fault.session = Some(session);
+        }
         info!(
             id = fault.id,
             action = fault.spec.action.name(),
             port = fault.spec.target.port,
             owner = %fault.owner,
+            session = fault.session.unwrap_or(0),
             "fault added"
         );
-        if let Some(ttl) = fault.spec.ttl {
-            self.expire_later(fault.id, ttl);
+        if first_to_report_syns {
+            self.events.restart_syns(port, next_seq - 1);
+        }
+        if fault.expires.is_some() {
+            self.expiry.notify_one();
         }
         Ok(fault)
     }
 
-    fn expire_later(&self, id: u64, ttl: Duration) {
-        let api = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            // Ids are never reused, so a fault removed meanwhile is simply not found.
-            if let Ok(fault) = api.engine().remove(id) {
-                info!(id, owner = %fault.owner, "fault expired");
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} event streams are open, this faultd's limit (faultd --max-streams)",
+                self.max_streams
+            ))
+        })
+    }
+
+    /// Ends a session and removes its faults; called when its stream is dropped.
+    fn end_session(&self, id: u64) {
+        let mut engine = self.engine();
+        let Some(session) = self.sessions().close(id) else {
+            return;
+        };
+        let ids = engine.table.session_faults(id);
+        for fault in &ids {
+            match engine.remove(*fault) {
+                Ok(f) => {
+                    info!(id = f.id, session = id, owner = %f.owner, "fault removed (session ended)")
+                }
+                Err(e) => warn!(
+                    id = fault,
+                    session = id,
+                    "session ended; removing fault failed: {e}"
+                ),
             }
-        });
+        }
+        info!(
+            session = id,
+            name = %session.name,
+            owner = %session.owner,
+            removed = ids.len(),
+            "session ended"
+        );
     }
 }
 
+/// First wait before retrying the removal of an expired fault, and the longest.
+const EXPIRY_RETRY_FIRST: Duration = Duration::from_millis(500);
+const EXPIRY_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest sleep between looks at the table: wall-clock jumps are noticed within it.
+const EXPIRY_MAX_SLEEP: Duration = Duration::from_secs(10);
+
+/// Removes faults whose TTL ran out. One task for every fault: it sleeps until the next
+/// expiry in the table, so a fault removed by hand leaves no timer behind. A removal that
+/// fails is logged, the fault stays listed (and acting), and the removal is retried with
+/// a growing wait. Ends with the engine or on shutdown.
+async fn expire_faults(
+    engine: Weak<Mutex<Engine>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    // Faults whose removal failed: when to try again, and the wait after that.
+    let mut retry: HashMap<u64, (Instant, Duration)> = HashMap::new();
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        // A removal may restore a qdisc through netlink: off the async workers.
+        let looked = tokio::task::spawn_blocking(move || {
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            expire_due(&mut engine, &mut retry);
+            let wait = next_expiry_wait(&engine, &retry);
+            (retry, wait)
+        })
+        .await;
+        let Ok((kept, wait)) = looked else {
+            return;
+        };
+        retry = kept;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn expire_due(engine: &mut Engine, retry: &mut HashMap<u64, (Instant, Duration)>) {
+    let now = Instant::now();
+    for id in engine.table.expired(SystemTime::now()) {
+        let wait = match retry.get(&id) {
+            Some((at, _)) if *at > now => continue,
+            Some((_, wait)) => *wait,
+            None => EXPIRY_RETRY_FIRST,
+        };
+        match engine.remove(id) {
+            Ok(_) => {
+                info!(id, "fault expired");
+                retry.remove(&id);
+            }
+            Err(FaultError::NotFound(_)) => {}
+            Err(e) => {
+                warn!(
+                    id,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "could not remove an expired fault: it stays listed and in force; retrying"
+                );
+                retry.insert(id, (now + wait, (wait * 2).min(EXPIRY_RETRY_MAX)));
+            }
+        }
+    }
+    retry.retain(|id, _| engine.table.get(*id).is_some());
+}
+
+/// How long until the next expiry or retry is due.
+fn next_expiry_wait(engine: &Engine, retry: &HashMap<u64, (Instant, Duration)>) -> Duration {
+    let now = SystemTime::now();
+    let expiry = engine
+        .table
+        .iter()
+        .filter(|f| !retry.contains_key(&f.id))
+        .filter_map(|f| f.expires)
+        .min()
+        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO));
+    let retry = retry
+        .values()
+        .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+        .min();
+    expiry
+        .into_iter()
+        .chain(retry)
+        .min()
+        .unwrap_or(EXPIRY_MAX_SLEEP)
+        .min(EXPIRY_MAX_SLEEP)
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+type SessionEvents = Pin<Box<dyn Stream<Item = Result<proto::SessionEvent, Status>> + Send>>;
+
+/// A subscription as a gRPC stream: it ends with UNAVAILABLE when faultd shuts down, and
+/// holds its stream permit while it lives.
+fn event_stream(
+    sub: Subscription,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) -> EventStream {
+    let state = Some((sub, shutdown, permit));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut sub, shutdown, permit) = state?;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                Some((Err(Status::unavailable("faultd is shutting down")), None))
+            }
+            event = sub.next() => {
+                event.map(|e| (Ok(e), Some((sub, shutdown, permit))))
+            }
+        }
+    }))
+}
 
 #[tonic::async_trait]
 impl FaultService for FaultApi {
     type WatchEventsStream = EventStream;
+    type OpenSessionStream = SessionEvents;
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<SessionEvents>, Status> {
+        let owner = full_owner_of(&request).await;
+        let name = request.into_inner().name;
+        let session_id = self.sessions().open(name.clone(), owner.clone());
+        info!(session = session_id, name = %name, owner = %owner, "session opened");
+        let api = self.clone();
+        let guard = OnDrop::new(move || api.end_session(session_id));
+        let first = Ok(proto::SessionEvent { session_id });
+        let mut stopping = self.stopping.subscribe();
+        let ended = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(Box::pin(SessionStream::new(
+            first, ended, guard,
+        ))))
+    }
 
     async fn watch_events(
         &self,
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let proto::WatchEventsRequest { follow, fault_id } = request.into_inner();
-        let wanted = move |e: &proto::Event| fault_id == 0 || e.fault_id == fault_id;
-        let (history, live) = self.events.subscribe();
-        let past = tokio_stream::iter(history.into_iter().filter(wanted).map(Ok));
-        if !follow {
-            return Ok(Response::new(Box::pin(past)));
+        let proto::WatchEventsRequest {
+            follow,
+            fault_id,
+            syn_port,
+        } = request.into_inner();
+        if syn_port != 0 {
+            let port = validate_port(syn_port, "syn_port").map_err(status)?;
+            if follow {
+                return Err(status(FaultError::invalid(
+                    "follow",
+                    "not with syn_port: the attempt history is read once",
+                )));
+            }
+            let permit = self.stream_permit()?;
+            let attempts = self.events.syn_history(port);
+            return Ok(Response::new(Box::pin(tokio_stream::iter(
+                attempts.into_iter().map(move |e| {
+                    let _held = &permit;
+                    Ok(e)
+                }),
+            ))));
         }
-        // A subscriber that falls far behind loses the oldest events, not the stream.
-        let future = tokio_stream::wrappers::BroadcastStream::new(live)
-            .filter_map(move |e| e.ok().filter(wanted).map(Ok));
-        Ok(Response::new(Box::pin(past.chain(future))))
+        let permit = self.stream_permit()?;
+        let sub = self.events.subscribe(Filter { fault_id }, follow);
+        Ok(Response::new(event_stream(
+            sub,
+            self.shutdown.clone(),
+            permit,
+        )))
     }
 
     async fn get_capabilities(
@@ -230,7 +543,7 @@ impl FaultService for FaultApi {
         _: Request<proto::GetCapabilitiesRequest>,
     ) -> Result<Response<proto::Capabilities>, Status> {
         let api = self.clone();
-        // The fq probe runs `tc`: keep it off the async threads.
+        // The fq probe goes to the kernel through netlink: keep it off the async threads.
         let caps = tokio::task::spawn_blocking(move || api.capabilities())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -263,14 +576,18 @@ impl FaultService for FaultApi {
         &self,
         request: Request<proto::AddFaultRequest>,
     ) -> Result<Response<proto::Fault>, Status> {
-        let owner = owner_of(&request);
+        let owner = full_owner_of(&request).await;
+        let request = request.into_inner();
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| FaultError::invalid("spec", "required"))
             .and_then(spec_from_proto)
             .map_err(status)?;
-        let fault = self.add(spec, owner).map_err(status)?;
+        let session_id = request.session_id;
+        let fault = self
+            .change(move |api| api.add_in_session(spec, owner, session_id))
+            .await?
+            .map_err(status)?;
         Ok(Response::new(fault_to_proto(&fault)))
     }
 
@@ -279,9 +596,10 @@ impl FaultService for FaultApi {
         request: Request<proto::RemoveFaultRequest>,
     ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
         let by = owner_of(&request);
+        let id = request.into_inner().id;
         let fault = self
-            .engine()
-            .remove(request.into_inner().id)
+            .change(move |api| api.engine().remove(id))
+            .await?
             .map_err(status)?;
         info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed");
         Ok(Response::new(proto::RemoveFaultResponse {
@@ -303,7 +621,10 @@ impl FaultService for FaultApi {
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
         let by = owner_of(&request);
         let selector = selector_from_proto(request.into_inner(), &by).map_err(status)?;
-        let removed = self.engine().clear_matching(&selector).map_err(status)?;
+        let removed = self
+            .change(move |api| api.engine().clear_matching(&selector))
+            .await?
+            .map_err(status)?;
         for fault in &removed {
             info!(id = fault.id, owner = %fault.owner, by = %by, "fault removed (clear)");
         }
@@ -341,9 +662,15 @@ impl FaultService for FaultApi {
                 tc_mode: a.tc_mode.into(),
             })
             .collect();
+        let e = self.event_stats();
         Ok(Response::new(proto::GetStatsResponse {
             faults,
             attachments,
+            events: Some(proto::EventStats {
+                received: e.received,
+                lost_in_kernel: e.lost_in_kernel,
+                lost_to_slow_subscribers: e.lost_to_slow_subscribers,
+            }),
         }))
     }
 }
@@ -355,6 +682,15 @@ fn owner_of<T>(request: &Request<T>) -> Owner {
         .get::<Caller>()
         .map(Caller::owner)
         .unwrap_or_default()
+}
+
+/// The owner recorded for a fault a request adds: with the calling process, looked up now
+/// (off the async threads) if the connection was admitted by its uid alone.
+async fn full_owner_of<T>(request: &Request<T>) -> Owner {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => caller.clone().with_process().await.owner(),
+        None => Owner::default(),
+    }
 }
 
 /// Which faults a `ClearFaults` removes; `mine` is the caller's uid.
@@ -394,6 +730,7 @@ fn status(e: FaultError) -> Status {
         FaultError::Refused(_) => Status::failed_precondition(e.to_string()),
         FaultError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
         FaultError::Datapath(_) => Status::internal(e.to_string()),
+        FaultError::ShuttingDown => Status::unavailable(e.to_string()),
     }
 }
 
@@ -645,6 +982,7 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
             command: fault.owner.command.clone(),
             remote: fault.owner.remote.clone(),
         }),
+        session_id: fault.session.unwrap_or(0),
     }
 }
 
@@ -657,6 +995,8 @@ fn unix_ms(t: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::faults::tests::MemorySink;
+    use std::time::Instant;
+    use tokio_stream::StreamExt as _;
 
     fn request(port: u32) -> proto::FaultSpec {
         proto::FaultSpec {
@@ -858,6 +1198,7 @@ mod tests {
                 pid: Some(77),
                 command: "faultctl".into(),
                 via: "unix socket".into(),
+                socket_inode: None,
             }));
         request
     }
@@ -869,7 +1210,13 @@ mod tests {
             let mut spec = request(5000);
             spec.label = label.into();
             let fault = api
-                .add_fault(as_caller(proto::AddFaultRequest { spec: Some(spec) }, uid))
+                .add_fault(as_caller(
+                    proto::AddFaultRequest {
+                        spec: Some(spec),
+                        session_id: 0,
+                    },
+                    uid,
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -941,6 +1288,63 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     }
 
+    async fn add_to(api: &FaultApi, port: u32, session_id: u64) -> Result<proto::Fault, Status> {
+        let request = proto::AddFaultRequest {
+            spec: Some(request(port)),
+            session_id,
+        };
+        api.add_fault(Request::new(request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_its_faults_when_its_stream_ends() {
+        let api = api();
+        let open = |name: &str| proto::OpenSessionRequest { name: name.into() };
+        let mut stream = api
+            .open_session(as_caller(open("pytest"), 1001))
+            .await
+            .unwrap()
+            .into_inner();
+        let session = stream.next().await.unwrap().unwrap().session_id;
+        assert_ne!(session, 0);
+        let bound = add_to(&api, 5000, session).await.unwrap();
+        assert_eq!(bound.session_id, session);
+        add_to(&api, 5001, session).await.unwrap();
+        let free = add_to(&api, 5002, 0).await.unwrap();
+        assert_eq!(free.session_id, 0);
+        let listed = api
+            .list_faults(Request::new(proto::ListFaultsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .faults;
+        let sessions: Vec<_> = listed.iter().map(|f| f.session_id).collect();
+        assert_eq!(sessions, [session, session, 0]);
+
+        // Another session's end leaves these alone.
+        let other = api.open_session(Request::new(open("other"))).await.unwrap();
+        drop(other);
+        assert_eq!(api.engine().table.len(), 3);
+
+        drop(stream);
+        let left: Vec<_> = api.engine().table.iter().map(|f| f.id).collect();
+        assert_eq!(left, [free.id], "the session's faults went with it");
+
+        for (id, why) in [(session, "ended"), (session + 100, "no session")] {
+            let status = add_to(&api, 5003, id).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert!(status.message().starts_with("session_id:"), "{status:?}");
+            assert!(status.message().contains(why), "{status:?}");
+        }
+        assert_eq!(
+            api.engine().table.len(),
+            1,
+            "a refused fault changes nothing"
+        );
+    }
+
     #[tokio::test]
     async fn a_ttl_removes_the_fault_by_itself() {
         let api = FaultApi::new(
@@ -953,11 +1357,160 @@ mod tests {
         );
         let mut r = request(5000);
         r.ttl_ms = Some(50);
-        api.add_fault(Request::new(proto::AddFaultRequest { spec: Some(r) }))
-            .await
-            .unwrap();
+        api.add_fault(Request::new(proto::AddFaultRequest {
+            spec: Some(r),
+            session_id: 0,
+        }))
+        .await
+        .unwrap();
         assert_eq!(api.engine().table.len(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.engine().table.len(), 0);
+    }
+
+    /// A sink whose writes fail while the flag is set: a datapath that refuses removals.
+    struct FlakySink {
+        inner: MemorySink,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl RuleSink for FlakySink {
+        fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(FaultError::Datapath("map busy".into()));
+            }
+            self.inner.write_rule(key, rule)
+        }
+        fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
+            self.inner.reset_counters(counter)
+        }
+        fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
+            self.inner.read_counters(counter)
+        }
+    }
+
+    fn api_with(sink: Box<dyn RuleSink>) -> FaultApi {
+        FaultApi::new(
+            Engine::new(FaultTable::default(), sink, vec![]),
+            Arc::default(),
+        )
+    }
+
+    async fn add(api: &FaultApi, spec: proto::FaultSpec) -> Result<proto::Fault, Status> {
+        api.add_fault(Request::new(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        }))
+        .await
+        .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn an_expired_fault_whose_removal_fails_stays_listed_and_is_retried() {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let api = api_with(Box::new(FlakySink {
+            inner: MemorySink::default(),
+            failing: failing.clone(),
+        }));
+        let mut r = request(5000);
+        r.ttl_ms = Some(50);
+        let fault = add(&api, r).await.unwrap();
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            api.engine().table.get(fault.id).is_some(),
+            "a fault still in the maps was dropped from the list"
+        );
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Retried: first after 500 ms, then 1 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while api.engine().table.get(fault.id).is_some() {
+            assert!(Instant::now() < deadline, "the expiry was never retried");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn removed_faults_leave_no_timer_behind() {
+        let api = api_with(Box::new(MemorySink::default()));
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        for port in 1..=200 {
+            let mut r = request(port);
+            r.ttl_ms = Some(3_600_000);
+            let fault = add(&api, r).await.unwrap();
+            api.remove_fault(Request::new(proto::RemoveFaultRequest { id: fault.id }))
+                .await
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before,
+            "tasks left behind by 200 removed faults"
+        );
+    }
+
+    #[tokio::test]
+    async fn event_streams_are_limited_and_end_on_shutdown() {
+        let api = api_with(Box::new(MemorySink::default())).with_max_streams(2);
+        let watch = |follow| proto::WatchEventsRequest {
+            follow,
+            ..Default::default()
+        };
+        let mut a = api
+            .watch_events(Request::new(watch(true)))
+            .await
+            .unwrap()
+            .into_inner();
+        let _b = api.watch_events(Request::new(watch(true))).await.unwrap();
+        let third = api.watch_events(Request::new(watch(false))).await;
+        let err = third.err().expect("a third stream was opened");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("--max-streams"), "{}", err.message());
+
+        add(&api, request(80)).await.unwrap();
+        assert_eq!(api.shut_down().unwrap(), 1);
+        let ended = tokio::time::timeout(Duration::from_secs(5), a.next())
+            .await
+            .expect("a follow stream outlived the shutdown");
+        assert_eq!(ended.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), a.next())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Nothing changes any more, and the clients are told why.
+        let err = add(&api, request(81)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(api.engine().table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_recording_fault_starts_the_ports_attempt_history_afresh() {
+        let api = api_with(Box::new(MemorySink::default()));
+        let syn = |port| proto::Event {
+            kind: proto::EventKind::SynRefused as i32,
+            dst_port: port,
+            ..Default::default()
+        };
+        // Attempts of an earlier experiment on the port.
+        api.events.publish(syn(7000));
+        api.events.publish(syn(7000));
+        let mut r = request(7000);
+        r.action = Some(proto::Action {
+            kind: Some(proto::action::Kind::Refuse(proto::Refuse { mode: 0 })),
+        });
+        add(&api, r.clone()).await.unwrap();
+        api.events.publish(syn(7000));
+        assert_eq!(api.events.syns(7000).0.len(), 1);
+        // A second reporting fault on the port keeps the history going.
+        r.action = Some(proto::Action {
+            kind: Some(proto::action::Kind::Record(proto::Record {})),
+        });
+        add(&api, r).await.unwrap();
+        api.events.publish(syn(7000));
+        assert_eq!(api.events.syns(7000).0.len(), 2);
     }
 }

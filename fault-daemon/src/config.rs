@@ -78,7 +78,13 @@ pub struct Access {
 /// `[limits]`: one `Option` field per limit flag (`max_faults = 100` for `--max-faults`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Limits {}
+pub struct Limits {
+    pub max_faults: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_ttl: Option<Duration>,
+    pub max_connections: Option<u32>,
+    pub max_streams: Option<u32>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -519,6 +525,10 @@ allow_uid = [1001, "root"]
 allow_group = ["root"]
 
 [limits]
+max_faults = 100
+max_ttl = "1h"
+max_connections = 32
+max_streams = 8
 
 [[fault]]
 action = "drop"
@@ -545,6 +555,10 @@ then = "drop"
         assert_eq!(c.listen, Some("127.0.0.1:7448".parse().unwrap()));
         assert_eq!(c.retry_port, Some(8081));
         assert_eq!(c.retry_test_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.limits.max_faults, Some(100));
+        assert_eq!(c.limits.max_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.limits.max_connections, Some(32));
+        assert_eq!(c.limits.max_streams, Some(8));
         assert_eq!(loaded.allow_uids, Some(vec![1001, 0]));
         assert_eq!(loaded.allow_groups, Some(vec![0]));
         assert_eq!(loaded.faults.len(), 2);

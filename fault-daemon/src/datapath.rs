@@ -9,10 +9,10 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
+use std::path::Path;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, include_bytes_aligned};
 use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::ebpf_log::KernelLog;
 use crate::faults::{FaultError, RuleSink};
+use crate::netlink::{self, Rtnl};
 
 /// The programs, built by build.rs and embedded so that faultd is one file to copy.
 static PROGRAMS: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
@@ -73,7 +74,8 @@ pub struct Attachment {
 
 struct Held {
     attachment: Attachment,
-    /// Set when faultd added a clsact qdisc (kernels without TCX) and must remove it.
+    /// Set when faultd added a clsact qdisc (kernels without TCX), or took over the one a
+    /// killed faultd added, and must remove it.
     added_clsact: bool,
     /// Kept open: the flock on it marks the interface as ours until we exit or die.
     _lock: File,
@@ -91,6 +93,8 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     /// The programs' own log: its level and the reader of its records.
     log: KernelLog,
+    /// Per-CPU count of events that found the ring full.
+    events_lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
     held: Vec<Held>,
 }
@@ -127,6 +131,8 @@ impl Datapath {
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
         let log = KernelLog::init(&mut ebpf).map_err(|e| kernel("the programs' log", e))?;
+        let events_lost = PerCpuArray::try_from(take(&mut ebpf, "EVENTS_LOST")?)
+            .map_err(|e| kernel("map EVENTS_LOST", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -136,6 +142,7 @@ impl Datapath {
             ifaces,
             events: Some(events),
             log,
+            events_lost: Some(events_lost),
             cpus,
             held: Vec::new(),
         })
@@ -169,7 +176,11 @@ impl Datapath {
         };
 
         let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        let added_clsact = !has_tcx && add_clsact(iface)?;
+        let added_clsact = !has_tcx && add_clsact(iface, ifindex)?;
+        // Filters attached through netlink outlive a faultd killed by SIGKILL and would go on
+        // acting with its faults beside ours. We hold the interface's lock: no running faultd
+        // owns them.
+        remove_stale_filters(iface, ifindex)?;
         for (name, attach_type) in [
             (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
             (TC_EGRESS_PROGRAM, TcAttachType::Egress),
@@ -220,6 +231,11 @@ impl Datapath {
     /// records ([`KernelLog::take_reader`]).
     pub fn ebpf_log(&mut self) -> &mut KernelLog {
         &mut self.log
+    }
+
+    /// The per-CPU count of events the programs lost to a full ring (once; the reader owns it).
+    pub fn take_event_losses(&mut self) -> Option<PerCpuArray<MapData, u64>> {
+        self.events_lost.take()
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -274,7 +290,8 @@ impl Drop for Datapath {
         drop(self.ebpf.take());
         for held in &self.held {
             if held.added_clsact {
-                remove_clsact(&held.attachment.iface);
+                remove_clsact(&held.attachment.iface, held.attachment.ifindex);
+                let _ = fs::remove_file(clsact_note(held.attachment.ifindex));
             }
             let _ = fs::remove_file(&held.lock_path);
             info!(iface = held.attachment.iface, "detached");
@@ -357,51 +374,186 @@ fn lock_interface(iface: &str, ifindex: u32) -> Result<(File, String), DatapathE
         .map(|m| m.ino())
         .unwrap_or(0);
     let path = format!("{LOCK_DIR}/netns-{netns}-ifindex-{ifindex}.lock");
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| kernel(format!("opening {path}"), e))?;
+    match lock_file(Path::new(&path)) {
+        Ok(file) => Ok((file, path)),
+        Err(LockError::Held { pid }) => Err(DatapathError::Held {
+            iface: iface.into(),
+            pid,
+        }),
+        Err(LockError::Io { what, source }) => Err(kernel(what, source)),
+    }
+}
+
+#[derive(Debug)]
+enum LockError {
+    /// Another process holds the lock; its pid as it wrote it (maybe not yet).
+    Held {
+        pid: String,
+    },
+    Io {
+        what: String,
+        source: io::Error,
+    },
+}
+
+/// Locks the file at `path` (creating it) and writes our pid into it.
+///
+/// A holder unlinks its lock file on exit while it still holds the lock. A starter that
+/// opened the file just before that and locks it just after holds an inode that nobody
+/// else can find any more, while the next starter creates and locks a fresh file: two
+/// holders. So a lock counts only while the path still names the locked inode; otherwise
+/// the starter tries again on the path's new file.
+fn lock_file(path: &Path) -> Result<File, LockError> {
+    let io_error = |what: &str, source| LockError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    // Each retry means that a holder unlinked the file in between: a few suffice.
+    for _ in 0..64 {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_error("opening", e))?;
+        if let Some(mut file) = lock_opened(file, path)? {
+            file.set_len(0).ok();
+            write!(file, "{}", std::process::id()).ok();
+            return Ok(file);
+        }
+    }
+    Err(io_error(
+        "locking",
+        io::Error::other("the lock file was replaced 64 times in a row"),
+    ))
+}
+
+/// Locks `file`, opened at `path`: `Ok(None)` when the lock was taken on a file that `path`
+/// no longer names (its holder unlinked it on exit), which is no lock on the interface.
+fn lock_opened(file: File, path: &Path) -> Result<Option<File>, LockError> {
     // SAFETY: a valid open file descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
-            let pid = fs::read_to_string(&path)
+            let pid = fs::read_to_string(path)
                 .unwrap_or_default()
                 .trim()
                 .to_string();
-            return Err(DatapathError::Held {
-                iface: iface.into(),
-                pid,
-            });
+            return Err(LockError::Held { pid });
         }
-        return Err(kernel(format!("locking {path}"), err));
+        return Err(LockError::Io {
+            what: format!("locking {}", path.display()),
+            source: err,
+        });
     }
-    file.set_len(0).ok();
-    write!(file, "{}", std::process::id()).ok();
-    Ok((file, path))
+    let locked = file.metadata().map_err(|e| LockError::Io {
+        what: format!("reading {}", path.display()),
+        source: e,
+    })?;
+    let still_there =
+        fs::metadata(path).is_ok_and(|now| now.dev() == locked.dev() && now.ino() == locked.ino());
+    Ok(still_there.then_some(file))
 }
 
-/// Adds a clsact qdisc unless one is there; `true` when faultd added it.
-fn add_clsact(iface: &str) -> Result<bool, DatapathError> {
-    match tc::qdisc_add_clsact(iface) {
-        Ok(()) => Ok(true),
-        // Already there (someone else's, or a killed faultd's): use it, leave it.
-        Err(e) if e.to_string().contains("exists") || has_os_error(&e, &[libc::EEXIST]) => {
-            Ok(false)
+/// Where faultd notes that it added the clsact qdisc of an interface, so that the faultd
+/// after one killed by SIGKILL knows the clsact it finds is faultd's to remove.
+fn clsact_note(ifindex: u32) -> String {
+    let netns = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    format!("{LOCK_DIR}/netns-{netns}-ifindex-{ifindex}.clsact")
+}
+
+/// Adds a clsact qdisc unless one is there; `true` when it is faultd's to remove: added
+/// now, or by a faultd that was killed before it could remove it.
+fn add_clsact(iface: &str, ifindex: u32) -> Result<bool, DatapathError> {
+    let added = Rtnl::open().and_then(|mut rtnl| {
+        rtnl.create_qdisc(
+            ifindex,
+            netlink::CLSACT_PARENT,
+            netlink::CLSACT_HANDLE,
+            "clsact",
+            None,
+        )
+    });
+    match added {
+        Ok(_) => {
+            let _ = fs::write(clsact_note(ifindex), b"");
+            Ok(true)
         }
+        // Already there: a killed faultd's (noted), or someone else's: used, and left.
+        Err(e) if e.is(libc::EEXIST) => Ok(fs::metadata(clsact_note(ifindex)).is_ok()),
         Err(e) => Err(kernel(format!("adding clsact to {iface}"), e)),
     }
 }
 
-fn remove_clsact(iface: &str) {
-    let status = Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        warn!(iface, "could not remove the clsact qdisc faultd added");
+/// Whether a TC filter runs one of faultd's programs: `bpf` filters carry the name of
+/// their program (`TCA_BPF_NAME`), which aya sets to the program's.
+fn is_faultds(filter: &netlink::Filter) -> bool {
+    filter.kind == "bpf"
+        && filter
+            .bpf_name
+            .as_deref()
+            .is_some_and(|n| n == TC_INGRESS_PROGRAM || n == TC_EGRESS_PROGRAM)
+}
+
+/// Deletes the TC filters of faultd's programs from the interface's clsact hooks.
+fn remove_stale_filters(iface: &str, ifindex: u32) -> Result<(), DatapathError> {
+    let what = || format!("removing the TC filters an earlier faultd left on {iface}");
+    let mut rtnl = Rtnl::open().map_err(|e| kernel(what(), e))?;
+    let mut removed = 0;
+    for parent in [netlink::CLSACT_INGRESS, netlink::CLSACT_EGRESS] {
+        let filters = rtnl
+            .filters(ifindex, parent)
+            .map_err(|e| kernel(what(), e))?;
+        // A dump also lists each priority's head (handle 0), which has no program.
+        for filter in filters.iter().filter(|f| f.handle != 0 && is_faultds(f)) {
+            match rtnl.delete_filter(ifindex, filter) {
+                Ok(()) => removed += 1,
+                // Gone meanwhile: what was wanted.
+                Err(e) if e.is(libc::ENOENT) => {}
+                Err(e) => return Err(kernel(what(), e)),
+            }
+        }
+    }
+    if removed > 0 {
+        warn!(
+            iface,
+            removed, "removed the TC filters of a faultd that was killed before it could"
+        );
+    }
+    Ok(())
+}
+
+/// Removes the clsact qdisc faultd added, unless someone else's filters now hang on it.
+fn remove_clsact(iface: &str, ifindex: u32) {
+    let removed = Rtnl::open().and_then(|mut rtnl| {
+        let mut others = Vec::new();
+        for parent in [netlink::CLSACT_INGRESS, netlink::CLSACT_EGRESS] {
+            others.extend(
+                rtnl.filters(ifindex, parent)?
+                    .into_iter()
+                    .filter(|f| f.handle != 0 && !is_faultds(f)),
+            );
+        }
+        if !others.is_empty() {
+            warn!(
+                iface,
+                filters = others.len(),
+                "leaving the clsact qdisc faultd added: other filters use it now"
+            );
+            return Ok(());
+        }
+        rtnl.delete_qdisc(
+            ifindex,
+            netlink::CLSACT_PARENT,
+            netlink::CLSACT_HANDLE,
+            "clsact",
+        )
+    });
+    if let Err(e) = removed {
+        warn!(iface, error = %e, "could not remove the clsact qdisc faultd added");
     }
 }
 
@@ -422,4 +574,46 @@ fn is_permission_error(e: &DynError) -> bool {
 
 fn is_busy(e: &DynError) -> bool {
     has_os_error(e, &[libc::EBUSY, libc::EEXIST])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_file_held_by_a_live_holder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("if.lock");
+        let _held = lock_file(&path).unwrap();
+        match lock_file(&path) {
+            Err(LockError::Held { pid }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("a second lock was not refused: {other:?}"),
+        }
+    }
+
+    /// The race: B opens the lock file, A (the holder) unlinks it and exits, B locks what it
+    /// opened and C creates and locks a new file. Only one of B and C may hold the interface.
+    #[test]
+    fn a_lock_on_an_unlinked_lock_file_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("if.lock");
+        let a = lock_file(&path).unwrap();
+        let opened_by_b = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // A exits the way Datapath::drop does: unlink while holding, then release.
+        fs::remove_file(&path).unwrap();
+        drop(a);
+        let c = lock_file(&path).unwrap();
+        assert!(
+            lock_opened(opened_by_b, &path).unwrap().is_none(),
+            "B's lock on the unlinked file counted: B and C both hold the interface"
+        );
+        assert!(matches!(lock_file(&path), Err(LockError::Held { .. })));
+        drop(c);
+        // Released: the next starter gets it, on the same path.
+        lock_file(&path).unwrap();
+    }
 }

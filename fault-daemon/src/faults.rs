@@ -17,10 +17,52 @@ use fault_common::{
     PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP, THEN_RESET,
 };
 
-/// Longest TTL accepted: a year. Longer is almost surely a unit mistake.
+/// Longest TTL (and limit age) ever accepted: a year. Longer is almost surely a unit
+/// mistake. `--max-ttl` lowers the TTL's bound.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest label accepted, in bytes.
 pub const MAX_LABEL: usize = 256;
+/// Default of faultd's `--max-faults`.
+pub const DEFAULT_MAX_FAULTS: usize = 1024;
+/// Default of faultd's `--max-ttl`.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What one faultd accepts at most; set by its flags.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Faults installed at once (`--max-faults`), at most the kernel maps' [`MAX_FAULTS`].
+    pub max_faults: usize,
+    /// Longest TTL (`--max-ttl`), at most [`MAX_TTL`].
+    pub max_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_faults: DEFAULT_MAX_FAULTS,
+            max_ttl: DEFAULT_MAX_TTL,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits themselves; errors name the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_faults == 0 || self.max_faults > MAX_FAULTS as usize {
+            return Err(format!(
+                "--max-faults {} is not in 1..={MAX_FAULTS} (the kernel maps' capacity)",
+                self.max_faults
+            ));
+        }
+        if self.max_ttl.is_zero() || self.max_ttl > MAX_TTL {
+            return Err(format!(
+                "--max-ttl {} is not in 1ms..=365days",
+                humantime::format_duration(self.max_ttl)
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FaultError {
@@ -37,6 +79,9 @@ pub enum FaultError {
     /// The kernel refused a map write.
     #[error("datapath: {0}")]
     Datapath(String),
+    /// faultd is stopping: its programs are (being) detached.
+    #[error("faultd is shutting down")]
+    ShuttingDown,
 }
 
 impl FaultError {
@@ -299,8 +344,9 @@ impl Action {
         )
     }
 
-    /// Whether the action acts on connection attempts only, which go to the port.
-    fn on_syns(&self) -> bool {
+    /// Whether the action acts on connection attempts only, which go to the port (and
+    /// reports them as events).
+    pub fn on_syns(&self) -> bool {
         matches!(self, Action::Refuse { .. } | Action::Record)
     }
 
@@ -515,18 +561,21 @@ impl FaultSpec {
                 ),
             ));
         }
-        if let Some(ttl) = self.ttl {
-            if ttl.is_zero() || ttl > MAX_TTL {
-                return Err(FaultError::invalid(
-                    "ttl_ms",
-                    format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
-                ));
-            }
+        if let Some(ttl) = self.ttl
+            && (ttl.is_zero() || ttl > MAX_TTL)
+        {
+            return Err(FaultError::invalid(
+                "ttl_ms",
+                format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
+            ));
         }
         if self.label.len() > MAX_LABEL {
             return Err(FaultError::invalid(
                 "label",
-                format!("{} bytes is longer than {MAX_LABEL}", self.label.len()),
+                format!(
+                    "{} bytes is longer than the limit of {MAX_LABEL} bytes",
+                    self.label.len()
+                ),
             ));
         }
         Ok(())
@@ -603,6 +652,8 @@ pub struct Fault {
     pub counter: u32,
     /// Who added it.
     pub owner: Owner,
+    /// The client session it is bound to (removed when that session ends), if any.
+    pub session: Option<u64>,
 }
 
 impl Fault {
@@ -650,10 +701,13 @@ pub struct FaultTable {
     faults: BTreeMap<u64, Fault>,
     by_key: HashMap<PortKey, Vec<u64>>,
     last_id: u64,
+    /// Counter slots of removed faults. A slot is here or with exactly one fault, never
+    /// both: a new fault's slot is zeroed, which must never hit a live fault's counters.
     free_counters: Vec<u32>,
     next_counter: u32,
     /// Ports (tcp) no fault may touch: faultd's own API.
     protected_tcp_ports: Vec<u16>,
+    limits: Limits,
 }
 
 impl FaultTable {
@@ -662,6 +716,39 @@ impl FaultTable {
             protected_tcp_ports,
             ..Default::default()
         }
+    }
+
+    /// The same table with other limits (checked by [`Limits::validate`] beforehand).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether a fault that reports connection attempts (refuse, record) is on TCP `port`.
+    pub fn reports_syns(&self, port: u16) -> bool {
+        self.faults.values().any(|f| {
+            f.spec.action.on_syns()
+                && f.spec.target.port == port
+                && f.spec.target.protocol.covers_tcp()
+        })
+    }
+
+    /// The faults whose TTL has run out at `now`.
+    pub fn expired(&self, now: SystemTime) -> Vec<u64> {
+        self.faults
+            .values()
+            .filter(|f| f.expires.is_some_and(|at| at <= now))
+            .map(|f| f.id)
+            .collect()
+    }
+
+    /// When the next TTL runs out, if any fault has one.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.faults.values().filter_map(|f| f.expires).min()
     }
 
     pub fn get(&self, id: u64) -> Option<&Fault> {
@@ -711,15 +798,17 @@ impl FaultTable {
         sink: &mut dyn RuleSink,
     ) -> Result<Fault, FaultError> {
         spec.validate()?;
+        let expires = self.check_ttl(&spec, now)?;
         self.check_room(&spec)?;
         let counter = self.take_counter()?;
         let fault = Fault {
             id: self.last_id + 1,
-            expires: spec.ttl.map(|ttl| now + ttl),
+            expires,
             spec,
             created: now,
             counter,
             owner,
+            session: None,
         };
         if let Err(e) = sink.reset_counters(counter) {
             self.free_counters.push(counter);
@@ -728,6 +817,7 @@ impl FaultTable {
         self.insert(fault.clone());
         if let Err(e) = self.write_keys(&fault.spec, sink) {
             self.unlink(fault.id);
+            self.free_counters.push(counter);
             // Best effort: put back what the programs saw before.
             let _ = self.write_keys(&fault.spec, sink);
             return Err(e);
@@ -736,14 +826,34 @@ impl FaultTable {
         Ok(fault)
     }
 
+    /// Removes a fault: the table changes only if every map write succeeds, and the
+    /// fault's counter slot is free for reuse only then.
     pub fn remove(&mut self, id: u64, sink: &mut dyn RuleSink) -> Result<Fault, FaultError> {
         let fault = self.unlink(id).ok_or(FaultError::NotFound(id))?;
         if let Err(e) = self.write_keys(&fault.spec, sink) {
+            // The fault stays, with its counter slot: the programs may still count into it.
             self.insert(fault.clone());
             let _ = self.write_keys(&fault.spec, sink);
             return Err(e);
         }
+        self.free_counters.push(fault.counter);
         Ok(fault)
+    }
+
+    /// Binds a fault to a client session; returns it as bound, `None` when no such fault.
+    pub fn bind_session(&mut self, id: u64, session: u64) -> Option<&Fault> {
+        let fault = self.faults.get_mut(&id)?;
+        fault.session = Some(session);
+        Some(fault)
+    }
+
+    /// The ids of the faults bound to `session`.
+    pub fn session_faults(&self, session: u64) -> Vec<u64> {
+        self.faults
+            .values()
+            .filter(|f| f.session == Some(session))
+            .map(|f| f.id)
+            .collect()
     }
 
     pub fn clear(&mut self, sink: &mut dyn RuleSink) -> Result<usize, FaultError> {
@@ -770,7 +880,38 @@ impl FaultTable {
         ids.into_iter().map(|id| self.remove(id, sink)).collect()
     }
 
+    /// The TTL within `--max-ttl`, and when it runs out.
+    fn check_ttl(
+        &self,
+        spec: &FaultSpec,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, FaultError> {
+        let Some(ttl) = spec.ttl else {
+            return Ok(None);
+        };
+        let beyond = || {
+            FaultError::invalid(
+                "ttl_ms",
+                format!(
+                    "{} ms is beyond this faultd's limit of {} (faultd --max-ttl)",
+                    ttl.as_millis(),
+                    humantime::format_duration(self.limits.max_ttl)
+                ),
+            )
+        };
+        if ttl > self.limits.max_ttl {
+            return Err(beyond());
+        }
+        now.checked_add(ttl).map(Some).ok_or_else(beyond)
+    }
+
     fn check_room(&self, spec: &FaultSpec) -> Result<(), FaultError> {
+        if self.faults.len() >= self.limits.max_faults {
+            return Err(FaultError::Exhausted(format!(
+                "{} faults are installed, this faultd's limit (faultd --max-faults)",
+                self.faults.len()
+            )));
+        }
         let t = &spec.target;
         // Whatever its direction or peer, a fault on the port cuts some of the API's flows.
         if t.protocol.covers_tcp() && self.protected_tcp_ports.contains(&t.port) {
@@ -813,6 +954,8 @@ impl FaultTable {
         self.faults.insert(fault.id, fault);
     }
 
+    /// Takes a fault out of the table (not out of the maps); its counter slot stays
+    /// taken until the caller frees it.
     fn unlink(&mut self, id: u64) -> Option<Fault> {
         let fault = self.faults.remove(&id)?;
         for key in fault.spec.keys() {
@@ -823,7 +966,6 @@ impl FaultTable {
                 }
             }
         }
-        self.free_counters.push(fault.counter);
         Some(fault)
     }
 
@@ -1394,6 +1536,8 @@ pub mod tests {
         pub rules: HashMap<PortKey, PortRule>,
         pub fail_writes: bool,
         pub writes: usize,
+        /// Counter slots zeroed, in order.
+        pub resets: Vec<u32>,
     }
 
     impl RuleSink for MemorySink {
@@ -1408,7 +1552,8 @@ pub mod tests {
             };
             Ok(())
         }
-        fn reset_counters(&mut self, _: u32) -> Result<(), FaultError> {
+        fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
+            self.resets.push(counter);
             Ok(())
         }
         fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
@@ -1512,6 +1657,129 @@ pub mod tests {
             .unwrap();
         assert_eq!(f.id, 2);
         assert_eq!(f.counter, 1);
+    }
+
+    #[test]
+    fn a_failed_removal_keeps_the_fault_and_its_counter_slot() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let live = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        sink.fail_writes = true;
+        let err = table.remove(live.id, &mut sink).unwrap_err();
+        assert!(matches!(err, FaultError::Datapath(_)), "{err}");
+        assert_eq!(table.get(live.id), Some(&live), "the fault is still listed");
+        sink.fail_writes = false;
+        sink.resets.clear();
+        let next = table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_ne!(
+            next.counter, live.counter,
+            "the new fault took the live fault's counter slot"
+        );
+        assert_eq!(sink.resets, [next.counter], "only the new slot is zeroed");
+        // Once the removal succeeds the slot is free, once: two new faults, two slots.
+        table.remove(live.id, &mut sink).unwrap();
+        let a = table
+            .add(drop_spec(3, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        let b = table
+            .add(drop_spec(4, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_eq!(a.counter, live.counter);
+        let counters: std::collections::HashSet<u32> = table.iter().map(|f| f.counter).collect();
+        assert_eq!(counters.len(), table.len(), "a slot shared: {counters:?}");
+        assert_ne!(b.counter, a.counter);
+    }
+
+    #[test]
+    fn the_fault_limit_is_refused_naming_it() {
+        let mut table = FaultTable::default().with_limits(Limits {
+            max_faults: 3,
+            ..Limits::default()
+        });
+        let mut sink = MemorySink::default();
+        for port in 1..=3 {
+            table
+                .add(drop_spec(port, Protocol::Tcp), now(), &mut sink)
+                .unwrap();
+        }
+        let err = table
+            .add(drop_spec(4, Protocol::Tcp), now(), &mut sink)
+            .unwrap_err();
+        assert!(matches!(err, FaultError::Exhausted(_)), "{err}");
+        assert!(err.to_string().contains("--max-faults"), "{err}");
+        assert_eq!(table.len(), 3);
+        assert!(!sink.rules.contains_key(&PortKey::new(PROTO_TCP, 4)));
+    }
+
+    #[test]
+    fn ttls_beyond_the_limit_are_refused_naming_it() {
+        let mut table = FaultTable::default().with_limits(Limits {
+            max_ttl: Duration::from_secs(60),
+            ..Limits::default()
+        });
+        let mut sink = MemorySink::default();
+        let mut spec = drop_spec(1, Protocol::Tcp);
+        spec.ttl = Some(Duration::from_secs(60));
+        table.add(spec.clone(), now(), &mut sink).unwrap();
+        spec.ttl = Some(Duration::from_millis(60_001));
+        let err = table.add(spec.clone(), now(), &mut sink).unwrap_err();
+        assert!(err.to_string().starts_with("ttl_ms:"), "{err}");
+        assert!(err.to_string().contains("--max-ttl"), "{err}");
+        // A TTL that would overflow the clock is refused, not a panic.
+        let mut table = FaultTable::default().with_limits(Limits {
+            max_ttl: MAX_TTL,
+            ..Limits::default()
+        });
+        let late = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 2);
+        spec.ttl = Some(MAX_TTL);
+        if SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(u64::MAX / 2))
+            .is_some()
+        {
+            let err = table.add(spec, late, &mut sink).unwrap_err();
+            assert!(err.to_string().starts_with("ttl_ms:"), "{err}");
+        }
+        assert!(
+            Limits {
+                max_faults: 0,
+                ..Limits::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Limits {
+                max_faults: MAX_FAULTS as usize + 1,
+                ..Limits::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(Limits::default().validate().is_ok());
+    }
+
+    #[test]
+    fn expiry_follows_the_table() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let mut spec = drop_spec(1, Protocol::Tcp);
+        spec.ttl = Some(Duration::from_secs(10));
+        let a = table.add(spec.clone(), now(), &mut sink).unwrap();
+        spec.ttl = Some(Duration::from_secs(5));
+        let b = table.add(spec, now(), &mut sink).unwrap();
+        table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_eq!(table.next_expiry(), b.expires);
+        assert_eq!(table.expired(now() + Duration::from_secs(5)), [b.id]);
+        table.remove(b.id, &mut sink).unwrap();
+        // A removed fault's TTL is gone with it.
+        assert_eq!(table.next_expiry(), a.expires);
+        assert!(table.expired(now() + Duration::from_secs(9)).is_empty());
     }
 
     #[test]

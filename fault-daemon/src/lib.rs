@@ -3,11 +3,14 @@
 //! - [`faults`]: the domain model — validate faults, compile them into rule-map entries.
 //! - [`datapath`]: load and attach the eBPF programs, write their maps.
 //! - [`events`]: kernel events, kept and broadcast to subscribers.
+//! - [`netlink`]: qdiscs and TC filters through rtnetlink.
 //! - [`qdisc`]: the fq qdisc that delays and paced rates need.
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
-//! - [`cli`]: `faultctl`, a thin gRPC client.
+//! - [`connections`]: the bound on the API's connections.
+//! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
+//! - [`sessions`]: faults bound to a client's lifetime (OpenSession).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
 //! - [`observe`]: the gRPC health and reflection services; [`metrics`]: Prometheus.
 //! - [`config`]: the TOML configuration file.
@@ -15,24 +18,23 @@
 pub mod access;
 pub mod api;
 pub mod capabilities;
-pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod datapath;
 pub mod ebpf_log;
 pub mod events;
 pub mod faults;
+pub mod logging;
 pub mod metrics;
+pub mod netlink;
 pub mod observe;
 pub mod qdisc;
 pub mod reconnect;
+pub mod sessions;
 
-/// Generated from `proto/faultd/v1/faultd.proto`.
-pub mod proto {
-    tonic::include_proto!("faultd.v1");
-
-    /// The encoded descriptors of every proto faultd serves, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("faultd_descriptor");
-}
+/// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share
+/// (with `FILE_DESCRIPTOR_SET`, for server reflection).
+pub use faultd_api::proto;
 
 /// Where faultd serves its API unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+pub use faultd_api::DEFAULT_LISTEN;

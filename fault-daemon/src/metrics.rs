@@ -132,6 +132,20 @@ impl Collector for FaultCollector {
         for (op, count) in [("add", updates.adds), ("remove", updates.removes)] {
             ConstCounter::new(count).encode(family.encode_family(&[("op", op)])?)?;
         }
+        let events = self.api.event_stats();
+        let mut family = encoder.encode_descriptor(
+            "faultd_events_lost",
+            "Kernel events lost: the ring buffer was full (where=kernel), or a subscriber \
+             read too slowly (where=subscriber); each loss is also a gap in the event stream",
+            None,
+            MetricType::Counter,
+        )?;
+        for (place, count) in [
+            ("kernel", events.lost_in_kernel),
+            ("subscriber", events.lost_to_slow_subscribers),
+        ] {
+            ConstCounter::new(count).encode(family.encode_family(&[("where", place)])?)?;
+        }
         Ok(())
     }
 }
@@ -260,6 +274,10 @@ mod tests {
         );
         assert!(text.contains("faultd_active_faults 1\n"), "{text}");
         assert!(
+            text.contains("faultd_events_lost_total{where=\"kernel\"} 0\n"),
+            "{text}"
+        );
+        assert!(
             text.contains("faultd_rule_updates_total{op=\"add\"} 2\n"),
             "{text}"
         );
@@ -270,8 +288,8 @@ mod tests {
         assert!(!text.contains("port=\"2380\""), "{text}");
     }
 
-    #[test]
-    fn only_get_metrics_is_answered() {
+    #[tokio::test]
+    async fn only_get_metrics_is_answered() {
         let registry = registry(api());
         let (status, content_type, body) =
             respond("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", &registry);

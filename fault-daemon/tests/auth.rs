@@ -316,7 +316,7 @@ fn every_service_refuses_an_unprivileged_caller() {
                         faults
                             .watch_events(proto::WatchEventsRequest {
                                 follow: false,
-                                fault_id: 0,
+                                ..Default::default()
                             })
                             .await
                             .map(drop),

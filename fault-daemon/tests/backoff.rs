@@ -47,7 +47,11 @@ fn backoff_is_judged_from_kernel_timestamps() {
     assert!(text.contains("PASS"), "{text}");
 
     let bad = ns.faultctl(&["backoff", "--port", "7836", "--json"]);
-    assert!(!bad.status.success(), "a constant 500 ms retry passed");
+    assert_eq!(
+        bad.status.code(),
+        Some(4),
+        "a constant 500 ms retry must fail the verdict (exit 4)"
+    );
     let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(
         report["attempts"], 4,

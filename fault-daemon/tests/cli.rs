@@ -1,5 +1,7 @@
 //! faultctl's output for people: the `list`, `stats` and `clear` tables with real faults and
-//! real traffic, and `events --follow` printing events as the kernel reports them.
+//! real traffic, and `events --follow` printing events as the kernel reports them; and for
+//! scripts: exit codes, `--json` on every command, `version`. faultd's own log: plain text
+//! in a file, or JSON.
 
 mod harness;
 
@@ -23,6 +25,7 @@ const LIST_COLUMNS: &[&str] = &[
     "EXPIRES IN",
     "LABEL",
     "OWNER",
+    "SESSION",
 ];
 const STATS_COLUMNS: &[&str] = &[
     "ID",
@@ -35,6 +38,16 @@ const STATS_COLUMNS: &[&str] = &[
     "ACTED BYTES",
     "LABEL",
 ];
+
+/// `faultctl stats` on one interface: its attachment line, the events line, the table.
+fn stats_parts(text: &str) -> (&str, &str, &str) {
+    let (attachment, rest) = text.split_once('\n').expect("an attachment line");
+    let (events, table) = rest
+        .split_once('\n')
+        .expect("an events line, then the table");
+    assert!(events.starts_with("events: "), "{text}");
+    (attachment, events, table)
+}
 
 /// The rows of a table printed with a header of `columns` (left-aligned cells, so each
 /// cell starts where its header does), as lists of trimmed cells.
@@ -148,6 +161,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
         let row = row_of(&rows, id);
         assert_eq!(&row[1..7], &cells[..6], "fault {id}: {row:?}");
         assert_eq!(row[8], label, "fault {id}: {row:?}");
+        assert_eq!(row[10], "-", "fault {id} is bound to no session: {row:?}");
         // Added by root through faultctl (the name where the system has a passwd file).
         let owner: Vec<&str> = row[9].split_whitespace().collect();
         assert!(
@@ -195,7 +209,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
     );
 
     let before = faultctl_raw(&ns, &["stats"]);
-    let (_, table) = before.split_once('\n').unwrap();
+    let (_, _, table) = stats_parts(&before);
     let rows = table_rows(table, STATS_COLUMNS);
     assert_eq!(&row_of(&rows, &dns)[4..8], ["0", "0", "0", "0"], "{before}");
 
@@ -222,9 +236,16 @@ fn list_stats_and_clear_tables_show_real_faults() {
     let text = faultctl_raw(&ns, &["stats"]);
     eprintln!("faultctl stats:\n{text}");
     let json: Value = serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
-    let (attachment, table) = text
-        .split_once('\n')
-        .expect("an attachment line, then the table");
+    let (attachment, events, table) = stats_parts(&text);
+    let e = &json["events"];
+    assert_eq!(
+        events,
+        format!(
+            "events: {} received, {} lost in the kernel (ring full), 0 not delivered to slow \
+             subscribers",
+            e["received"], e["lost_in_kernel"]
+        )
+    );
     let a = &json["attachments"][0];
     assert_eq!(
         attachment,
@@ -282,7 +303,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
         "{text}"
     );
     let text = faultctl_raw(&ns, &["stats"]);
-    let (_, table) = text.split_once('\n').unwrap();
+    let (_, _, table) = stats_parts(&text);
     assert_eq!(
         table_rows(table, STATS_COLUMNS),
         Vec::<Vec<String>>::new(),
@@ -398,4 +419,248 @@ fn events_follow_prints_events_as_they_happen() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGTERM)
     );
+}
+
+fn exit_code(ns: &Netns, args: &[&str]) -> (Option<i32>, String) {
+    let out = ns.faultctl(args);
+    (out.status.code(), stderr_text(&out))
+}
+
+/// The exit codes of the README's table, against a real faultd: 0 done, 1 bad input,
+/// 2 daemon unreachable, 3 refused by the daemon, 4 `backoff`'s verdict is FAIL; and
+/// nothing changes on a refusal. (faultctl/tests/cli.rs covers them without a daemon.)
+#[test]
+fn exit_codes_match_the_table() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("exit");
+    let daemon = Daemon::start(&ns, &["lo"]);
+    let (code, err) = exit_code(&ns, &["drop", "--port", "7701", "--label", "kept"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    for bad in [
+        &["drop", "--port", "70000"][..],
+        &["drop", "--port", "7702", "--direction", "sideways"],
+        // faultctl's own check of a backoff policy, after it has connected.
+        &["backoff", "--port", "7702", "--multiplier", "0.5"],
+    ] {
+        let (code, err) = exit_code(&ns, bad);
+        assert_eq!(code, Some(1), "{bad:?}: {err}");
+    }
+    for (refused, says) in [
+        (&["rm", "999999"][..], "999999"),
+        (
+            &["limit-bytes", "--port", "7702", "--bytes", "-1"],
+            "action.limit_bytes.bytes",
+        ),
+        // faultd's own API port.
+        (&["drop", "--port", "7447"], "7447"),
+    ] {
+        let (code, err) = exit_code(&ns, refused);
+        assert_eq!(code, Some(3), "{refused:?}: {err}");
+        assert!(err.contains(says), "{refused:?}: {err}");
+    }
+    // Nothing recorded on the port: too few attempts to judge, which fails the verdict.
+    let (code, err) = exit_code(&ns, &["backoff", "--port", "7703"]);
+    assert_eq!(code, Some(4), "{err}");
+
+    let faults = ns.faults_json();
+    let labels: Vec<&str> = faults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["kept"], "refusals changed nothing: {faults}");
+
+    drop(daemon);
+    let (code, err) = exit_code(&ns, &["list"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no faultd answers"), "{err}");
+}
+
+/// `--json` on every command gives one JSON document per line (events: per event), and
+/// `version` names the daemon's version as the daemon reports it.
+#[test]
+fn every_command_speaks_json() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("json");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let json = |args: &[&str]| -> Value {
+        let text = ns.faultctl_ok(&[&["--json"][..], args].concat());
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text:?}"))
+    };
+
+    let versions = json(&["version"]);
+    assert_eq!(versions["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(versions["daemon"], env!("CARGO_PKG_VERSION"), "{versions}");
+    let text = ns.faultctl_ok(&["version"]);
+    assert_eq!(
+        text,
+        format!("faultctl {v}\nfaultd   {v}", v = env!("CARGO_PKG_VERSION"))
+    );
+
+    let adds: &[&[&str]] = &[
+        &["drop", "--port", "7801"],
+        &["reset", "--port", "7802"],
+        &["refuse", "--port", "7803", "--mode", "drop"],
+        &["limit-bytes", "--port", "7804", "--bytes", "10"],
+        &[
+            "limit-age",
+            "--port",
+            "7805",
+            "--after",
+            "5s",
+            "--then",
+            "drop",
+        ],
+        &["record", "--port", "7806"],
+        &["loss", "--port", "7807", "--percent", "5"],
+        &["rate", "--port", "7808", "--limit", "1mbit"],
+        &["corrupt", "--port", "7809", "--percent", "5"],
+        &["duplicate", "--port", "7810", "--percent", "5"],
+        &["stall", "--port", "7811", "--direction", "from-port"],
+    ];
+    let mut ids = Vec::new();
+    for args in adds {
+        let fault = json(args);
+        assert_eq!(fault["action"], args[0], "{fault}");
+        assert_eq!(fault["port"].as_u64(), args[2].parse().ok(), "{fault}");
+        ids.push(fault["id"].as_u64().unwrap());
+    }
+    assert_eq!(json(&["list"]).as_array().unwrap().len(), adds.len());
+    let stats = json(&["stats"]);
+    assert_eq!(stats["faults"].as_array().unwrap().len(), adds.len());
+    assert_eq!(stats["faults"][0]["counters"]["acted_packets"], 0);
+    let doctor = json(&["doctor"]);
+    assert!(
+        doctor["actions"].as_array().unwrap().len() >= 12,
+        "{doctor}"
+    );
+    assert_eq!(doctor["interfaces"][0]["interface"], "lo");
+
+    // A SYN to the recorded port: an event line, then a backoff verdict (one attempt).
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:7806").unwrap());
+    let _client = ns.run(|| TcpStream::connect("127.0.0.1:7806").unwrap());
+    let _accepted = listener.accept().unwrap();
+    let events = ns.faultctl_ok(&["events", "--json"]);
+    let syn: Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["kind"] == "syn")
+        .unwrap_or_else(|| panic!("no syn event: {events}"));
+    assert_eq!(syn["dst_port"], 7806, "{syn}");
+    let out = ns.faultctl(&["--json", "backoff", "--port", "7806"]);
+    assert_eq!(out.status.code(), Some(4), "one attempt is too few");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["attempts"], 1, "{report}");
+
+    let removed = json(&["rm", &ids[0].to_string()]);
+    assert_eq!(removed["removed"]["id"], ids[0], "{removed}");
+    let cleared = json(&["clear"]);
+    assert_eq!(cleared["removed"].as_u64(), Some(adds.len() as u64 - 1));
+}
+
+/// faultd's log written to a file carries no colour codes; `--log-format json` makes each
+/// line a JSON object.
+#[test]
+fn faultd_logs_plain_text_to_a_file_and_json_on_request() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("log");
+    {
+        let daemon = Daemon::start(&ns, &["lo"]);
+        ns.faultctl_ok(&["drop", "--port", "7901"]);
+        let log = std::fs::read_to_string(&daemon.log).unwrap();
+        assert!(log.contains("faultd ready"), "{log}");
+        assert!(
+            !log.contains("\x1b["),
+            "escape sequences in a log file:\n{log:?}"
+        );
+    }
+    let daemon = Daemon::try_start(&ns, &["lo"], &["--log-format", "json"])
+        .unwrap_or_else(|log| panic!("faultd --log-format json: {log}"));
+    ns.faultctl_ok(&["drop", "--port", "7902"]);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "faultd ready" && l["level"] == "INFO"),
+        "{log}"
+    );
+    assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{log}");
+    assert!(!log.contains("\x1b["), "{log:?}");
+}
+
+/// Starts `faultctl <verb> … --hold` in `ns`; returns it and the line it printed once the
+/// fault was added.
+fn spawn_holding(ns: &Netns, args: &[&str]) -> (test_harness::Process, String) {
+    let mut holder = ns.faultctl_spawn(args);
+    let mut line = String::new();
+    BufReader::new(holder.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (holder, line)
+}
+
+/// `--hold` binds the fault to faultctl's session: listed with a session while faultctl
+/// runs; SIGKILL of faultctl (no chance to clean up) → faultd removes it within 1 s.
+#[test]
+fn a_held_fault_dies_with_a_killed_faultctl() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("hold");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let (mut holder, line) = spawn_holding(&ns, &["drop", "--port", "7611", "--hold"]);
+    let id: u64 = line.trim().parse().expect("faultctl prints the id");
+    let listed = ns.faults_json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    assert!(
+        listed[0]["session_id"].as_u64().is_some_and(|s| s != 0),
+        "a held fault is bound to a session: {listed}"
+    );
+    assert!(holder.child.try_wait().unwrap().is_none(), "faultctl holds");
+
+    holder.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    while !ns.faults_json().as_array().unwrap().is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "the held fault outlived its killed faultctl by 1 s: {}",
+            ns.faults_json()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("held fault gone {:?} after SIGKILL", killed.elapsed());
+}
+
+/// SIGTERM (as Ctrl-C's SIGINT) ends `--hold`: faultctl removes the fault and exits 0; the
+/// fault is gone when it has exited.
+#[test]
+fn a_held_fault_goes_when_faultctl_is_told_to_stop() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("holdt");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let args = ["--json", "refuse", "--port", "7612", "--hold"];
+        let (mut holder, line) = spawn_holding(&ns, &args);
+        let fault: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ns.faults_json()[0]["id"], fault["id"]);
+        holder.signal(signal);
+        let status = holder.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "signal {signal}: {status}");
+        assert_eq!(ns.faults_json(), serde_json::json!([]), "signal {signal}");
+    }
 }

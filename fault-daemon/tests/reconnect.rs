@@ -468,9 +468,9 @@ fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
     );
 
     // `faultctl backoff` from the kernel timestamps: same attempts, same gaps. It fails the
-    // client (400 ms is too soon for gRPC's policy) and says so with exit status 1.
+    // client (400 ms is too soon for gRPC's policy) and says so with exit status 4.
     let out = ns.faultctl(&["backoff", "--port", &RETRY.to_string(), "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", harness::stderr_text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", harness::stderr_text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "faultctl backoff --json: {e}: {}",

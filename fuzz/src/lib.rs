@@ -145,6 +145,7 @@ pub fn seeds() -> Vec<(&'static str, AddFaultRequest)> {
             ttl_ms: None,
             label: String::new(),
         }),
+        session_id: 0,
     };
     let (tcp, udp, any) = (
         proto::Protocol::Tcp,

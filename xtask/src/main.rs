@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod python;
 mod setup;
 mod vm;
 
@@ -30,9 +31,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test suite (unit, program, system), a 60 s fuzz run, the kernel
-    /// matrix and the quick bench.
+    /// Set up, then run every test suite (unit, program, system, the Python client's), a 60 s
+    /// fuzz run, the kernel matrix and the quick bench.
     Test,
+    /// Set up, then run the Python client's suite alone (clients/python/tests, as root).
+    PythonTest,
     /// Set up, then check the fuzz seed corpus and fuzz AddFault requests for a while
     /// (`cargo xtask fuzz --seconds 3600` for a long session).
     Fuzz(fuzz::Options),
@@ -43,8 +46,20 @@ enum Task {
     /// memory) and write BENCHMARKS.md and benchmarks.png.
     Bench {
         /// A few seconds with tiny counts, written to target/bench-quick/ (the test suite's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "soak")]
         quick: bool,
+        /// Only the soak: churn with traffic for DURATION (10m, 180s…; 10 minutes when
+        /// given without one), faultd's resources sampled throughout; written into the
+        /// Soak section of BENCHMARKS.md.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "10m",
+            value_parser = bench::parse_soak_duration
+        )]
+        soak: Option<std::time::Duration>,
     },
 }
 
@@ -69,10 +84,9 @@ fn run(task: Task) -> anyhow::Result<()> {
                 "--release",
                 "--package",
                 "fault-daemon",
-                "--bin",
-                "faultd",
-                "--bin",
+                "--package",
                 "faultctl",
+                "--bins",
             ])?;
             let faultd = workspace_root().join("target/release/faultd");
             let status = as_root(&faultd.to_string_lossy(), &args)
@@ -85,7 +99,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root(
                 "the program and system tests load eBPF programs and create network namespaces",
             )?;
+            // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
+            cargo(&["build", "--package", "faultctl"])?;
             cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            // The Python client and pytest plugin, against a real faultd.
+            python::tests()?;
             fuzz::run(&fuzz::Options {
                 seconds: 60,
                 libfuzzer: Vec::new(),
@@ -95,13 +113,21 @@ fn run(task: Task) -> anyhow::Result<()> {
             // So that the bench cannot rot; it fails only on errors, never on a figure.
             bench::run(true)
         }
+        Task::PythonTest => {
+            setup::all()?;
+            require_root("the Python client's tests create a network namespace and run faultd")?;
+            python::tests()
+        }
         Task::Fuzz(opts) => {
             setup::all()?;
             fuzz::run(&opts)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, soak } => {
             setup::all()?;
-            bench::run(quick)
+            match soak {
+                Some(duration) => bench::soak(duration),
+                None => bench::run(quick),
+            }
         }
     }
 }

@@ -4,16 +4,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: LLVM for bpf-linker, protoc for the gRPC code, iproute2 for the tests'
-/// namespaces and veths, iptables for the bench's comparison with iptables DROP rules,
-/// prometheus for `promtool check metrics` on faultd's metrics (tests/observe.rs).
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "protobuf-compiler",
-    "iproute2",
-    "iptables",
-    "prometheus",
-];
+/// Debian packages: LLVM for bpf-linker, iproute2 for the tests' namespaces and veths,
+/// iptables for the bench's comparison with iptables DROP rules, prometheus for `promtool
+/// check metrics` on faultd's metrics (tests/observe.rs). (No protoc: faultd-api compiles
+/// the protos with protox, and the Python tests' stubs come from grpcio-tools.)
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "iptables", "prometheus"];
 /// Debian packages for `cargo xtask vm-test`: the emulator, a static busybox for the VM's
 /// userland, and `xz` for kernels whose modules are compressed.
 const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
@@ -27,6 +22,7 @@ pub fn all() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     python_packages()?;
+    python_venv()?;
     Ok(())
 }
 
@@ -134,6 +130,14 @@ fn cargo_fuzz() -> anyhow::Result<()> {
         Command::new("cargo").args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
         "cargo install cargo-fuzz (about a minute)",
     )
+}
+
+/// `python3 -m venv`, where the Python client's tests install it (Debian splits it off).
+fn python_venv() -> anyhow::Result<()> {
+    if quiet(Command::new("python3").args(["-c", "import ensurepip, venv"])) {
+        return Ok(());
+    }
+    install_missing(&["python3-venv"])
 }
 
 fn python_packages() -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ pub fn unix_peer(stream: &tokio::net::UnixStream) -> io::Result<Caller> {
         pid,
         command: pid.map(command_of).unwrap_or_default(),
         via: "unix socket".into(),
+        socket_inode: None,
     }))
 }
 
@@ -61,27 +62,40 @@ fn peer_groups(stream: &impl AsRawFd) -> io::Result<Vec<u32>> {
 }
 
 /// The peer of a TCP connection accepted on `local`: the owner of the socket at the other
-/// end, which is in this network namespace when the connection came over loopback.
+/// end, which is in this network namespace when the connection came over loopback. Only
+/// its uid and socket: its process, which takes a scan of /proc, is left to
+/// [`with_process`].
 pub fn tcp_peer(local: SocketAddr, peer: SocketAddr) -> Caller {
     let unknown = |why: String| Caller::Unknown { peer, why };
     // A v4 client of a dual-stack listener is an IPv4 socket.
     let (local, peer_socket) = (unmapped(local), unmapped(peer));
     match socket_owner(peer_socket, local) {
-        Ok(Some(owner)) => {
-            let pid = pid_of_socket(owner.uid, owner.inode);
-            Caller::Local(LocalCaller {
-                uid: owner.uid,
-                gids: pid
-                    .and_then(groups_of_process)
-                    .unwrap_or_else(|| groups_of_user(owner.uid)),
-                pid,
-                command: pid.map(command_of).unwrap_or_default(),
-                via: format!("tcp from {peer}"),
-            })
-        }
+        Ok(Some(owner)) => Caller::Local(LocalCaller {
+            uid: owner.uid,
+            gids: Vec::new(),
+            pid: None,
+            command: String::new(),
+            via: format!("tcp from {peer}"),
+            socket_inode: Some(owner.inode),
+        }),
         Ok(None) => unknown("the kernel has no established socket with that address".into()),
         Err(e) => unknown(format!("sock_diag: {e}")),
     }
+}
+
+/// A TCP caller with its process, command and groups: the process of its uid that holds
+/// its socket (a scan of /proc), or the user's groups when none does any more.
+pub fn with_process(mut caller: LocalCaller) -> LocalCaller {
+    let Some(inode) = caller.socket_inode else {
+        return caller;
+    };
+    let pid = pid_of_socket(caller.uid, inode);
+    caller.gids = pid
+        .and_then(groups_of_process)
+        .unwrap_or_else(|| groups_of_user(caller.uid));
+    caller.command = pid.map(command_of).unwrap_or_default();
+    caller.pid = pid;
+    caller
 }
 
 fn unmapped(addr: SocketAddr) -> SocketAddr {
@@ -238,7 +252,7 @@ mod tests {
     use super::*;
 
     /// A loopback connection made by this test: sock_diag names its owner (us), and the
-    /// /proc scan finds this process.
+    /// /proc scan, when asked for, finds this process.
     #[test]
     fn the_kernel_names_the_owner_of_a_loopback_connection() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -252,14 +266,16 @@ mod tests {
             .expect("the client's socket");
         assert_eq!(owner.uid, uid);
         assert_eq!(pid_of_socket(uid, owner.inode), Some(std::process::id()));
-        match tcp_peer(local, peer) {
-            Caller::Local(c) => {
-                assert_eq!(c.uid, uid);
-                assert_eq!(c.pid, Some(std::process::id()));
-                assert!(!c.gids.is_empty());
-            }
-            other => panic!("{other:?}"),
-        }
+        let Caller::Local(c) = tcp_peer(local, peer) else {
+            panic!("not identified");
+        };
+        assert_eq!(c.uid, uid);
+        assert_eq!(c.socket_inode, Some(owner.inode));
+        assert_eq!((c.pid, c.gids.is_empty()), (None, true), "no scan yet");
+        let c = with_process(c);
+        assert_eq!(c.pid, Some(std::process::id()));
+        assert_eq!(c.command, command_of(std::process::id()));
+        assert!(!c.gids.is_empty());
         // The server's own end is the reverse tuple, and a made-up one is not found.
         assert!(socket_owner(local, peer).unwrap().is_some());
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();

@@ -2,34 +2,27 @@
 
 use std::fs;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::warn;
 
-use super::{Caller, identify};
+use super::{Caller, Policy, identify};
 
-/// Where the sockets of faultd daemons live. `/run` is shared by every network namespace
-/// of the machine (it is a mount, not a network, thing), hence one name per namespace.
-pub const SOCKET_DIR: &str = "/run/faultd";
-
-/// The socket of the faultd serving the calling thread's network namespace:
-/// `/run/faultd/faultd-<inode of the namespace>.sock`. faultd and its clients both call
-/// this, so a client only ever finds the daemon of its own namespace, as with loopback TCP.
-pub fn default_socket_path() -> io::Result<PathBuf> {
-    // thread-self, not self: a test may move one thread into a namespace (setns).
-    let netns = fs::metadata("/proc/thread-self/ns/net")?.ino();
-    Ok(Path::new(SOCKET_DIR).join(format!("faultd-{netns}.sock")))
-}
+/// The per-network-namespace socket path, defined once in `faultd-api` for faultd and its
+/// clients alike.
+pub use faultd_api::{SOCKET_DIR, default_socket_path};
 
 /// The socket file faultd created; removed when dropped, unless another faultd has put its
 /// own socket at the same path since.
@@ -177,9 +170,21 @@ pub enum TcpIdentity {
     Certificate,
 }
 
-/// The connections accepted on `listener`, each with its caller. Each connection is
-/// identified on a task of its own, so a slow one does not hold up the others.
-pub fn tcp_incoming(listener: TcpListener, identity: TcpIdentity) -> Incoming<TcpStream> {
+/// At most this many /proc scans for callers' groups at once, so that a flood of
+/// connections from users admitted by no uid neither starves the machine's cores nor
+/// holds up the accept loop and the other callers' identification.
+const CONCURRENT_PROCESS_SCANS: usize = 2;
+
+/// The connections accepted on `listener`, each with its caller, identified as far as
+/// `policy` needs to admit it. Each connection is identified on a task of its own, so a
+/// slow one does not hold up the others.
+pub fn tcp_incoming(
+    listener: TcpListener,
+    identity: TcpIdentity,
+    policy: Policy,
+) -> Incoming<TcpStream> {
+    let policy = Arc::new(policy);
+    let scans = Arc::new(Semaphore::new(CONCURRENT_PROCESS_SCANS));
     incoming(move |tx| async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -193,6 +198,7 @@ pub fn tcp_incoming(listener: TcpListener, identity: TcpIdentity) -> Incoming<Tc
                 return;
             }
             let tx = tx.clone();
+            let (policy, scans) = (policy.clone(), scans.clone());
             tokio::spawn(async move {
                 let caller = match (identity, stream.local_addr()) {
                     (TcpIdentity::Certificate, _) => Caller::Remote {
@@ -200,12 +206,7 @@ pub fn tcp_incoming(listener: TcpListener, identity: TcpIdentity) -> Incoming<Tc
                         subject: String::new(),
                     },
                     (TcpIdentity::Kernel, Ok(local)) => {
-                        tokio::task::spawn_blocking(move || identify::tcp_peer(local, peer))
-                            .await
-                            .unwrap_or_else(|e| Caller::Unknown {
-                                peer,
-                                why: e.to_string(),
-                            })
+                        kernel_identity(local, peer, &policy, &scans).await
                     }
                     (TcpIdentity::Kernel, Err(e)) => Caller::Unknown {
                         peer,
@@ -216,6 +217,31 @@ pub fn tcp_incoming(listener: TcpListener, identity: TcpIdentity) -> Incoming<Tc
             });
         }
     })
+}
+
+/// The caller at the other end of a loopback connection: its uid from sock_diag (cheap),
+/// and its process only when the policy admits it by its groups (a /proc scan, as costly
+/// as the user has open files). A caller admitted by uid has its process looked up when
+/// it adds a fault ([`Caller::with_process`]).
+async fn kernel_identity(
+    local: SocketAddr,
+    peer: SocketAddr,
+    policy: &Policy,
+    scans: &Semaphore,
+) -> Caller {
+    let caller = tokio::task::spawn_blocking(move || identify::tcp_peer(local, peer))
+        .await
+        .unwrap_or_else(|e| Caller::Unknown {
+            peer,
+            why: e.to_string(),
+        });
+    match caller.uid() {
+        Some(uid) if policy.needs_groups(uid) => match scans.acquire().await {
+            Ok(_permit) => caller.with_process().await,
+            Err(_) => caller,
+        },
+        _ => caller,
+    }
 }
 
 /// The connections accepted on faultd's Unix socket, each with its peer's credentials.
@@ -268,15 +294,6 @@ async fn pause_after(e: io::Error) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_default_socket_is_per_network_namespace() {
-        let path = default_socket_path().unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap();
-        let ino = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert_eq!(path.parent().unwrap(), Path::new(SOCKET_DIR));
-        assert_eq!(name, format!("faultd-{ino}.sock"));
-    }
-
     #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -295,6 +312,42 @@ mod tests {
         drop(listener);
         drop(file);
         assert!(!path.exists(), "removed when faultd ends");
+    }
+
+    /// A caller admitted by its uid (here: ours) is let in without a scan of /proc, and the
+    /// process that holds its socket is still found when a fault records its owner.
+    #[tokio::test]
+    async fn a_caller_admitted_by_uid_is_not_scanned_until_its_owner_is_asked() {
+        use tokio_stream::StreamExt as _;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let policy = Policy {
+            uids: vec![uid],
+            gids: vec![12345],
+            ..Policy::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tcp_incoming(listener, TcpIdentity::Kernel, policy.clone());
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        let caller = accepted.connect_info();
+        let Caller::Local(local) = &caller else {
+            panic!("not identified: {caller}");
+        };
+        assert_eq!(local.uid, uid);
+        assert!(local.socket_inode.is_some());
+        assert_eq!(
+            (local.pid, local.gids.len()),
+            (None, 0),
+            "scanned at accept"
+        );
+        assert_eq!(policy.check(&caller), Ok(()));
+
+        let owner = caller.with_process().await.owner();
+        assert_eq!(owner.uid, Some(uid));
+        assert_eq!(owner.pid, Some(std::process::id()));
+        assert_eq!(owner.command, identify::command_of(std::process::id()));
     }
 
     #[test]

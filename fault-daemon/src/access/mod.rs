@@ -14,8 +14,12 @@
 //! The caller is identified once per connection, when it is accepted ([`listen`]), and
 //! travels with each request as its connection info; [`Gate`] checks it against the
 //! [`Policy`] in one place, in front of every service of the API.
+//!
+//! Over TCP, finding the calling process means scanning /proc/*/fd, which costs as much as
+//! the user has open files: at accept faultd asks only what admission needs (the socket's
+//! uid, and the process's groups only when the policy admits by group), and finds the
+//! process of a caller admitted by uid when it records an owner ([`Caller::with_process`]).
 
-pub mod client;
 pub mod identify;
 pub mod listen;
 
@@ -46,12 +50,17 @@ pub struct LocalCaller {
     pub uid: u32,
     /// Primary and supplementary groups.
     pub gids: Vec<u32>,
-    /// The calling process; `None` when no process held the socket any more.
+    /// The calling process; `None` when no process held the socket any more, or when it
+    /// was not looked up yet (see `socket_inode`).
     pub pid: Option<u32>,
     /// Its command name, `/proc/PID/comm`.
     pub command: String,
     /// "unix socket" or the TCP peer address.
     pub via: String,
+    /// The calling TCP socket's inode, by which [`Caller::with_process`] finds the process
+    /// of a caller whose process was not looked up when it connected; `None` over the
+    /// Unix socket, whose peer credentials name the process.
+    pub socket_inode: Option<u32>,
 }
 
 impl Caller {
@@ -73,6 +82,23 @@ impl Caller {
                 ..Owner::default()
             },
         }
+    }
+
+    /// Whether this caller's process (pid, command, groups) is still to be looked up.
+    pub fn lacks_process(&self) -> bool {
+        matches!(self, Caller::Local(c) if c.pid.is_none() && c.socket_inode.is_some())
+    }
+
+    /// This caller with its process looked up if it [lacks](Self::lacks_process) one: a
+    /// scan of /proc, run on a blocking thread. Unchanged if the scan cannot run.
+    pub async fn with_process(self) -> Caller {
+        let local = match &self {
+            Caller::Local(local) if self.lacks_process() => local.clone(),
+            _ => return self,
+        };
+        tokio::task::spawn_blocking(move || Caller::Local(identify::with_process(local)))
+            .await
+            .unwrap_or(self)
     }
 
     pub fn uid(&self) -> Option<u32> {
@@ -113,6 +139,17 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether a local caller of user `uid` is admitted whatever its groups.
+    pub fn admits_uid(&self, uid: u32) -> bool {
+        self.no_auth || uid == 0 || self.sudo_uid == Some(uid) || self.uids.contains(&uid)
+    }
+
+    /// Whether admitting a local caller of user `uid` depends on its groups, so that they
+    /// must be looked up when it connects.
+    pub fn needs_groups(&self, uid: u32) -> bool {
+        !self.admits_uid(uid) && !self.gids.is_empty()
+    }
+
     /// `Ok` when `caller` may call the API; otherwise what to tell them.
     pub fn check(&self, caller: &Caller) -> Result<(), String> {
         if self.no_auth {
@@ -120,10 +157,8 @@ impl Policy {
         }
         match caller {
             Caller::Local(c) => {
-                let admitted = c.uid == 0
-                    || self.sudo_uid == Some(c.uid)
-                    || self.uids.contains(&c.uid)
-                    || c.gids.iter().any(|g| self.gids.contains(g));
+                let admitted =
+                    self.admits_uid(c.uid) || c.gids.iter().any(|g| self.gids.contains(g));
                 if admitted {
                     Ok(())
                 } else {
@@ -321,6 +356,7 @@ mod tests {
             pid: Some(4242),
             command: "faultctl".into(),
             via: "unix socket".into(),
+            socket_inode: None,
         })
     }
 
@@ -361,6 +397,33 @@ mod tests {
             why.contains("admits root, uid 1000 (SUDO_UID), uid 1001, group 2000"),
             "{why}"
         );
+    }
+
+    /// Only a uid that no rule admits by itself, under a policy that admits groups, needs
+    /// its process's groups looked up.
+    #[test]
+    fn groups_are_needed_only_for_uids_not_admitted_by_themselves() {
+        let policy = Policy {
+            sudo_uid: Some(1000),
+            uids: vec![1001],
+            gids: vec![2000],
+            ..Policy::default()
+        };
+        for uid in [0, 1000, 1001] {
+            assert!(policy.admits_uid(uid) && !policy.needs_groups(uid), "{uid}");
+        }
+        assert!(!policy.admits_uid(1002) && policy.needs_groups(1002));
+        // Without --allow-group the groups cannot admit anyone: no need to look them up.
+        let no_groups = Policy {
+            gids: vec![],
+            ..policy.clone()
+        };
+        assert!(!no_groups.admits_uid(1002) && !no_groups.needs_groups(1002));
+        let everyone = Policy {
+            no_auth: true,
+            ..policy
+        };
+        assert!(everyone.admits_uid(1002) && !everyone.needs_groups(1002));
     }
 
     #[test]

@@ -2,13 +2,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tonic::service::InterceptorLayer;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -18,13 +19,20 @@ use faultd::access::listen::{
     TcpIdentity, bind_socket, default_socket_path, tcp_incoming, unix_incoming,
 };
 use faultd::access::{Gate, Policy};
-use faultd::api::{Engine, FaultApi};
+use faultd::api::{DEFAULT_MAX_STREAMS, Engine, FaultApi};
+use faultd::connections::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use faultd::datapath::Datapath;
-use faultd::events::EventHub;
-use faultd::faults::FaultTable;
+use faultd::events::{EventHub, LossCounter};
+use faultd::faults::{DEFAULT_MAX_FAULTS, FaultTable, Limits};
 use faultd::observe::Observe;
 use faultd::proto::fault_service_server::FaultServiceServer;
 use faultd::reconnect::{ReconnectServer, bind_retry_listener};
+
+/// How long connections are given to close on shutdown, after the faults are removed and
+/// the programs detached; then faultd exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Concurrent requests (streams) on one HTTP/2 connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +44,10 @@ use faultd::reconnect::{ReconnectServer, bind_retry_listener};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// faultd's log on stderr: text (coloured only on a terminal) or json (one object per
+    /// line, for log collectors).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: faultd::logging::LogFormat,
     /// Read settings and faults from this TOML file; flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -85,6 +97,19 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "10m", requires = "retry_port")]
     retry_test_timeout: Duration,
+    /// Most faults installed at once (AddFault beyond: RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FAULTS)]
+    max_faults: usize,
+    /// Longest TTL a fault may have (AddFault beyond: INVALID_ARGUMENT), e.g. 24h, 30m.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_ttl: Duration,
+    /// Most API connections at once. When all are taken, a new connection replaces the
+    /// oldest one that never sent a byte, or is closed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Most event streams (WatchEvents) open at once (beyond: RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
 }
 
 /// Who may call the API besides root and the user who started faultd through sudo.
@@ -176,16 +201,9 @@ struct ReconnectArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // The programs' lines (--ebpf-log) are filtered by their own level, in the kernel.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,faultd::ebpf=debug".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    faultd::logging::init(args.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let outcome = match args.command {
         Some(Command::Reconnect(reconnect)) => runtime.block_on(run_reconnect(reconnect)),
@@ -194,6 +212,8 @@ fn main() {
             None => runtime.block_on(run(args, faults)),
         }),
     };
+    // Tasks of connections that outlived the shutdown grace are not waited for.
+    runtime.shutdown_background();
     if let Err(e) = outcome {
         eprintln!("faultd: {e:#}");
         std::process::exit(1);
@@ -249,6 +269,16 @@ fn with_config(mut args: Args, m: &ArgMatches) -> anyhow::Result<(Args, ConfigFa
     );
     let ca = file.access.tls_client_ca.map(Some);
     pick(m, "tls_client_ca", &mut args.tls.tls_client_ca, ca);
+    let limits = file.limits;
+    pick(m, "max_faults", &mut args.max_faults, limits.max_faults);
+    pick(m, "max_ttl", &mut args.max_ttl, limits.max_ttl);
+    pick(
+        m,
+        "max_connections",
+        &mut args.max_connections,
+        limits.max_connections,
+    );
+    pick(m, "max_streams", &mut args.max_streams, limits.max_streams);
     Ok((args, loaded.faults))
 }
 
@@ -279,21 +309,28 @@ fn check_config(args: &Args, faults: usize) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
+    // First of all: from here on SIGTERM, SIGINT and SIGHUP end faultd cleanly.
+    let mut signals = Signals::install()?;
     if args.ifaces.is_empty() {
         bail!("--iface is required: name the interface(s) to attach to, e.g. --iface lo");
     }
     let policy = args.access.policy()?;
     let tls = args.tls.config()?;
     check_listen(args.listen, args.allow_remote, tls.is_some())?;
+    let limits = Limits {
+        max_faults: args.max_faults,
+        max_ttl: args.max_ttl,
+    };
+    limits.validate().map_err(anyhow::Error::msg)?;
     // Parses the certificates: a bad one fails here, before anything is attached.
     let (tcp_server, tcp_identity) = match tls {
         Some(tls) => (
-            Server::builder()
+            server()
                 .tls_config(tls)
                 .context("--tls-cert, --tls-key, --tls-client-ca")?,
             TcpIdentity::Certificate,
         ),
-        None => (Server::builder(), TcpIdentity::Kernel),
+        None => (server(), TcpIdentity::Kernel),
     };
     // Bind first: it is the cheapest step to fail and changes nothing on the interfaces.
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -316,11 +353,9 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut datapath = Datapath::load()?;
-    for iface in &args.ifaces {
-        // On error, dropping `datapath` detaches what was attached so far.
-        datapath.attach(iface)?;
-    }
+    let Some(mut datapath) = load_and_attach(args.ifaces.clone(), &mut signals).await? else {
+        return Ok(());
+    };
     let attachments = datapath.attachments();
     let ebpf_log = datapath.ebpf_log().switch();
     ebpf_log
@@ -331,16 +366,18 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     }
     let events = Arc::new(EventHub::default());
     if let Some(ring) = datapath.take_events() {
-        tokio::spawn(events.clone().pump(ring));
+        let losses = datapath.take_event_losses().map(LossCounter::new);
+        tokio::spawn(events.clone().pump(ring, losses));
     }
     let api = FaultApi::new(
         Engine::new(
-            FaultTable::new(vec![api_addr.port()]),
+            FaultTable::new(vec![api_addr.port()]).with_limits(limits),
             Box::new(datapath),
             attachments,
         ),
         events,
     )
+    .with_max_streams(args.max_streams as usize)
     .with_ebpf_log(ebpf_log);
     if let Some(listener) = metrics {
         info!(metrics = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
@@ -349,7 +386,10 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
             faultd::metrics::registry(api.clone()),
         ));
     }
-    faultd::config::install(&api, faults)?;
+    if let Err(e) = faultd::config::install(&api, faults) {
+        api.shut_down().ok();
+        return Err(e);
+    }
     let observe = Arc::new(faultd::observe::observe().await?);
     let caps = api.capabilities();
     info!(
@@ -382,23 +422,14 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     } else {
         info!(admits = %policy.admitted(), "access policy");
     }
-    let gate = Gate::new(policy);
+    let gate = Gate::new(policy.clone());
 
-    // Both listeners stop together, on SIGTERM or SIGINT.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokio::spawn({
-        let reconnect = reconnect.clone();
-        let observe = observe.clone();
-        async move {
-            shutdown(reconnect).await;
-            observe.not_serving().await;
-            let _ = stop.send(true);
-        }
-    });
+    // Both listeners stop accepting together; the connections' limit covers both.
+    let connections = ConnectionLimit::new(args.max_connections as usize);
+    let (stop_accepting, stopping) = tokio::sync::watch::channel(false);
     let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    info!(listen = %api_addr, socket = %socket_path.display(), "faultd ready");
     let tcp = routes(
         tcp_server.layer(InterceptorLayer::new(gate.clone())),
         &api,
@@ -406,21 +437,204 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         &observe,
     )
     .serve_with_incoming_shutdown(
-        tcp_incoming(listener, tcp_identity),
+        connections.limit(tcp_incoming(listener, tcp_identity, policy)),
         stopped(stopping.clone()),
     );
     let unix = routes(
-        Server::builder().layer(InterceptorLayer::new(gate)),
+        server().layer(InterceptorLayer::new(gate)),
         &api,
         &reconnect,
         &observe,
     )
-    .serve_with_incoming_shutdown(unix_incoming(unix), stopped(stopping));
-    tokio::try_join!(tcp, unix).context("serving the API")?;
+    .serve_with_incoming_shutdown(connections.limit(unix_incoming(unix)), stopped(stopping));
+    let server = async { tokio::try_join!(tcp, unix).map(|_| ()) };
+    tokio::pin!(server);
+    info!(listen = %api_addr, socket = %socket_path.display(), "faultd ready");
+    let signal = tokio::select! {
+        served = &mut server => {
+            // The server stopped by itself: still leave the interfaces as found.
+            api.shut_down().ok();
+            return served.context("serving the API");
+        }
+        signal = signals.recv() => signal,
+    };
+    observe.not_serving().await;
+    let stopped = stop(
+        signal,
+        &api,
+        reconnect.as_ref(),
+        stop_accepting,
+        server,
+        &connections,
+        &mut signals,
+    )
+    .await;
     drop(socket_file);
-    info!("shutting down: removing faults and detaching");
-    api.clear().ok();
+    stopped
+}
+
+/// A server builder with the API's bounds on every connection.
+fn server() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Peers that vanished without closing are found and their connections closed.
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// After `signal`: faults off and programs detached first, whatever the clients do (event
+/// streams end there too); then at most [`SHUTDOWN_GRACE`] for the connections to close,
+/// cut short by a second signal.
+async fn stop(
+    signal: &str,
+    api: &FaultApi,
+    reconnect: Option<&ReconnectServer>,
+    stop_accepting: tokio::sync::watch::Sender<bool>,
+    mut server: Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    connections: &ConnectionLimit,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    info!(signal, "stopping: removing faults and detaching");
+    if let Some(reconnect) = reconnect {
+        // Fails the Starts still waiting for their turn.
+        reconnect.shut_down();
+    }
+    let _ = stop_accepting.send(true);
+    let shutting = api.clone();
+    match tokio::task::spawn_blocking(move || shutting.shut_down()).await {
+        Ok(Ok(removed)) => info!(removed, "faults removed, programs detached"),
+        Ok(Err(e)) => warn!(error = %e, "removing the faults failed; the programs are detached"),
+        Err(e) => warn!(error = %e, "shutting the engine down panicked"),
+    }
+    tokio::select! {
+        served = &mut server => served.context("closing the API's connections")?,
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => warn!(
+            open = connections.len(),
+            "connections still open after {SHUTDOWN_GRACE:?}: exiting without them"
+        ),
+        second = signals.recv() => info!(
+            signal = second,
+            "second signal: exiting without waiting for connections"
+        ),
+    }
     Ok(())
+}
+
+/// Where start-up is, shared by the loading thread and the signal handling.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Startup {
+    /// The verifier is at work; nothing is attached yet.
+    Loading,
+    /// A signal came while loading: the programs will not be attached.
+    Stopped,
+    /// Attaching (quick); the datapath detaches what it attached when dropped.
+    Attaching,
+}
+
+/// Loads the programs and attaches them, off the async threads. A signal while loading
+/// (the verifier cannot be interrupted) means they are never attached: faultd stops as
+/// soon as the kernel is done, or at once on a second signal, since nothing is attached
+/// yet. A signal while attaching waits for that (milliseconds), then detaches. `None`
+/// when stopped.
+async fn load_and_attach(
+    ifaces: Vec<String>,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Datapath>> {
+    // Debug: a start-up error stays one line.
+    tracing::debug!("loading the programs");
+    let phase = Arc::new(std::sync::Mutex::new(Startup::Loading));
+    let phase_of_loading = phase.clone();
+    let mut loading = tokio::task::spawn_blocking(move || {
+        let mut datapath = Datapath::load()?;
+        {
+            let mut phase = phase_of_loading.lock().unwrap_or_else(|p| p.into_inner());
+            if *phase == Startup::Stopped {
+                return Ok(None);
+            }
+            *phase = Startup::Attaching;
+        }
+        for iface in &ifaces {
+            // On error, dropping `datapath` detaches what was attached so far.
+            datapath.attach(iface)?;
+        }
+        anyhow::Ok(Some(datapath))
+    });
+    let signal = tokio::select! {
+        loaded = &mut loading => return loaded.context("loading the programs")?,
+        signal = signals.recv() => signal,
+    };
+    let attaching = {
+        let mut phase = phase.lock().unwrap_or_else(|p| p.into_inner());
+        if *phase == Startup::Loading {
+            *phase = Startup::Stopped;
+        }
+        *phase == Startup::Attaching
+    };
+    info!(
+        signal,
+        attaching, "stopping before serving: nothing is left attached once the kernel is done"
+    );
+    tokio::select! {
+        loaded = &mut loading => {
+            // Dropping the datapath detaches it.
+            drop(loaded);
+            info!("stopped before serving");
+            Ok(None)
+        }
+        second = signals.recv(), if !attaching => {
+            warn!(signal = second, "second signal while loading: nothing attached, exiting now");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The signals that stop faultd: SIGTERM, SIGINT, and SIGHUP (a closed terminal or
+/// session: faultd cleans up rather than being killed with its faults in place) unless
+/// SIGHUP was ignored when faultd started (`nohup`).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let listen = |kind| signal(kind).context("installing a signal handler");
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            hup: if ignored_at_start(libc::SIGHUP) {
+                None
+            } else {
+                Some(listen(SignalKind::hangup())?)
+            },
+        })
+    }
+
+    /// Waits for the next signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        let hup = async {
+            match &mut self.hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = hup => "SIGHUP",
+        }
+    }
+}
+
+/// Whether `signal` was set to be ignored by whoever started faultd.
+fn ignored_at_start(signal: libc::c_int) -> bool {
+    // SAFETY: querying (null new action) into a zeroed sigaction.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// A non-loopback API only over TLS with client certificates, and only when asked for.
@@ -499,18 +713,18 @@ fn spawn_reconnect(
 /// Waits for SIGTERM or SIGINT, then fails the `Start`s still waiting for their turn: a
 /// graceful shutdown waits for every running call to end.
 async fn shutdown(reconnect: Option<ReconnectServer>) {
-    shutdown_signal().await;
+    match Signals::install() {
+        Ok(mut signals) => {
+            let signal = signals.recv().await;
+            info!(signal, "stopping");
+        }
+        Err(e) => {
+            warn!("{e:#}");
+            std::future::pending::<()>().await;
+        }
+    }
     if let Some(reconnect) = reconnect {
         reconnect.shut_down();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
     }
 }
 
@@ -559,6 +773,30 @@ mod tests {
             "--retry_port=2",
         ];
         assert!(Args::try_parse_from(mixed).is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_durations() {
+        let args = Args::try_parse_from(["faultd", "--iface", "lo"]).unwrap();
+        assert_eq!(args.max_faults, DEFAULT_MAX_FAULTS);
+        assert_eq!(args.max_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(args.max_connections as usize, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(args.max_streams as usize, DEFAULT_MAX_STREAMS);
+        let args = Args::try_parse_from([
+            "faultd",
+            "--iface",
+            "lo",
+            "--max-ttl",
+            "90s",
+            "--max-faults",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(args.max_ttl, Duration::from_secs(90));
+        assert_eq!(args.max_faults, 10);
+        for zero in ["--max-connections", "--max-streams"] {
+            assert!(Args::try_parse_from(["faultd", "--iface", "lo", zero, "0"]).is_err());
+        }
     }
 
     #[test]

@@ -19,12 +19,11 @@
 //!   by default), so that one client cannot hold the server forever, and a test records
 //!   at most [`MAX_ATTEMPTS`] reconnections (more fail it).
 
-pub mod backoff;
+/// The checker, in `faultd-api` so that `faultctl backoff` shares it.
+pub use faultd_api::backoff;
 mod server;
 
 pub use server::{DEFAULT_TEST_TIMEOUT, MAX_ATTEMPTS, ReconnectServer, bind_retry_listener};
 
-/// Generated from `proto/grpc/testing/reconnect.proto`.
-pub mod proto {
-    tonic::include_proto!("grpc.testing");
-}
+/// Generated from `proto/grpc/testing/reconnect.proto`, in `faultd-api`.
+pub use faultd_api::reconnect_proto as proto;

@@ -24,7 +24,58 @@ use std::time::{Duration, Instant};
 pub use test_harness::{CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6};
 
 pub const FAULTD: &str = env!("CARGO_BIN_EXE_faultd");
-pub const FAULTCTL: &str = env!("CARGO_BIN_EXE_faultctl");
+
+/// faultctl, a crate of its own: cargo gives tests only their own package's binaries, so it
+/// is looked for beside faultd, where `cargo build -p faultctl` (same profile and target
+/// directory) puts it. `cargo xtask test` builds it first; [`require_faultctl`] says so when
+/// it is missing.
+pub const FAULTCTL: &str = beside_faultd::PATH;
+
+mod beside_faultd {
+    const DIR: &str = dir_of(super::FAULTD);
+    const LEN: usize = DIR.len() + "faultctl".len();
+    const BYTES: [u8; LEN] = concat(DIR.as_bytes(), b"faultctl");
+    pub const PATH: &str = match std::str::from_utf8(&BYTES) {
+        Ok(path) => path,
+        Err(_) => panic!("faultd's path is not UTF-8"),
+    };
+
+    /// The directory part of `path`, with its trailing `/`.
+    const fn dir_of(path: &str) -> &str {
+        let bytes = path.as_bytes();
+        let mut end = bytes.len();
+        while end > 0 && bytes[end - 1] != b'/' {
+            end -= 1;
+        }
+        match std::str::from_utf8(bytes.split_at(end).0) {
+            Ok(dir) => dir,
+            Err(_) => panic!("faultd's path is not UTF-8"),
+        }
+    }
+
+    const fn concat<const N: usize>(a: &[u8], b: &[u8]) -> [u8; N] {
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < a.len() {
+            out[i] = a[i];
+            i += 1;
+        }
+        while i < N {
+            out[i] = b[i - a.len()];
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Panics with what to do when faultctl was not built beside faultd.
+pub fn require_faultctl() {
+    assert!(
+        Path::new(FAULTCTL).is_file(),
+        "{FAULTCTL} is missing: faultctl is its own crate, which `cargo test -p fault-daemon` \
+         does not build; run `cargo build -p faultctl` first (`cargo xtask test` does)"
+    );
+}
 
 /// Every namespace a test makes is named `fdt-<tag>-<pid>-<n>`.
 const PREFIX: &str = "fdt-";
@@ -95,6 +146,7 @@ impl Netns {
 
     /// Runs faultctl inside the namespace against the daemon's default address.
     pub fn faultctl(&self, args: &[&str]) -> Output {
+        require_faultctl();
         self.cmd(FAULTCTL).args(args).output().expect("faultctl")
     }
 
@@ -112,6 +164,7 @@ impl Netns {
     /// Starts faultctl inside the namespace without waiting for it (`events --follow`,
     /// say), its stdout piped; stopped by its PID when the guard drops.
     pub fn faultctl_spawn(&self, args: &[&str]) -> test_harness::Process {
+        require_faultctl();
         test_harness::Process::spawn(
             self.cmd(FAULTCTL)
                 .args(args)
@@ -144,6 +197,25 @@ impl VethPair {
     }
 }
 
+/// Names how long the tests wait for faultd to be ready, in seconds: the VM sets it, where
+/// the emulated CPU loads and verifies the programs 10-30 times slower.
+pub const READY_ENV: &str = "FAULTD_TEST_READY_SECS";
+
+pub fn ready_wait() -> Duration {
+    ready_wait_from(std::env::var(READY_ENV).ok().as_deref())
+}
+
+/// The wait `READY_ENV` asks for; 30 s when it is not set.
+pub fn ready_wait_from(value: Option<&str>) -> Duration {
+    match value.map(str::trim) {
+        None | Some("") => Duration::from_secs(30),
+        Some(v) => Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("{READY_ENV}={v:?} is not a number of seconds")),
+        ),
+    }
+}
+
 /// A faultd process inside a namespace; stopped (by PID) on drop, its log removed. Made by
 /// [`Daemon::start`], or from a faultd a test spawned its own way (`Daemon { child, log }`,
 /// then [`Daemon::wait_ready`]).
@@ -159,6 +231,8 @@ impl Daemon {
 
     /// Starts faultd with extra arguments; `Err(log)` when it exits before it is ready.
     pub fn try_start(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Result<Self, String> {
+        // Tests drive the daemon they start with faultctl: fail early and clearly without it.
+        require_faultctl();
         let log =
             std::env::temp_dir().join(format!("{}-faultd-{}.log", ns.name, std::process::id()));
         let mut opts = test_harness::FaultdOptions::new(ifaces, &log);
@@ -169,7 +243,7 @@ impl Daemon {
             .spawn()
             .expect("spawn faultd");
         let mut daemon = Self { child, log };
-        daemon.wait_ready(Duration::from_secs(30))?;
+        daemon.wait_ready(ready_wait())?;
         Ok(daemon)
     }
 
@@ -295,4 +369,29 @@ pub fn lines(file: &PathBuf) -> Vec<String> {
         .lines()
         .map_while(Result::ok)
         .collect()
+}
+
+/// A follow stream whose client never reads: its runtime is never driven again, so it
+/// neither reads nor acknowledges anything.
+pub fn stuck_event_stream() -> impl Send {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let mut client = faultd::proto::fault_service_client::FaultServiceClient::connect(
+            "http://127.0.0.1:7447",
+        )
+        .await
+        .unwrap();
+        client
+            .watch_events(faultd::proto::WatchEventsRequest {
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    (rt, stream)
 }

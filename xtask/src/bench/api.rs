@@ -1,5 +1,5 @@
-//! A gRPC client of faultd's control API (generated from proto/faultd/v1/faultd.proto by
-//! build.rs), and the few calls the bench makes.
+//! A gRPC client of faultd's control API (faultd-api's generated code, the same faultctl
+//! uses), and the few calls the bench makes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-pub mod proto {
-    tonic::include_proto!("faultd.v1");
-}
+pub use faultd_api::proto;
 
 pub type Client = proto::fault_service_client::FaultServiceClient<tonic::transport::Channel>;
 
@@ -53,7 +51,10 @@ pub fn drop_spec(port: u16, protocol: proto::Protocol) -> proto::FaultSpec {
 
 pub async fn add(client: &mut Client, spec: proto::FaultSpec) -> anyhow::Result<u64> {
     let fault = client
-        .add_fault(proto::AddFaultRequest { spec: Some(spec) })
+        .add_fault(proto::AddFaultRequest {
+            spec: Some(spec),
+            session_id: 0,
+        })
         .await
         .context("AddFault")?
         .into_inner();

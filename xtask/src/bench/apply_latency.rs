@@ -91,7 +91,7 @@ async fn measure(port: u16, adds: usize) -> anyhow::Result<ApplyResult> {
     let mut stream = client
         .watch_events(proto::WatchEventsRequest {
             follow: true,
-            fault_id: 0,
+            ..Default::default()
         })
         .await
         .context("WatchEvents")?

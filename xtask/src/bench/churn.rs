@@ -104,7 +104,7 @@ pub fn run(
 }
 
 /// A minimal HTTP/1.1 server: every request is answered `200 ok`, connections kept alive.
-async fn serve(listener: TcpListener) {
+pub(super) async fn serve(listener: TcpListener) {
     while let Ok((conn, _)) = listener.accept().await {
         tokio::spawn(async move {
             let _ = conn.set_nodelay(true);
@@ -130,14 +130,14 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-struct ClientReport {
-    connects: u64,
-    ports: BTreeSet<u16>,
+pub(super) struct ClientReport {
+    pub(super) connects: u64,
+    pub(super) ports: BTreeSet<u16>,
 }
 
 /// Keep-alive requests on one connection, as fast as they are answered; a request that fails
 /// is counted and the connection replaced.
-async fn client(
+pub(super) async fn client(
     port: u16,
     stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
@@ -181,7 +181,7 @@ async fn client(
     report
 }
 
-async fn request(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+pub(super) async fn request(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
     conn.get_mut()
         .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
         .await?;

@@ -22,6 +22,7 @@ mod netns;
 mod packet_cost;
 mod plot;
 mod report;
+mod soak;
 mod throughput;
 
 use std::collections::BTreeMap;
@@ -151,24 +152,62 @@ pub struct Compare {
     pub proxy: Vec<f64>,
 }
 
+pub use soak::parse_duration as parse_soak_duration;
+
+/// The faultd and faultctl to bench, and how they were built.
+fn binaries(quick: bool) -> anyhow::Result<(PathBuf, &'static str)> {
+    // The quick run only proves the bench works: the debug build `cargo test` made will do.
+    // XTASK_BENCH_BIN_DIR names a folder with a faultd and faultctl built elsewhere instead.
+    Ok(match std::env::var_os("XTASK_BENCH_BIN_DIR") {
+        Some(dir) => (PathBuf::from(dir), "prebuilt (XTASK_BENCH_BIN_DIR)"),
+        None if quick => {
+            crate::cargo(&[
+                "build",
+                "--package",
+                "fault-daemon",
+                "--package",
+                "faultctl",
+            ])?;
+            (crate::workspace_root().join("target/debug"), "debug")
+        }
+        None => {
+            crate::cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "fault-daemon",
+                "--package",
+                "faultctl",
+            ])?;
+            (crate::workspace_root().join("target/release"), "release")
+        }
+    })
+}
+
+/// `cargo xtask bench --soak[=DURATION]`: only the soak (see [`soak`]).
+pub fn soak(duration: Duration) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!("run as root: the soak loads eBPF programs and creates network namespaces");
+    }
+    let cfg = Config::new(false);
+    let (bin, profile) = binaries(false)?;
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    soak::run(
+        &bin.join("faultd"),
+        profile,
+        &cfg.out_dir,
+        &cfg.report,
+        duration,
+    )
+}
+
 pub fn run(quick: bool) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("run as root: the bench loads eBPF programs and creates network namespaces");
     }
     let cfg = Config::new(quick);
-    // The quick run only proves the bench works: the debug build `cargo test` made will do.
-    // XTASK_BENCH_BIN_DIR names a folder with a faultd and faultctl built elsewhere instead.
-    let (bin, profile) = match std::env::var_os("XTASK_BENCH_BIN_DIR") {
-        Some(dir) => (PathBuf::from(dir), "prebuilt (XTASK_BENCH_BIN_DIR)"),
-        None if quick => {
-            crate::cargo(&["build", "--package", "fault-daemon", "--bins"])?;
-            (crate::workspace_root().join("target/debug"), "debug")
-        }
-        None => {
-            crate::cargo(&["build", "--release", "--package", "fault-daemon", "--bins"])?;
-            (crate::workspace_root().join("target/release"), "release")
-        }
-    };
+    let (bin, profile) = binaries(quick)?;
     let (faultd, faultctl) = (bin.join("faultd"), bin.join("faultctl"));
     std::fs::create_dir_all(&cfg.out_dir)
         .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
@@ -217,7 +256,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let text = report::markdown(&results, &plot_name);
+    // The soak section is written by `--soak` runs only: keep it.
+    let old = std::fs::read_to_string(&cfg.report).unwrap_or_default();
+    let text = soak::keep_section(&old, report::markdown(&results, &plot_name));
     std::fs::write(&cfg.report, &text)
         .with_context(|| format!("writing {}", cfg.report.display()))?;
     eprintln!("{}", report::summary(&results));

@@ -34,6 +34,8 @@ pub fn start_faultd(ns: &Netns, faultd: &Path, log: PathBuf) -> anyhow::Result<F
     opts.ready_within = Duration::from_secs(60);
     // With 100 000 faults installed, faultd removes them all before it exits.
     opts.stop_within = Duration::from_secs(30);
+    // The sweep installs up to 100 000 faults: all the kernel maps hold.
+    opts.args = vec!["--max-faults".into(), "131072".into()];
     Faultd::start(ns, faultd, &opts).context("faultd")
 }
 

@@ -10,7 +10,9 @@ use anyhow::{Context as _, bail};
 
 /// Modules the VM loads, with whatever they depend on: veth pairs and bridges (the tests'
 /// interfaces), clsact (where faultd's TC programs attach without TCX, which 6.1 lacks) with
-/// its `bpf` classifier, and the `fq` qdisc that delay and paced rate need (plus netem).
+/// its `bpf` classifier, and the `fq` qdisc that delay and paced rate need (plus netem);
+/// `tun` for a multi-queue tap (a NIC with an `mq` root) and `sch_tbf` for a configured
+/// root qdisc, in the qdisc tests.
 pub const MODULES: &[&str] = &[
     "veth",
     "bridge",
@@ -18,6 +20,8 @@ pub const MODULES: &[&str] = &[
     "cls_bpf",
     "sch_fq",
     "sch_netem",
+    "sch_tbf",
+    "tun",
 ];
 
 pub struct Kernel {

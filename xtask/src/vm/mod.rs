@@ -28,6 +28,12 @@ const NOT_IN_VM: &[(&str, &str)] = &[(
 )];
 /// Binaries the VM runs first: the measurements only the VM can make.
 const FIRST_IN_VM: &[&str] = &["degrade"];
+/// Binaries that must not skip anything in the VM, and why: a skip there counts as a
+/// failure. The VM exists to run what this machine's kernel cannot.
+const NO_SKIPS_IN_VM: &[(&str, &str)] = &[(
+    "degrade",
+    "the VM has sch_fq, so delay, paced rate and the qdisc tests must run there",
+)];
 /// Programs from this machine the tests call (iproute2, util-linux's `setpriv`), copied into
 /// the VM in place of busybox's smaller versions.
 const PROGRAMS: &[&str] = &["ip", "tc", "setpriv"];
@@ -182,9 +188,11 @@ fn vm_plan(tests: &[TestBin]) -> Vec<&TestBin> {
     plan
 }
 
-/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's and
-/// faultctl's, which the tests reference by absolute path) come from cargo's JSON messages.
+/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's, which the
+/// tests reference by absolute path) come from cargo's JSON messages. faultctl, a crate of
+/// its own, is built first; the tests look for it beside faultd.
 fn build(names: &[String]) -> anyhow::Result<Build> {
+    crate::cargo(&["build", "--package", "faultctl"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -206,7 +214,7 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
         bail!("building the test binaries failed ({})", out.status);
     }
     let mut tests: Vec<TestBin> = Vec::new();
-    let (mut faultd, mut faultctl) = (None, None);
+    let mut faultd = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -234,18 +242,21 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
                 exe,
             });
         } else if is("bin") && msg["profile"]["test"] == false {
-            match name.as_str() {
-                "faultd" => faultd = Some(PathBuf::from(exe)),
-                "faultctl" => faultctl = Some(PathBuf::from(exe)),
-                _ => {}
+            if name == "faultd" {
+                faultd = Some(PathBuf::from(exe));
             }
         }
     }
     tests.sort_by(|a, b| a.name.cmp(&b.name));
+    let faultd: PathBuf = faultd.context("cargo built no faultd binary")?;
+    let faultctl = faultd.with_file_name("faultctl");
+    if !faultctl.is_file() {
+        bail!("no faultctl beside faultd at {}", faultctl.display());
+    }
     Ok(Build {
         tests,
-        faultd: faultd.context("cargo built no faultd binary")?,
-        faultctl: faultctl.context("cargo built no faultctl binary")?,
+        faultd,
+        faultctl,
     })
 }
 
@@ -299,7 +310,8 @@ fn initramfs(
         let path = which(p)?;
         a.program(&path.to_string_lossy(), &path)?;
     }
-    // faultd and faultctl where the tests expect them (CARGO_BIN_EXE_* are absolute paths).
+    // faultd and faultctl where the tests expect them (CARGO_BIN_EXE_faultd is an absolute
+    // path; faultctl is beside it).
     for bin in [&build.faultd, &build.faultctl] {
         a.program(&bin.to_string_lossy(), &initramfs::stripped(bin, &stage)?)?;
     }
@@ -387,7 +399,13 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
             continue;
         }
         let outcome = match sections.iter().find(|(n, _, _)| n == name) {
-            Some((_, lines, rc)) => report::parse(lines, *rc),
+            Some((_, lines, rc)) => {
+                let mut outcome = report::parse(lines, *rc);
+                if let Some((_, why)) = NO_SKIPS_IN_VM.iter().find(|(n, _)| n == name) {
+                    outcome.forbid_skips(why);
+                }
+                outcome
+            }
             None if !booted => Outcome::broken(format!(
                 "not run: the VM did not boot (see {})",
                 log.display()
@@ -398,6 +416,18 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
             None => Outcome::broken("not run: the VM stopped before it".to_string()),
         };
         results.push((name.clone(), outcome));
+    }
+    // A module that did not load leaves the tests that need it skipping or failing for
+    // the wrong reason: the run fails, whatever they did.
+    if !failed_modules.is_empty() {
+        results.push((
+            "(modules)".to_string(),
+            Outcome::broken(format!(
+                "insmod failed: {}; see {}",
+                failed_modules.join(", "),
+                log.display()
+            )),
+        ));
     }
     let mut note = vec![format!(
         "{} in qemu TCG: boot {}, whole run {:.0} s",

@@ -42,6 +42,22 @@ impl Outcome {
         }
     }
 
+    /// Counts every skipped test as failed, saying why skips are not accepted here.
+    pub fn forbid_skips(&mut self, why: &str) {
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        for (test, reason) in self.skips.drain(..) {
+            if !self.failures.contains(&test) && !skipped.iter().any(|(t, _)| *t == test) {
+                skipped.push((test, reason));
+            }
+        }
+        for (test, reason) in skipped {
+            self.failures
+                .push(format!("{test} (skipped: {reason}; not allowed: {why})"));
+        }
+        self.failed += self.skipped;
+        self.skipped = 0;
+    }
+
     /// Failed tests, counting a binary that did not finish as (at least) one failure.
     pub fn failed_count(&self) -> u32 {
         if self.problem.is_some() {
@@ -335,6 +351,46 @@ mod tests {
         assert_eq!(o.seconds, Some(12.5));
         assert!(o.problem.is_none());
         assert_eq!(o.failed_count(), 1);
+    }
+
+    #[test]
+    fn where_skips_are_forbidden_they_are_failures() {
+        let out = lines(
+            "running 3 tests\n\
+             test a_delay ... SKIP: no sch_fq\n\
+             SKIP: still none\n\
+             ok\n\
+             test b_rate ... ok\n\
+             test c_mq ... SKIP: no tun\n\
+             ok\n\
+             \n\
+             test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\n",
+        );
+        let mut o = parse(&out, Some(0));
+        assert_eq!((o.passed, o.skipped, o.failed), (1, 2, 0));
+        o.forbid_skips("the VM has fq");
+        assert_eq!((o.passed, o.skipped, o.failed), (1, 0, 2));
+        assert_eq!(o.failed_count(), 2);
+        assert!(
+            o.failures[0].starts_with("a_delay (skipped: no sch_fq"),
+            "{:?}",
+            o.failures
+        );
+        assert!(
+            o.failures[1].starts_with("c_mq (skipped: no tun"),
+            "{:?}",
+            o.failures
+        );
+        let table = render(&[Column {
+            kernel: "6.1".into(),
+            how: "VM".into(),
+            results: vec![("degrade".into(), o)],
+            note: None,
+        }]);
+        assert!(
+            table.contains("vm-test: 1 passed, 2 failed, 0 skipped"),
+            "{table}"
+        );
     }
 
     #[test]

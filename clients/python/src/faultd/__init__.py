@@ -1,0 +1,72 @@
+"""faultd's Python client: make the network misbehave from a test, in the kernel.
+
+    import faultd
+
+    with faultd.drop(2379, direction="to-port"):
+        ...  # etcd's clients hear nothing from here on
+
+Faults are bound to the client's session: when the process exits, crashes or is killed,
+faultd removes them within a second. The pytest plugin (``faultd.pytest_plugin``,
+registered by entry point) adds the ``faultd`` and ``faultd_client`` fixtures.
+"""
+
+import atexit
+import threading
+
+from faultd.client import DEFAULT_TCP, Client, Fault, default_address
+from faultd.errors import (
+    Exhausted,
+    FaultdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Refused,
+    Unavailable,
+)
+
+__all__ = [
+    "Client",
+    "Fault",
+    "default_address",
+    "default_client",
+    "DEFAULT_TCP",
+    "FaultdError",
+    "InvalidArgument",
+    "NotFound",
+    "Refused",
+    "Exhausted",
+    "PermissionDenied",
+    "Unavailable",
+]
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_client():
+    """The client the module-level functions use, connected at first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+            atexit.register(_default.close)
+        return _default
+
+
+def _shortcut(name):
+    def call(*args, **kwargs):
+        return getattr(default_client(), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = getattr(Client, name).__doc__
+    return call
+
+
+_SHORTCUTS = (
+    "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall "
+    "list remove clear stats events capabilities"
+).split()
+for _name in _SHORTCUTS:
+    globals()[_name] = _shortcut(_name)
+    __all__.append(_name)
+del _name

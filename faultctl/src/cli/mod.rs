@@ -1,0 +1,188 @@
+//! `faultctl`: a thin client of faultd's gRPC API. One module per subcommand.
+//!
+//! Exit codes, for scripts ([`exit_code`]): 0 done; 1 bad input (arguments, or what faultctl
+//! checks itself); 2 faultd unreachable; 3 refused by faultd (a gRPC error status);
+//! 4 `faultctl backoff`'s verdict is FAIL.
+
+mod backoff;
+mod clear;
+mod corrupt;
+mod delay;
+mod doctor;
+mod drop;
+mod duplicate;
+mod ebpf_log;
+mod events;
+mod help;
+mod hold;
+mod limit;
+mod list;
+mod loss;
+mod output;
+mod rate;
+mod record;
+mod refuse;
+mod reset;
+mod rm;
+mod stall;
+mod stats;
+mod target;
+mod version;
+
+use clap::{Parser, Subcommand};
+
+use faultd_api::client::{ClientTlsArgs, ConnectError};
+
+use crate::proto::fault_service_client::FaultServiceClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "faultctl",
+    version,
+    about = "Drive faultd: make chosen traffic misbehave in the kernel",
+    after_help = "Start a daemon with `cargo xtask run -- --iface lo` (or `faultd --iface lo` as root)."
+)]
+pub struct Cli {
+    /// faultd's API address: `unix:/path/to.sock` or `host:port`. Default: the socket of
+    /// this network namespace's faultd (/run/faultd/faultd-<netns inode>.sock) when there
+    /// is one, else 127.0.0.1:7447.
+    #[arg(long, global = true, env = "FAULTD_ADDR")]
+    pub addr: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+    /// Print JSON for scripts instead of text and tables (every command).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Blackhole matching packets: they vanish with no FIN, RST or ICMP.
+    Drop(target::ProbabilityArgs),
+    /// Answer each packet of a matching TCP flow with a RST: both ends see ECONNRESET.
+    Reset(target::ProbabilityArgs),
+    /// Refuse new connections (SYNs); established ones keep working.
+    Refuse(refuse::RefuseArgs),
+    /// Kill each connection after N payload bytes.
+    LimitBytes(limit::LimitBytesArgs),
+    /// Kill each connection once it is older than T.
+    LimitAge(limit::LimitAgeArgs),
+    /// Record every connection attempt (SYN) to the port, with kernel timestamps.
+    Record(record::RecordArgs),
+    /// Drop a random share of packets.
+    Loss(target::PercentArgs),
+    /// Delay packets (egress; on lo both directions). Needs the fq qdisc.
+    Delay(delay::DelayArgs),
+    /// Limit bandwidth (paced with fq, policed without).
+    Rate(rate::RateArgs),
+    /// Flip payload bytes of a share of packets, keeping checksums valid.
+    Corrupt(target::PercentArgs),
+    /// Send a share of packets twice.
+    Duplicate(target::PercentArgs),
+    /// Rewrite the advertised TCP window to 0: the peer stops sending until removed.
+    Stall(stall::StallArgs),
+    /// What this kernel supports, and which actions are available.
+    Doctor,
+    /// Print the kernel's events: first hits, RSTs sent, SYNs refused or recorded.
+    Events(events::EventsArgs),
+    /// Judge a client's reconnect backoff from the SYNs recorded on a port.
+    Backoff(backoff::BackoffArgs),
+    /// List the active faults.
+    List,
+    /// Remove a fault by id.
+    Rm(rm::RmArgs),
+    /// Remove every fault, or those selected (--mine, --label, --owner-uid).
+    Clear(clear::ClearArgs),
+    /// Per-fault packet and byte counters.
+    Stats,
+    /// Set how much faultd's eBPF programs log (into faultd's log): off … debug.
+    EbpfLog(ebpf_log::EbpfLogArgs),
+    /// This faultctl's version and the daemon's.
+    Version,
+    /// Print a shell completion script: `faultctl completions bash > /etc/bash_completion.d/faultctl`.
+    Completions(help::CompletionsArgs),
+    /// Print faultctl's man page (roff): `faultctl man | man -l -`.
+    Man,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // What needs no daemon, or copes without one.
+    match cli.command {
+        Command::Completions(args) => return help::completions(args, cli.json),
+        Command::Man => return help::man(cli.json),
+        Command::Version => return version::run(cli.addr.as_deref(), &cli.tls, cli.json).await,
+        // Bad input is bad input whether or not a daemon answers: check it first.
+        Command::Backoff(ref args) => drop(args.policy()?),
+        _ => {}
+    }
+    let channel = faultd_api::client::connect(cli.addr.as_deref(), &cli.tls).await?;
+    let mut client = FaultServiceClient::new(channel);
+    match cli.command {
+        Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
+        Command::Reset(args) => reset::run(&mut client, args, cli.json).await,
+        Command::Refuse(args) => refuse::run(&mut client, args, cli.json).await,
+        Command::LimitBytes(args) => limit::run_bytes(&mut client, args, cli.json).await,
+        Command::LimitAge(args) => limit::run_age(&mut client, args, cli.json).await,
+        Command::Record(args) => record::run(&mut client, args, cli.json).await,
+        Command::Loss(args) => loss::run(&mut client, args, cli.json).await,
+        Command::Delay(args) => delay::run(&mut client, args, cli.json).await,
+        Command::Rate(args) => rate::run(&mut client, args, cli.json).await,
+        Command::Corrupt(args) => corrupt::run(&mut client, args, cli.json).await,
+        Command::Duplicate(args) => duplicate::run(&mut client, args, cli.json).await,
+        Command::Stall(args) => stall::run(&mut client, args, cli.json).await,
+        Command::Doctor => doctor::run(&mut client, cli.json).await,
+        Command::Events(args) => events::run(&mut client, args, cli.json).await,
+        Command::Backoff(args) => backoff::run(&mut client, args, cli.json).await,
+        Command::List => list::run(&mut client, cli.json).await,
+        Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
+        Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
+        Command::Stats => stats::run(&mut client, cli.json).await,
+        Command::EbpfLog(args) => ebpf_log::run(&mut client, args, cli.json).await,
+        Command::Version | Command::Completions(_) | Command::Man => unreachable!("handled above"),
+    }
+}
+
+/// A gRPC error status, shown in the daemon's own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.message())]
+pub struct Rpc(pub tonic::Status);
+
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    Rpc(status).into()
+}
+
+/// `faultctl backoff`'s verdict is FAIL (the summary names the offending gaps).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackoffFailed(pub String);
+
+/// What faultctl exits with.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Bad arguments, or input faultctl refuses itself.
+    pub const BAD_INPUT: u8 = 1;
+    /// No faultd answers (or the connection broke).
+    pub const UNREACHABLE: u8 = 2;
+    /// faultd answered with an error status: invalid argument, permission denied, not found…
+    pub const REFUSED: u8 = 3;
+    /// `faultctl backoff`: the client's backoff is outside its windows.
+    pub const BACKOFF_FAILED: u8 = 4;
+}
+
+/// The exit code for an error `run` returned.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConnectError>().is_some() {
+        return exit::UNREACHABLE;
+    }
+    if e.downcast_ref::<BackoffFailed>().is_some() {
+        return exit::BACKOFF_FAILED;
+    }
+    match e.downcast_ref::<Rpc>() {
+        // UNAVAILABLE is the transport's, not faultd's: the connection failed or broke.
+        Some(Rpc(status)) if status.code() == tonic::Code::Unavailable => exit::UNREACHABLE,
+        Some(_) => exit::REFUSED,
+        None => exit::BAD_INPUT,
+    }
+}

@@ -1,0 +1,86 @@
+//! `faultctl rate`: a bandwidth limit.
+
+use clap::Args;
+use tonic::transport::Channel;
+
+use super::target::TargetArgs;
+use crate::proto::{self, fault_service_client::FaultServiceClient};
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Units as tc writes them: bit, kbit, mbit, gbit (bits per second) and \
+bps, kbps, mbps (bytes per second); k = 1000. Counted over whole packets. Where the fq qdisc \
+is available the traffic is paced at TC egress (packets wait, none is lost); elsewhere it is \
+policed (packets beyond a 10 ms burst are dropped). `faultctl list` shows which."
+)]
+pub struct RateArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The limit: 1mbit, 500kbit, 2mbps…
+    #[arg(long, value_parser = parse_rate)]
+    pub limit: u64,
+}
+
+pub async fn run(
+    client: &mut FaultServiceClient<Channel>,
+    args: RateArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let action = proto::action::Kind::Rate(proto::Rate {
+        bits_per_second: i64::try_from(args.limit).unwrap_or(i64::MAX),
+        mode: String::new(),
+    });
+    super::output::added(client, &args.target, action, json).await
+}
+
+/// A rate as tc writes it, in bits per second. A bare number is bits per second, as in tc.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 1mbit, 500kbit or 2mbps"))?;
+    let bits_per_unit: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use bit, kbit, mbit, gbit, bps, kbps or mbps"
+            ));
+        }
+    };
+    Ok((value * bits_per_unit).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_like_tc() {
+        assert_eq!(parse_rate("1mbit"), Ok(1_000_000));
+        assert_eq!(parse_rate("500kbit"), Ok(500_000));
+        assert_eq!(parse_rate("2gbit"), Ok(2_000_000_000));
+        assert_eq!(parse_rate("100bit"), Ok(100));
+        assert_eq!(parse_rate("100"), Ok(100));
+        assert_eq!(parse_rate("1bps"), Ok(8));
+        assert_eq!(parse_rate("2kbps"), Ok(16_000));
+        assert_eq!(parse_rate("1.5mbps"), Ok(12_000_000));
+        assert_eq!(
+            parse_rate("0mbit"),
+            Ok(0),
+            "0 goes to the daemon, which refuses it"
+        );
+        for bad in ["10furlongs", "fast", "", "mbit", "-1mbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+}

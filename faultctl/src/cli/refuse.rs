@@ -1,0 +1,30 @@
+//! `faultctl refuse`: new connections to the port fail; established ones are untouched.
+
+use clap::Args;
+use tonic::transport::Channel;
+
+use super::target::TargetArgs;
+use crate::proto::{self, fault_service_client::FaultServiceClient};
+
+#[derive(Args, Debug)]
+pub struct RefuseArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, value_enum, default_value = "rst")]
+    pub mode: proto::RefuseMode,
+    /// Every refused SYN is recorded anyway (see `faultctl events` and `faultctl backoff`);
+    /// accepted for symmetry with `faultctl record`.
+    #[arg(long)]
+    pub record: bool,
+}
+
+pub async fn run(
+    client: &mut FaultServiceClient<Channel>,
+    args: RefuseArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let action = proto::action::Kind::Refuse(proto::Refuse {
+        mode: args.mode.into(),
+    });
+    super::output::added(client, &args.target, action, json).await
+}
