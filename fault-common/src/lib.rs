@@ -83,6 +83,35 @@ pub const MAX_FLOWS: u32 = 65_536;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
+// The programs' log records (aya-log, see fault-ebpf/src/log.rs). The kernel writes only
+// numbers, at fixed sizes: a string whose length depends on the packet multiplies the paths
+// the verifier walks through aya-log's byte-by-byte copy past its million-instruction limit.
+// faultd turns them into words (fault-daemon/src/ebpf_log.rs). A record is a keyword and
+// numbers separated by spaces:
+//   `verdict PACKED FAULT_ID SRC_PORT DST_PORT`, PACKED = hook << 24 | action << 16 |
+//     outcome << 8 | IP protocol;
+//   `parse HOOK WHY`, WHY = reason | detail << 8 (LOG_PARSE_*);
+//   `rst-failed HOOK FAULT_ID`.
+/// Hooks, as `rules::Hook` numbers them.
+pub const LOG_HOOK_XDP: u32 = 0;
+pub const LOG_HOOK_TC_INGRESS: u32 = 1;
+pub const LOG_HOOK_TC_EGRESS: u32 = 2;
+/// What a fault's slot did with a packet on its port.
+pub const LOG_SLOT_SKIPPED_DIRECTION: u32 = 1;
+pub const LOG_SLOT_SKIPPED_HOOK: u32 = 2;
+pub const LOG_SLOT_SKIPPED_PEER: u32 = 3;
+pub const LOG_SLOT_SKIPPED_KIND: u32 = 4;
+pub const LOG_SLOT_UNTOUCHED: u32 = 5;
+pub const LOG_SLOT_ALTERED: u32 = 6;
+pub const LOG_SLOT_DROPPED: u32 = 7;
+pub const LOG_SLOT_RESET: u32 = 8;
+/// Why the parser gave up on a frame.
+pub const LOG_PARSE_NOT_IP: u32 = 1;
+pub const LOG_PARSE_TRUNCATED: u32 = 2;
+pub const LOG_PARSE_IHL: u32 = 3;
+pub const LOG_PARSE_FRAGMENT: u32 = 4;
+pub const LOG_PARSE_NOT_TCP_UDP: u32 = 5;
+
 /// Directions, relative to the faulted port: bit set = the slot applies.
 /// `TO_PORT`: the packet's destination port is the faulted port (client → server).
 pub const DIR_TO_PORT: u8 = 1;

@@ -155,6 +155,8 @@ pub const DEFAULT_MAX_STREAMS: usize = 128;
 pub struct FaultApi {
     engine: Arc<Mutex<Engine>>,
     events: Arc<EventHub>,
+    /// The programs' log level (SetEbpfLog); `None` without loaded programs (unit tests).
+    ebpf_log: Option<crate::ebpf_log::EbpfLogSwitch>,
     /// One permit per open WatchEvents stream.
     streams: Arc<Semaphore>,
     max_streams: usize,
@@ -184,6 +186,7 @@ impl FaultApi {
             changes: Arc::default(),
             sessions: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            ebpf_log: None,
         };
         tokio::spawn(expire_faults(
             Arc::downgrade(&api.engine),
@@ -206,6 +209,12 @@ impl FaultApi {
         self.shutdown.cancel();
         self.end_sessions();
         self.engine().shut_down()
+    }
+
+    /// Lets SetEbpfLog change the programs' log level through `switch`.
+    pub fn with_ebpf_log(mut self, switch: crate::ebpf_log::EbpfLogSwitch) -> Self {
+        self.ebpf_log = Some(switch);
+        self
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -539,6 +548,28 @@ impl FaultService for FaultApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(caps))
+    }
+
+    async fn set_ebpf_log(
+        &self,
+        request: Request<proto::SetEbpfLogRequest>,
+    ) -> Result<Response<proto::SetEbpfLogResponse>, Status> {
+        let by = owner_of(&request);
+        let level = crate::ebpf_log::EbpfLogLevel::from_proto(request.into_inner().level)
+            .ok_or_else(|| {
+                Status::invalid_argument("level: required, one of off, error, warn, info, debug")
+            })?;
+        let switch = self
+            .ebpf_log
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("no eBPF programs are loaded"))?;
+        let previous = switch
+            .set(level)
+            .map_err(|e| Status::internal(format!("writing map LOG_LEVEL: {e}")))?;
+        info!(level = level.name(), by = %by, "eBPF log level set");
+        Ok(Response::new(proto::SetEbpfLogResponse {
+            previous: previous.to_proto() as i32,
+        }))
     }
 
     async fn add_fault(
@@ -1234,6 +1265,27 @@ mod tests {
             .unwrap_err();
         assert!(status.message().starts_with("owner_uid:"));
         assert_eq!(api.engine().table.len(), 1);
+    }
+
+    /// The level is checked before anything else: an unspecified or unknown one is the
+    /// caller's mistake, named by its field, whether or not programs are loaded.
+    #[tokio::test]
+    async fn set_ebpf_log_names_a_missing_or_unknown_level() {
+        for level in [0, 99] {
+            let status = api()
+                .set_ebpf_log(Request::new(proto::SetEbpfLogRequest { level }))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().starts_with("level:"), "{status:?}");
+        }
+        let status = api()
+            .set_ebpf_log(Request::new(proto::SetEbpfLogRequest {
+                level: proto::EbpfLogLevel::Debug as i32,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     }
 
     async fn add_to(api: &FaultApi, port: u32, session_id: u64) -> Result<proto::Fault, Status> {

@@ -18,6 +18,7 @@ use aya::{Ebpf, include_bytes_aligned};
 use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
 use tracing::{info, warn};
 
+use crate::ebpf_log::KernelLog;
 use crate::faults::{FaultError, RuleSink};
 use crate::netlink::{self, Rtnl};
 
@@ -90,6 +91,8 @@ pub struct Datapath {
     buckets: aya::maps::Array<MapData, u64>,
     ifaces: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
+    /// The programs' own log: its level and the reader of its records.
+    log: KernelLog,
     /// Per-CPU count of events that found the ring full.
     events_lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
@@ -127,6 +130,7 @@ impl Datapath {
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
+        let log = KernelLog::init(&mut ebpf).map_err(|e| kernel("the programs' log", e))?;
         let events_lost = PerCpuArray::try_from(take(&mut ebpf, "EVENTS_LOST")?)
             .map_err(|e| kernel("map EVENTS_LOST", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
@@ -137,6 +141,7 @@ impl Datapath {
             buckets,
             ifaces,
             events: Some(events),
+            log,
             events_lost: Some(events_lost),
             cpus,
             held: Vec::new(),
@@ -220,6 +225,12 @@ impl Datapath {
     /// The ring buffer the programs write events to (once; the reader owns it).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The programs' log: its level switch ([`KernelLog::switch`]) and the reader of its
+    /// records ([`KernelLog::take_reader`]).
+    pub fn ebpf_log(&mut self) -> &mut KernelLog {
+        &mut self.log
     }
 
     /// The per-CPU count of events the programs lost to a full ring (once; the reader owns it).

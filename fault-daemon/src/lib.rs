@@ -21,6 +21,7 @@ pub mod capabilities;
 pub mod config;
 pub mod connections;
 pub mod datapath;
+pub mod ebpf_log;
 pub mod events;
 pub mod faults;
 pub mod logging;

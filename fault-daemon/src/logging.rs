@@ -17,7 +17,9 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` filters as usual (default `info`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The programs' lines (--ebpf-log) are filtered by their own level, in the kernel.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,faultd::ebpf=debug".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

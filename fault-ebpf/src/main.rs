@@ -3,6 +3,7 @@
 
 mod alter;
 mod events;
+mod log;
 mod packet;
 mod reset;
 mod rules;
@@ -37,7 +38,9 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
         _ => return Verdict::Pass,
     }
     let mut pkt = MaybeUninit::<Packet>::uninit();
-    if !packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr()) {
+    let parsed = packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr());
+    if parsed != packet::PARSED {
+        log::parse_failed(Hook::Xdp, parsed);
         return Verdict::Pass;
     }
     // SAFETY: parse wrote every field.
@@ -73,7 +76,9 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
         return TC_ACT_OK;
     }
     let mut pkt = MaybeUninit::<Packet>::uninit();
-    if !packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr()) {
+    let parsed = packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr());
+    if parsed != packet::PARSED {
+        log::parse_failed(hook, parsed);
         return TC_ACT_OK;
     }
     // SAFETY: parse wrote every field.
@@ -104,7 +109,10 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
                     action
                 }
                 // The packet is half rewritten or cannot be answered: it must not go on.
-                Err(_) => TC_ACT_SHOT,
+                Err(_) => {
+                    log::reset_failed(hook, fault_id);
+                    TC_ACT_SHOT
+                }
             }
         }
     }

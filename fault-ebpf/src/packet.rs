@@ -71,34 +71,53 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     ptr_at::<T>(data, data_end, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
-/// Parses an Ethernet frame into `*out`; false for anything that is not TCP or UDP over IP.
-/// Every field of `*out` is written when it returns true.
+/// [`parse`]'s result: `PARSED`, or why the frame is not for the faults, in the low byte,
+/// with a detail (ethertype, offset, protocol…) above it, for the kernel-side log.
+pub const PARSED: u32 = 0;
+use fault_common::{
+    LOG_PARSE_FRAGMENT as SKIP_FRAGMENT, LOG_PARSE_IHL as SKIP_IHL,
+    LOG_PARSE_NOT_IP as SKIP_NOT_IP, LOG_PARSE_NOT_TCP_UDP as SKIP_NOT_TCP_UDP,
+    LOG_PARSE_TRUNCATED as SKIP_TRUNCATED,
+};
+
+/// Reads a `T` at `offset`, or fails as a truncated header at that offset.
+#[inline(always)]
+fn need<T: Copy>(data: usize, data_end: usize, offset: usize) -> Result<T, u32> {
+    read(data, data_end, offset).ok_or(SKIP_TRUNCATED | (offset as u32) << 8)
+}
+
+/// Parses an Ethernet frame into `*out`; [`PARSED`] when it is TCP or UDP over IP, and then
+/// every field of `*out` is written; else a `SKIP_*` reason (see [`PARSED`]).
 ///
 /// Not inlined, and writing in place rather than returning a `Packet`: its stack frame is
 /// then small, which matters because kernels before 6.6 (Debian's 6.1) add the frames of
 /// subprograms that do not call each other when they check the 512-byte stack limit.
+/// The reason is a plain number, and only turned into words by crate::log, out of here.
 #[inline(never)]
-pub fn parse(data: usize, data_end: usize, out: *mut Packet) -> bool {
+pub fn parse(data: usize, data_end: usize, out: *mut Packet) -> u32 {
     // SAFETY: `out` points to a Packet-sized slot of the caller's stack.
-    unsafe { parse_into(data, data_end, &mut *out).is_some() }
+    match unsafe { parse_into(data, data_end, &mut *out) } {
+        Ok(()) => PARSED,
+        Err(why) => why,
+    }
 }
 
 #[inline(always)]
-fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Option<()> {
-    let ether_type = u16::from_be(read::<u16>(data, data_end, 12)?);
+fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), u32> {
+    let ether_type = u16::from_be(need::<u16>(data, data_end, 12)?);
     let (l4, l4_total) = match ether_type {
         ETH_P_IP => parse_ipv4(data, data_end, pkt)?,
         ETH_P_IPV6 => parse_ipv6(data, data_end, pkt)?,
-        _ => return None,
+        _ => return Err(SKIP_NOT_IP | (ether_type as u32) << 8),
     };
     if pkt.protocol != PROTO_TCP && pkt.protocol != PROTO_UDP {
-        return None;
+        return Err(SKIP_NOT_TCP_UDP | (pkt.protocol as u32) << 8);
     }
     pkt.l4_offset = l4 as u32;
     // Each header is read whole with one bounds check: the verifier tracks one range per
     // packet pointer, and separate reads at variable offsets lose it.
     if pkt.protocol == PROTO_TCP {
-        let tcp: [u8; 20] = read(data, data_end, l4)?;
+        let tcp: [u8; 20] = need(data, data_end, l4)?;
         pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
         pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
         pkt.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -108,7 +127,7 @@ fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Option<()> {
         pkt.payload_len = l4_total.saturating_sub(header_len);
         pkt.payload_offset = l4 as u32 + header_len;
     } else {
-        let udp: [u8; 8] = read(data, data_end, l4)?;
+        let udp: [u8; 8] = need(data, data_end, l4)?;
         pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
         pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
         pkt.seq = 0;
@@ -117,51 +136,51 @@ fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Option<()> {
         pkt.payload_len = l4_total.saturating_sub(8);
         pkt.payload_offset = l4 as u32 + 8;
     }
-    Some(())
+    Ok(())
 }
 
 /// Fills in family, protocol and addresses; returns the L4 offset and the L4 length
 /// (header + payload).
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, pkt: &mut Packet) -> Option<(usize, u32)> {
-    let version_ihl: u8 = read(data, data_end, ETH_HLEN)?;
+fn parse_ipv4(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(usize, u32), u32> {
+    let version_ihl: u8 = need(data, data_end, ETH_HLEN)?;
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
     if header_len < 20 {
-        return None;
+        return Err(SKIP_IHL | (header_len as u32) << 8);
     }
     // Only the first fragment carries the ports.
-    let frag: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 6)?);
+    let frag: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 6)?);
     if frag & 0x1fff != 0 {
-        return None;
+        return Err(SKIP_FRAGMENT | ((frag & 0x1fff) as u32) << 8);
     }
-    let total: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 2)?);
+    let total: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 2)?);
     pkt.family = PEER_V4;
-    pkt.protocol = read(data, data_end, ETH_HLEN + 9)?;
-    pkt.src_addr = [read(data, data_end, ETH_HLEN + 12)?, 0, 0, 0];
-    pkt.dst_addr = [read(data, data_end, ETH_HLEN + 16)?, 0, 0, 0];
-    Some((
+    pkt.protocol = need(data, data_end, ETH_HLEN + 9)?;
+    pkt.src_addr = [need(data, data_end, ETH_HLEN + 12)?, 0, 0, 0];
+    pkt.dst_addr = [need(data, data_end, ETH_HLEN + 16)?, 0, 0, 0];
+    Ok((
         ETH_HLEN + header_len,
         (total as u32).saturating_sub(header_len as u32),
     ))
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize, pkt: &mut Packet) -> Option<(usize, u32)> {
-    let payload: u16 = u16::from_be(read(data, data_end, ETH_HLEN + 4)?);
-    let mut next: u8 = read(data, data_end, ETH_HLEN + 6)?;
-    pkt.src_addr = read(data, data_end, ETH_HLEN + 8)?;
-    pkt.dst_addr = read(data, data_end, ETH_HLEN + 24)?;
+fn parse_ipv6(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(usize, u32), u32> {
+    let payload: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 4)?);
+    let mut next: u8 = need(data, data_end, ETH_HLEN + 6)?;
+    pkt.src_addr = need(data, data_end, ETH_HLEN + 8)?;
+    pkt.dst_addr = need(data, data_end, ETH_HLEN + 24)?;
     let mut offset = ETH_HLEN + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT {
         if next != IPV6_EXT_HOP && next != IPV6_EXT_ROUTING && next != IPV6_EXT_DEST {
             break;
         }
-        let hdr: [u8; 2] = read(data, data_end, offset)?;
+        let hdr: [u8; 2] = need(data, data_end, offset)?;
         next = hdr[0];
         offset += (hdr[1] as usize + 1) * 8;
     }
     let ext_len = (offset - ETH_HLEN - IPV6_HLEN) as u32;
     pkt.family = PEER_V6;
     pkt.protocol = next;
-    Some((offset, (payload as u32).saturating_sub(ext_len)))
+    Ok((offset, (payload as u32).saturating_sub(ext_len)))
 }

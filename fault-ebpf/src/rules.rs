@@ -19,6 +19,7 @@ use fault_common::{
 };
 
 use crate::events;
+use crate::log;
 use crate::packet::{Packet, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -365,43 +366,70 @@ const SLOT_ON: u32 = 0;
 const SLOT_DROP: u32 = 1;
 const SLOT_RESET: u32 = 2;
 
-/// One slot's whole work on a packet: match, count, act. Not inlined, on purpose: the
-/// verifier walks a call's paths and comes back to the caller with only the returned
-/// number differing, so paths do not multiply across slots.
+/// One slot's whole work on a packet: match, count, act ([`match_and_act`]), and say so in
+/// the kernel-side log (one map read when it is off, and only on a faulted port).
+///
+/// Two calls of its own, not inlined: 6.1's verifier sums the frames along a call chain,
+/// each rounded up to 32 bytes, against 512 bytes, and tc → try_tc → decide → walk_slot
+/// already takes 288 of them. With the work inlined here (a 168-byte frame, 192 rounded),
+/// a log call below it made 544; as siblings under this small frame the deepest chain is
+/// 288 + 32 + 160 (match_and_act) = 480. They are also why the log is not called from
+/// walk_slot: there the verifier takes every number this can return into the log call,
+/// once per bpf_loop iteration it walks, past its million instructions; here each path of
+/// match_and_act reaches it with its own constant.
 #[inline(never)]
 fn apply_slot(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
-    if !matches(slot, pkt, at) {
-        return SLOT_ON;
+    let outcome = match_and_act(slot, pkt, at, fx);
+    log::verdict(slot, pkt, at.hook, outcome);
+    outcome & 0xff
+}
+
+/// The slot's result (`SLOT_*` of this module) in the low byte, and what it did for the
+/// log (`log::SLOT_*`) above it. Not inlined (see [`apply_slot`]); one number back, as a
+/// BPF call returns one register. The verifier walks a call's paths and comes back to the
+/// caller with only the returned number differing, so paths do not multiply across slots.
+#[inline(never)]
+fn match_and_act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> u32 {
+    let mismatch = mismatch(slot, pkt, at);
+    if mismatch != MATCHED {
+        return SLOT_ON | mismatch << 8;
     }
     let counters = COUNTERS.get_ptr_mut(slot.counter);
     count(counters, at.len, false);
     match act(slot, pkt, at, fx) {
-        Outcome::Untouched => SLOT_ON,
+        Outcome::Untouched => SLOT_ON | log::SLOT_UNTOUCHED << 8,
         Outcome::Altered => {
             count(counters, at.len, true);
-            SLOT_ON
+            SLOT_ON | log::SLOT_ALTERED << 8
         }
         Outcome::Final(verdict) => {
             count(counters, at.len, true);
             match verdict {
-                Verdict::Drop => SLOT_DROP,
-                Verdict::Reset { .. } => SLOT_RESET,
-                Verdict::Pass | Verdict::PassChanged => SLOT_ON,
+                Verdict::Drop => SLOT_DROP | log::SLOT_DROPPED << 8,
+                Verdict::Reset { .. } => SLOT_RESET | log::SLOT_RESET << 8,
+                Verdict::Pass | Verdict::PassChanged => SLOT_ON | log::SLOT_UNTOUCHED << 8,
             }
         }
     }
 }
 
+/// [`mismatch`] found nothing against the packet.
+const MATCHED: u32 = 0;
+
+/// Whether the slot acts on this packet here: [`MATCHED`], or why not (`log::SLOT_SKIPPED_*`).
 #[inline(always)]
-fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
+fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
     let side = at.side;
-    if slot.directions & side.bit() == 0
-        || !at.hook.carries(slot, at.loopback)
-        || !peer_matches(slot, pkt, side)
-    {
-        return false;
+    if slot.directions & side.bit() == 0 {
+        return log::SLOT_SKIPPED_DIRECTION;
     }
-    match slot.action {
+    if !at.hook.carries(slot, at.loopback) {
+        return log::SLOT_SKIPPED_HOOK;
+    }
+    if !peer_matches(slot, pkt, side) {
+        return log::SLOT_SKIPPED_PEER;
+    }
+    let kind = match slot.action {
         // Connection attempts: SYNs to the port (for UDP, any datagram to it).
         ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && side == Side::ToPort,
         ACTION_REFUSE_DROP => side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP),
@@ -411,6 +439,11 @@ fn matches(slot: &FaultSlot, pkt: &Packet, at: &Where) -> bool {
         ACTION_STALL => pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0,
         ACTION_CORRUPT => pkt.payload_len > 0,
         _ => true,
+    };
+    if kind {
+        MATCHED
+    } else {
+        log::SLOT_SKIPPED_KIND
     }
 }
 

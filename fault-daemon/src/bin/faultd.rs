@@ -54,6 +54,11 @@ struct Args {
     /// Check FILE (a --config file) and exit: needs no root and touches nothing.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Make the eBPF programs log why packets are skipped (debug) or what each fault did with
+    /// them (info), into this log under the target faultd::ebpf. Change it while faultd
+    /// runs with `faultctl ebpf-log LEVEL`.
+    #[arg(long = "ebpf-log", value_name = "LEVEL", value_enum, default_value_t)]
+    ebpf_log: faultd::ebpf_log::EbpfLogLevel,
     /// Interface to attach to (repeatable), e.g. `lo` or a veth.
     #[arg(long = "iface", value_name = "IF")]
     ifaces: Vec<String>,
@@ -352,6 +357,13 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         return Ok(());
     };
     let attachments = datapath.attachments();
+    let ebpf_log = datapath.ebpf_log().switch();
+    ebpf_log
+        .set(args.ebpf_log)
+        .context("setting the programs' log level")?;
+    if let Some(reader) = datapath.ebpf_log().take_reader() {
+        tokio::spawn(faultd::ebpf_log::forward(reader));
+    }
     let events = Arc::new(EventHub::default());
     if let Some(ring) = datapath.take_events() {
         let losses = datapath.take_event_losses().map(LossCounter::new);
@@ -365,7 +377,8 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         ),
         events,
     )
-    .with_max_streams(args.max_streams as usize);
+    .with_max_streams(args.max_streams as usize)
+    .with_ebpf_log(ebpf_log);
     if let Some(listener) = metrics {
         info!(metrics = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(faultd::metrics::serve(

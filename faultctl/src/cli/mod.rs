@@ -11,6 +11,7 @@ mod delay;
 mod doctor;
 mod drop;
 mod duplicate;
+mod ebpf_log;
 mod events;
 mod help;
 mod hold;
@@ -96,6 +97,8 @@ pub enum Command {
     Clear(clear::ClearArgs),
     /// Per-fault packet and byte counters.
     Stats,
+    /// Set how much faultd's eBPF programs log (into faultd's log): off … debug.
+    EbpfLog(ebpf_log::EbpfLogArgs),
     /// This faultctl's version and the daemon's.
     Version,
     /// Print a shell completion script: `faultctl completions bash > /etc/bash_completion.d/faultctl`.
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => rm::run(&mut client, args, cli.json).await,
         Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
+        Command::EbpfLog(args) => ebpf_log::run(&mut client, args, cli.json).await,
         Command::Version | Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
