@@ -136,7 +136,10 @@ fn check_config_reports_a_typo_with_line_and_column() {
 #[test]
 fn the_example_config_checks() {
     // Read at build time: the VM that runs this binary has no checkout.
-    let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/faultd.toml"));
+    let example = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/faultd.toml"
+    ));
     let file = ConfigFile::new(example);
     let out = check_config(&file.path);
     assert!(out.status.success(), "{}", stderr_text(&out));
