@@ -18,6 +18,29 @@ const MAX_CONNECTIONS: usize = 256;
 const RSS_GROWTH_BOUND_KB: u64 = 40 * 1024;
 
 /// A process's resident memory, from /proc/PID/status.
+/// Raises this process's limit of open descriptors to at least `n` (root may raise the hard
+/// limit too).
+fn allow_open_files(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to set.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < n {
+            lim.rlim_cur = n;
+            lim.rlim_max = lim.rlim_max.max(n);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+                0,
+                "setrlimit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -45,6 +68,9 @@ fn stuck_streams_and_idle_connections_neither_grow_memory_nor_starve_clients() {
     if !require_root() {
         return;
     }
+    // This process holds every idle connection: more than the usual 1024 descriptors (the
+    // VM's init leaves that default). faultd, started after, inherits the limit too.
+    allow_open_files(IDLE_CONNECTIONS as u64 + 1024);
     let ns = Netns::new("res");
     let daemon = Daemon::start(&ns, &["lo"]);
     let pid = daemon.pid();

@@ -42,9 +42,10 @@ const NO_SKIPS_IN_VM: &[(&str, &str)] = &[(
     "degrade",
     "the VM has sch_fq, so delay, paced rate and the qdisc tests must run there",
 )];
-/// Programs from this machine the tests call (iproute2, util-linux's `setpriv`), copied into
-/// the VM in place of busybox's smaller versions.
-const PROGRAMS: &[&str] = &["ip", "tc", "setpriv"];
+/// Programs from this machine the tests call (iproute2, util-linux's `setpriv`, and
+/// prometheus's `promtool`, which checks faultd's metrics), copied into the VM in place of
+/// busybox's smaller versions.
+const PROGRAMS: &[&str] = &["ip", "tc", "setpriv", "promtool"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -58,7 +59,7 @@ pub struct Options {
     #[arg(long, default_value_t = 600)]
     pub test_timeout: u64,
     /// Seconds the whole VM run may take before qemu is stopped.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 2400)]
     pub vm_timeout: u64,
 }
 
@@ -68,7 +69,7 @@ impl Default for Options {
             tests: Vec::new(),
             no_host: false,
             test_timeout: 600,
-            vm_timeout: 1200,
+            vm_timeout: 2400,
         }
     }
 }
