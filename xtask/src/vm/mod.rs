@@ -30,6 +30,11 @@ const NOT_IN_VM: &[(&str, &str)] = &[
          concurrency and cli)",
     ),
     (
+        "resources",
+        "opens 4000 connections and weighs faultd's memory: a load test of faultd itself, not \
+         of the kernel, that takes over five minutes on the VM's emulated CPU",
+    ),
+    (
         "reconnect",
         "needs Python with grpcio, which the VM's busybox userland has not",
     ),
