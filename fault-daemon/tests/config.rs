@@ -4,11 +4,9 @@
 
 mod harness;
 
-use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use harness::*;
 
@@ -51,17 +49,6 @@ fn check_config(file: &Path) -> Output {
         Command::new(FAULTD)
     };
     cmd.arg("--check-config").arg(file).output().unwrap()
-}
-
-fn udp_delivers(port: u16) -> bool {
-    let receiver = UdpSocket::bind(("127.0.0.1", port)).unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sender.send_to(b"ping", ("127.0.0.1", port)).unwrap();
-    let mut buf = [0u8; 16];
-    receiver.recv(&mut buf).is_ok()
 }
 
 /// faultd started with only `--config`: the file names the interface, and its

@@ -247,18 +247,6 @@ fn a_client_without_the_proto_finds_and_calls_the_api() {
     assert!(to_other, "another port must still deliver");
 }
 
-/// Whether a datagram sent to `port` on loopback arrives (calling thread's namespace).
-fn udp_delivers(port: u16) -> bool {
-    let receiver = UdpSocket::bind(("127.0.0.1", port)).unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sender.send_to(b"ping", ("127.0.0.1", port)).unwrap();
-    let mut buf = [0u8; 16];
-    receiver.recv(&mut buf).is_ok()
-}
-
 /// Reflection and health sit behind the same access gate as the API: a caller the policy
 /// does not admit gets PERMISSION_DENIED from both.
 #[test]

@@ -395,3 +395,15 @@ pub fn stuck_event_stream() -> impl Send {
     });
     (rt, stream)
 }
+
+/// Whether a datagram sent to `port` on loopback arrives (calling thread's namespace).
+pub fn udp_delivers(port: u16) -> bool {
+    let receiver = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 16];
+    receiver.recv(&mut buf).is_ok()
+}

@@ -18,8 +18,8 @@ pub fn sample(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
-/// faultd's resident set size, in bytes.
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+/// faultd's resident set size, in bytes (also sampled by the soak).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = status
         .lines()

@@ -376,23 +376,12 @@ async fn sample(pid: u32, start: Instant, client: &mut api::Client) -> anyhow::R
     };
     Ok(Sample {
         secs: start.elapsed().as_secs_f64(),
-        rss_bytes: rss_bytes(pid)?,
+        rss_bytes: super::memory::rss_bytes(pid)?,
         fds: count("fd")?,
         tasks: count("task")?,
         faults,
         map_entries: map_entries(pid)?,
     })
-}
-
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kb * 1024)
 }
 
 /// The entries of each of faultd's hash maps (the arrays are always full), counted by
