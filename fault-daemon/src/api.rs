@@ -238,11 +238,6 @@ impl FaultApi {
             .map_err(|e| Status::internal(format!("changing the faults: {e}")))
     }
 
-    /// Removes faults of the table; used on shutdown so the maps are empty before detach.
-    pub fn clear(&self) -> Result<usize, FaultError> {
-        self.engine().clear()
-    }
-
     /// What this kernel and these attachments support; also logged at start-up.
     pub fn capabilities(&self) -> proto::Capabilities {
         capabilities::report(&self.engine().attachments)
