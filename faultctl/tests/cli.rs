@@ -243,3 +243,73 @@ fn json_covers_the_commands_that_need_no_daemon() {
     assert_eq!(json["format"], "roff");
     assert!(json["text"].as_str().unwrap().contains(".TH faultctl 1"));
 }
+
+/// A second address where no faultd answers.
+fn nowhere_else() -> String {
+    nowhere().replace("none.sock", "none-2.sock")
+}
+
+#[test]
+fn several_daemons_none_answering_each_named_and_exit_2() {
+    let (a, b) = (nowhere(), nowhere_else());
+    let out = faultctl(&["--addr", &a, "--addr", &b, "--json", "list"]);
+    // Every node unreachable: the code one unreachable daemon gives.
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for node in [&a, &b] {
+        assert!(
+            err.contains(&format!("faultctl: {node}: no faultd answers")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("2 of 2 daemons failed"), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            assert!(item["error"].as_str().is_some(), "{item}");
+            item["node"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(nodes, [a.as_str(), b.as_str()]);
+}
+
+#[test]
+fn a_hosts_file_names_the_daemons() {
+    let dir = std::env::temp_dir().join(format!("faultctl-hosts-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    let (a, b) = (nowhere(), nowhere_else());
+    std::fs::write(&hosts, format!("# two nodes\n{a}\n\n{b}  # the second\n")).unwrap();
+    let out = faultctl(&["--hosts", hosts.to_str().unwrap(), "drop", "--port", "80"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("faultctl: {a}:")) && err.contains(&format!("faultctl: {b}:")),
+        "{err}"
+    );
+}
+
+#[test]
+fn several_daemons_bad_input_is_exit_1_before_any_daemon() {
+    let (a, b) = (nowhere(), nowhere_else());
+    let cases: &[&[&str]] = &[
+        // Fault ids are per daemon.
+        &["--addr", &a, "--addr", &b, "rm", "1"],
+        &["--addr", &a, "--addr", &b, "stats"],
+        &["--addr", &a, "--addr", &b, "drop", "--port", "80", "--hold"],
+        &["--addr", &a, "--addr", &a, "list"],
+        &["--hosts", "/nonexistent/faultd-hosts", "list"],
+    ];
+    for args in cases {
+        let out = faultctl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        // Refused as a whole: no node was asked.
+        assert!(!err.contains("no faultd answers"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}

@@ -1,18 +1,11 @@
 //! `faultctl corrupt`: payload bytes change, checksums stay valid, the application reads
 //! the damage.
 
-use tonic::transport::Channel;
-
 use super::target::PercentArgs;
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
-pub async fn run(
-    client: &mut FaultServiceClient<Channel>,
-    args: PercentArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::Corrupt(proto::Corrupt {
+pub fn action(args: &PercentArgs) -> proto::action::Kind {
+    proto::action::Kind::Corrupt(proto::Corrupt {
         percent: args.percent,
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::target::{TargetArgs, parse_duration};
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
 #[derive(Args, Debug)]
 #[command(
@@ -26,14 +25,9 @@ pub struct DelayArgs {
     pub jitter: Option<Duration>,
 }
 
-pub async fn run(
-    client: &mut FaultServiceClient<Channel>,
-    args: DelayArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::Delay(proto::Delay {
+pub fn action(args: &DelayArgs) -> proto::action::Kind {
+    proto::action::Kind::Delay(proto::Delay {
         latency_us: args.latency.as_micros() as i64,
         jitter_us: args.jitter.map_or(0, |j| j.as_micros() as i64),
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::target::{TargetArgs, parse_duration};
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
 /// `--then`, or the protocol's default (unspecified) when not given.
 fn then(then: Option<proto::Then>) -> i32 {
@@ -38,26 +37,16 @@ pub struct LimitAgeArgs {
     pub then: Option<proto::Then>,
 }
 
-pub async fn run_bytes(
-    client: &mut FaultServiceClient<Channel>,
-    args: LimitBytesArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::LimitBytes(proto::LimitBytes {
+pub fn action_bytes(args: &LimitBytesArgs) -> proto::action::Kind {
+    proto::action::Kind::LimitBytes(proto::LimitBytes {
         bytes: args.bytes,
         then: then(args.then),
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }
 
-pub async fn run_age(
-    client: &mut FaultServiceClient<Channel>,
-    args: LimitAgeArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::LimitAge(proto::LimitAge {
+pub fn action_age(args: &LimitAgeArgs) -> proto::action::Kind {
+    proto::action::Kind::LimitAge(proto::LimitAge {
         after_ms: args.after.as_millis() as i64,
         then: then(args.then),
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }

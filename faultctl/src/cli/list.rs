@@ -23,34 +23,42 @@ pub struct List(pub Vec<FaultRow>);
 
 impl Render for List {
     fn text(&self) -> String {
-        let mut table = output::table(&[
-            "ID",
-            "ACTION",
-            "PORT",
-            "PROTO",
-            "DIRECTION",
-            "PEER",
-            "PARAMS",
-            "EXPIRES IN",
-            "LABEL",
-            "OWNER",
-            "SESSION",
-        ]);
+        let mut table = output::table(&HEADER);
         for f in &self.0 {
-            table.add_row(vec![
-                f.id.to_string(),
-                f.action.to_string(),
-                f.port.to_string(),
-                f.protocol.to_string(),
-                f.direction.to_string(),
-                output::cell(&f.peer),
-                output::cell(&f.params),
-                output::expires_in(f.expires_unix_ms),
-                output::cell(&f.label),
-                OwnerRow::text(f.owner.as_ref()),
-                f.session_id.map_or("-".into(), |id| id.to_string()),
-            ]);
+            table.add_row(row(f));
         }
         table.to_string()
     }
+}
+
+/// The columns of `faultctl list`.
+pub const HEADER: [&str; 11] = [
+    "ID",
+    "ACTION",
+    "PORT",
+    "PROTO",
+    "DIRECTION",
+    "PEER",
+    "PARAMS",
+    "EXPIRES IN",
+    "LABEL",
+    "OWNER",
+    "SESSION",
+];
+
+/// A fault as a row of `faultctl list`.
+pub fn row(f: &FaultRow) -> Vec<String> {
+    vec![
+        f.id.to_string(),
+        f.action.to_string(),
+        f.port.to_string(),
+        f.protocol.to_string(),
+        f.direction.to_string(),
+        output::cell(&f.peer),
+        output::cell(&f.params),
+        output::expires_in(f.expires_unix_ms),
+        output::cell(&f.label),
+        OwnerRow::text(f.owner.as_ref()),
+        f.session_id.map_or("-".into(), |id| id.to_string()),
+    ]
 }

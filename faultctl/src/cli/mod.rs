@@ -2,7 +2,7 @@
 //!
 //! Exit codes, for scripts ([`exit_code`]): 0 done; 1 bad input (arguments, or what faultctl
 //! checks itself); 2 faultd unreachable; 3 refused by faultd (a gRPC error status);
-//! 4 `faultctl backoff`'s verdict is FAIL.
+//! 4 `faultctl backoff`'s verdict is FAIL; 5 some of several daemons failed ([`multi`]).
 
 mod backoff;
 mod clear;
@@ -18,6 +18,8 @@ mod hold;
 mod limit;
 mod list;
 mod loss;
+mod multi;
+mod nodes;
 mod output;
 mod rate;
 mod record;
@@ -33,7 +35,7 @@ use clap::{Parser, Subcommand};
 
 use faultd_api::client::{ClientTlsArgs, ConnectError};
 
-use crate::proto::fault_service_client::FaultServiceClient;
+use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,9 +47,14 @@ use crate::proto::fault_service_client::FaultServiceClient;
 pub struct Cli {
     /// faultd's API address: `unix:/path/to.sock` or `host:port`. Default: the socket of
     /// this network namespace's faultd (/run/faultd/faultd-<netns inode>.sock) when there
-    /// is one, else 127.0.0.1:7447.
-    #[arg(long, global = true, env = "FAULTD_ADDR")]
-    pub addr: Option<String>,
+    /// is one, else 127.0.0.1:7447. Repeat it to apply, list or clear on several daemons at
+    /// once (results per node).
+    #[arg(long, global = true, env = "FAULTD_ADDR", action = clap::ArgAction::Append)]
+    pub addr: Vec<String>,
+    /// A file of daemon addresses, one per line (`#` starts a comment): like --addr given
+    /// once per line, after any --addr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub hosts: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
     /// Print JSON for scripts instead of text and tables (every command).
@@ -108,30 +115,26 @@ pub enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let nodes = nodes::from_args(&cli.addr, cli.hosts.as_deref())?;
+    if nodes.len() > 1 {
+        return multi::run(nodes, cli).await;
+    }
+    let addr = nodes.into_iter().next();
     // What needs no daemon, or copes without one.
     match cli.command {
         Command::Completions(args) => return help::completions(args, cli.json),
         Command::Man => return help::man(cli.json),
-        Command::Version => return version::run(cli.addr.as_deref(), &cli.tls, cli.json).await,
+        Command::Version => return version::run(addr.as_deref(), &cli.tls, cli.json).await,
         // Bad input is bad input whether or not a daemon answers: check it first.
         Command::Backoff(ref args) => drop(args.policy()?),
         _ => {}
     }
-    let channel = faultd_api::client::connect(cli.addr.as_deref(), &cli.tls).await?;
+    let channel = faultd_api::client::connect(addr.as_deref(), &cli.tls).await?;
     let mut client = FaultServiceClient::new(channel);
+    if let Some((target, action)) = cli.command.fault() {
+        return output::added(&mut client, target, action, cli.json).await;
+    }
     match cli.command {
-        Command::Drop(args) => drop::run(&mut client, args, cli.json).await,
-        Command::Reset(args) => reset::run(&mut client, args, cli.json).await,
-        Command::Refuse(args) => refuse::run(&mut client, args, cli.json).await,
-        Command::LimitBytes(args) => limit::run_bytes(&mut client, args, cli.json).await,
-        Command::LimitAge(args) => limit::run_age(&mut client, args, cli.json).await,
-        Command::Record(args) => record::run(&mut client, args, cli.json).await,
-        Command::Loss(args) => loss::run(&mut client, args, cli.json).await,
-        Command::Delay(args) => delay::run(&mut client, args, cli.json).await,
-        Command::Rate(args) => rate::run(&mut client, args, cli.json).await,
-        Command::Corrupt(args) => corrupt::run(&mut client, args, cli.json).await,
-        Command::Duplicate(args) => duplicate::run(&mut client, args, cli.json).await,
-        Command::Stall(args) => stall::run(&mut client, args, cli.json).await,
         Command::Doctor => doctor::run(&mut client, cli.json).await,
         Command::Events(args) => events::run(&mut client, args, cli.json).await,
         Command::Backoff(args) => backoff::run(&mut client, args, cli.json).await,
@@ -140,7 +143,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
         Command::EbpfLog(args) => ebpf_log::run(&mut client, args, cli.json).await,
-        Command::Version | Command::Completions(_) | Command::Man => unreachable!("handled above"),
+        _ => unreachable!("faults and the commands that need no daemon are handled above"),
+    }
+}
+
+impl Command {
+    /// For the verbs that add a fault: what traffic, and the action.
+    pub fn fault(&self) -> Option<(&target::TargetArgs, proto::action::Kind)> {
+        Some(match self {
+            Command::Drop(args) => (&args.target, drop::action(args)),
+            Command::Reset(args) => (&args.target, reset::action(args)),
+            Command::Refuse(args) => (&args.target, refuse::action(args)),
+            Command::LimitBytes(args) => (&args.target, limit::action_bytes(args)),
+            Command::LimitAge(args) => (&args.target, limit::action_age(args)),
+            Command::Record(args) => (&args.target, record::action(args)),
+            Command::Loss(args) => (&args.target, loss::action(args)),
+            Command::Delay(args) => (&args.target, delay::action(args)),
+            Command::Rate(args) => (&args.target, rate::action(args)),
+            Command::Corrupt(args) => (&args.target, corrupt::action(args)),
+            Command::Duplicate(args) => (&args.target, duplicate::action(args)),
+            Command::Stall(args) => (&args.target, stall::action(args)),
+            _ => return None,
+        })
     }
 }
 
@@ -169,6 +193,10 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     /// `faultctl backoff`: the client's backoff is outside its windows.
     pub const BACKOFF_FAILED: u8 = 4;
+    /// Several daemons (--addr more than once, --hosts): some of them failed and others
+    /// did not, or they failed in different ways (when all fail alike, that way's code);
+    /// every node's result is printed.
+    pub const NODES_FAILED: u8 = 5;
 }
 
 /// The exit code for an error `run` returned.
@@ -178,6 +206,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<BackoffFailed>().is_some() {
         return exit::BACKOFF_FAILED;
+    }
+    if let Some(failed) = e.downcast_ref::<multi::NodesFailed>() {
+        return failed.code;
     }
     match e.downcast_ref::<Rpc>() {
         // UNAVAILABLE is the transport's, not faultd's: the connection failed or broke.

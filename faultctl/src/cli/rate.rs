@@ -1,10 +1,9 @@
 //! `faultctl rate`: a bandwidth limit.
 
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::target::TargetArgs;
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
 #[derive(Args, Debug)]
 #[command(
@@ -21,16 +20,11 @@ pub struct RateArgs {
     pub limit: u64,
 }
 
-pub async fn run(
-    client: &mut FaultServiceClient<Channel>,
-    args: RateArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::Rate(proto::Rate {
+pub fn action(args: &RateArgs) -> proto::action::Kind {
+    proto::action::Kind::Rate(proto::Rate {
         bits_per_second: i64::try_from(args.limit).unwrap_or(i64::MAX),
         mode: String::new(),
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }
 
 /// A rate as tc writes it, in bits per second. A bare number is bits per second, as in tc.

@@ -1,10 +1,9 @@
 //! `faultctl refuse`: new connections to the port fail; established ones are untouched.
 
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::target::TargetArgs;
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
 #[derive(Args, Debug)]
 pub struct RefuseArgs {
@@ -18,13 +17,8 @@ pub struct RefuseArgs {
     pub record: bool,
 }
 
-pub async fn run(
-    client: &mut FaultServiceClient<Channel>,
-    args: RefuseArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::Refuse(proto::Refuse {
+pub fn action(args: &RefuseArgs) -> proto::action::Kind {
+    proto::action::Kind::Refuse(proto::Refuse {
         mode: args.mode.into(),
-    });
-    super::output::added(client, &args.target, action, json).await
+    })
 }

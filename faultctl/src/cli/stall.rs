@@ -2,10 +2,9 @@
 //! as if its peer stopped reading. Removing the fault lets the flow resume.
 
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::target::TargetArgs;
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use crate::proto;
 
 #[derive(Args, Debug)]
 pub struct StallArgs {
@@ -15,11 +14,6 @@ pub struct StallArgs {
     pub target: TargetArgs,
 }
 
-pub async fn run(
-    client: &mut FaultServiceClient<Channel>,
-    args: StallArgs,
-    json: bool,
-) -> anyhow::Result<()> {
-    let action = proto::action::Kind::Stall(proto::Stall {});
-    super::output::added(client, &args.target, action, json).await
+pub fn action(_: &StallArgs) -> proto::action::Kind {
+    proto::action::Kind::Stall(proto::Stall {})
 }
