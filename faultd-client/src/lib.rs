@@ -55,6 +55,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Many nodes
+//!
+//! [`Nodes`] drives the faultd of every node of a cluster as one: a fault applied on all
+//! of them, listed, cleared, with a result per node ([`PerNode`]).
+//!
 //! # Errors
 //!
 //! faultd validates every request and names the field it refuses; the client maps gRPC
@@ -72,6 +77,7 @@
 mod builder;
 mod error;
 mod guard;
+mod nodes;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -86,6 +92,7 @@ pub use faultd_api::client::ClientTlsArgs;
 pub use faultd_api::proto;
 pub use faultd_api::proto::{Direction, Protocol, RefuseMode, Then};
 pub use guard::FaultGuard;
+pub use nodes::{Nodes, NodesError, PerNode};
 
 use proto::fault_service_client::FaultServiceClient;
 
