@@ -49,6 +49,7 @@ const SUBCOMMANDS: &[&str] = &[
     "doctor",
     "events",
     "backoff",
+    "partition",
     "list",
     "rm",
     "clear",
@@ -303,6 +304,30 @@ fn several_daemons_bad_input_is_exit_1_before_any_daemon() {
         &["--addr", &a, "--addr", &b, "drop", "--port", "80", "--hold"],
         &["--addr", &a, "--addr", &a, "list"],
         &["--hosts", "/nonexistent/faultd-hosts", "list"],
+        &["--addr", "node-a=10.0.0.1:7447", "--addr", &b, "list"],
+        // A partition needs every node's own IP, and two sides.
+        &[
+            "--addr",
+            &a,
+            "--addr",
+            &b,
+            "partition",
+            "--port",
+            "2380",
+            "--isolate",
+            "198.18.0.1",
+        ],
+        &[
+            "--addr",
+            &format!("198.18.0.1={a}"),
+            "--addr",
+            &format!("198.18.0.2={b}"),
+            "partition",
+            "--port",
+            "2380",
+            "--isolate",
+            "198.18.0.9",
+        ],
     ];
     for args in cases {
         let out = faultctl(args);

@@ -7,11 +7,14 @@
 //! - [`client`]: [`client::connect`] to the daemon of this network namespace, or to one named.
 //! - [`backoff`]: judges connection attempts against an exponential backoff policy.
 //! - [`names`]: the names of the API's enums (`tcp`, `to-port`, `syn-refused`…), in one place.
+//! - [`partition`]: many nodes — a daemon's address with its node's IP, and the faults that
+//!   cut a partition, per node.
 
 pub mod backoff;
 pub mod capabilities;
 pub mod client;
 pub mod names;
+pub mod partition;
 
 use std::fs;
 use std::io;

@@ -58,7 +58,8 @@
 //! # Many nodes
 //!
 //! [`Nodes`] drives the faultd of every node of a cluster as one: a fault applied on all
-//! of them, listed, cleared, with a result per node ([`PerNode`]).
+//! of them, a partition cut ([`Nodes::partition`]), faults listed, cleared, with a result
+//! per node ([`PerNode`]).
 //!
 //! # Errors
 //!
@@ -89,6 +90,7 @@ use tonic::transport::Channel;
 pub use builder::{Action, FaultBuilder};
 pub use error::{Error, Result};
 pub use faultd_api::client::ClientTlsArgs;
+pub use faultd_api::partition::{NodeAddr, Partition};
 pub use faultd_api::proto;
 pub use faultd_api::proto::{Direction, Protocol, RefuseMode, Then};
 pub use guard::FaultGuard;

@@ -2,7 +2,9 @@
 //! node, the faults listed or cleared everywhere, with a result per node.
 
 use std::future::Future;
+use std::net::IpAddr;
 
+use faultd_api::partition::{NodeAddr, Partition};
 use faultd_api::proto;
 use futures_util::future::join_all;
 
@@ -12,22 +14,31 @@ use crate::{Action, Client, ClientBuilder, Error, FaultBuilder, FaultGuard, Resu
 /// the `Nodes` go, every node removes the faults it added.
 ///
 /// ```no_run
-/// use faultd_client::Nodes;
+/// use faultd_client::{Nodes, Partition};
 ///
 /// # async fn example() -> Result<(), faultd_client::NodesError> {
-/// let nodes = Nodes::connect(["unix:/run/a/faultd.sock", "10.0.0.2:7447", "10.0.0.3:7447"]).await?;
-/// // Partition 10.0.0.1 from the others: every node drops its etcd peer traffic with it.
+/// // Each node as NODE_IP=ADDRESS: its own IP, and where its faultd listens.
+/// let nodes = Nodes::connect([
+///     "10.0.0.1=unix:/run/a/faultd.sock",
+///     "10.0.0.2=10.0.0.2:7447",
+///     "10.0.0.3=10.0.0.3:7447",
+/// ])
+/// .await?;
+/// // Cut 10.0.0.1 off from the others on etcd's peer port.
 /// let partition = nodes
-///     .apply(|client| client.drop(2380).peer("10.0.0.1/32").label("partition"))
+///     .partition(&Partition::ports([2380]), &["10.0.0.1".parse().unwrap()])
 ///     .await
 ///     .all()?; // when a node refused, the others' guards drop here: no half partition
 /// // … the cluster runs without 10.0.0.1 …
 /// drop(partition); // heal
+///
+/// // The same fault on every node: UDP port 53 silent everywhere.
+/// let dns = nodes.apply(|client| client.drop(53).protocol(faultd_client::Protocol::Udp)).await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Nodes {
-    nodes: Vec<(String, Client)>,
+    nodes: Vec<(NodeAddr, Client)>,
 }
 
 /// One result per node, in the order the nodes were given, each with the node's address.
@@ -52,7 +63,8 @@ fn list(failed: &[(String, Error)]) -> String {
 }
 
 impl Nodes {
-    /// Connects to every address (`unix:/path` or `host:port`), each with a session.
+    /// Connects to every node: `ADDRESS` (`unix:/path` or `host:port`) or, for
+    /// [`Nodes::partition`], `NODE_IP=ADDRESS`. Each client has a session.
     pub async fn connect<I>(addrs: I) -> Result<Nodes, NodesError>
     where
         I: IntoIterator,
@@ -69,19 +81,33 @@ impl Nodes {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
-        let clients = join_all(addrs.iter().map(|a| builder.clone().addr(a).connect())).await;
+        let texts: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        let of = texts.len();
+        let mut nodes = Vec::new();
+        let mut failed = Vec::new();
+        for text in texts {
+            match NodeAddr::parse(&text) {
+                Ok(node) => nodes.push(node),
+                Err(message) => failed.push((text, Error::Config { message })),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(NodesError { failed, of });
+        }
+        let connect = |n: &NodeAddr| builder.clone().addr(n.addr.clone()).connect();
+        let clients = join_all(nodes.iter().map(connect)).await;
         let connected = PerNode {
-            results: addrs.into_iter().zip(clients).collect(),
+            results: nodes.iter().map(ToString::to_string).zip(clients).collect(),
         };
+        let clients = connected.all()?;
         Ok(Nodes {
-            nodes: connected.all_named()?,
+            nodes: nodes.into_iter().zip(clients).collect(),
         })
     }
 
-    /// The nodes' addresses and clients, in the order given: for what one node alone does.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Client)> {
-        self.nodes.iter().map(|(a, c)| (a.as_str(), c))
+    /// The nodes and their clients, in the order given: for what one node alone does.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeAddr, &Client)> {
+        self.nodes.iter().map(|(n, c)| (n, c))
     }
 
     /// How many nodes.
@@ -101,6 +127,48 @@ impl Nodes {
         F: Fn(&Client) -> FaultBuilder<A>,
     {
         self.each(|client| fault(client).apply()).await
+    }
+
+    /// Cuts the nodes whose IPs are `isolated` off from the others: every node drops the
+    /// partition's ports' traffic (both directions) whose peer is a node of the other side
+    /// ([`Partition::plan`]). Each node's guards heal its part when dropped. Every node
+    /// must have been given as `NODE_IP=ADDRESS`; otherwise, or when `isolated` does not
+    /// name some (not all) of them, every node's result is that error and nothing is added.
+    pub async fn partition(
+        &self,
+        partition: &Partition,
+        isolated: &[IpAddr],
+    ) -> PerNode<Vec<FaultGuard>> {
+        let nodes: Vec<NodeAddr> = self.nodes.iter().map(|(n, _)| n.clone()).collect();
+        let plan = match partition.plan(&nodes, isolated) {
+            Ok(plan) => plan,
+            Err(message) => {
+                let results = nodes.iter().map(|n| {
+                    let message = message.clone();
+                    (n.to_string(), Err(Error::Config { message }))
+                });
+                return PerNode {
+                    results: results.collect(),
+                };
+            }
+        };
+        let adds = self
+            .nodes
+            .iter()
+            .zip(&plan)
+            .map(|((_, client), specs)| async move {
+                let mut guards = Vec::new();
+                for spec in specs {
+                    // A refusal drops the guards added before it: the node's part is whole or
+                    // not there.
+                    guards.push(client.add(spec.clone()).await?);
+                }
+                Ok(guards)
+            });
+        let answers = join_all(adds).await;
+        PerNode {
+            results: nodes.iter().map(ToString::to_string).zip(answers).collect(),
+        }
     }
 
     /// Every node's active faults.
@@ -129,7 +197,7 @@ impl Nodes {
             results: self
                 .nodes
                 .iter()
-                .map(|(addr, _)| addr.clone())
+                .map(|(node, _)| node.to_string())
                 .zip(answers)
                 .collect(),
         }

@@ -21,6 +21,7 @@ mod loss;
 mod multi;
 mod nodes;
 mod output;
+mod partition;
 mod rate;
 mod record;
 mod refuse;
@@ -96,6 +97,9 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Judge a client's reconnect backoff from the SYNs recorded on a port.
     Backoff(backoff::BackoffArgs),
+    /// Cut some nodes off from the others: every node (--addr NODE_IP=ADDRESS, repeated)
+    /// drops the ports' traffic with the other side.
+    Partition(partition::PartitionArgs),
     /// List the active faults.
     List,
     /// Remove a fault by id.
@@ -116,10 +120,10 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nodes = nodes::from_args(&cli.addr, cli.hosts.as_deref())?;
-    if nodes.len() > 1 {
+    if nodes.len() > 1 || matches!(cli.command, Command::Partition(_)) {
         return multi::run(nodes, cli).await;
     }
-    let addr = nodes.into_iter().next();
+    let addr = nodes.into_iter().next().map(|n| n.addr);
     // What needs no daemon, or copes without one.
     match cli.command {
         Command::Completions(args) => return help::completions(args, cli.json),
@@ -193,7 +197,7 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     /// `faultctl backoff`: the client's backoff is outside its windows.
     pub const BACKOFF_FAILED: u8 = 4;
-    /// Several daemons (--addr more than once, --hosts): some of them failed and others
+    /// Several daemons (--addr more than once, --hosts, partition): some of them failed and others
     /// did not, or they failed in different ways (when all fail alike, that way's code);
     /// every node's result is printed.
     pub const NODES_FAILED: u8 = 5;

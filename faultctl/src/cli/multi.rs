@@ -1,5 +1,6 @@
-//! One command on several daemons (`--addr` more than once, `--hosts`): a fault added,
-//! the faults listed, or cleared on every node at once, with a result per node.
+//! One command on several daemons (`--addr` more than once, `--hosts`): a fault added, a
+//! partition cut, the faults listed, or cleared on every node at once, with a result per
+//! node.
 //!
 //! Nodes are asked concurrently and independently: one that fails (unreachable, or it
 //! refuses the request) does not stop the others, and nothing is rolled back on the nodes
@@ -7,23 +8,26 @@
 //! stderr (and an `error` entry in `--json`); the exit code is [`exit_code`]'s.
 
 use faultd_api::client::ClientTlsArgs;
+use faultd_api::partition::NodeAddr;
 use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::output::{self, FaultRow, Render};
-use super::{Cli, Command, exit, help, list};
+use super::{Cli, Command, exit, help, list, partition};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
 /// What faultctl does on each node.
 enum Request {
-    Add(proto::FaultSpec),
+    /// The faults each node adds, in the order of the nodes (the same one on every node,
+    /// but for a partition).
+    Add(Vec<Vec<proto::FaultSpec>>),
     List,
     Clear(proto::ClearFaultsRequest),
 }
 
 /// One node's answer.
 enum Answer {
-    Added(FaultRow),
+    Added(Vec<FaultRow>),
     Listed(Vec<FaultRow>),
     Cleared(u32),
 }
@@ -38,8 +42,8 @@ pub struct NodesFailed {
     pub code: u8,
 }
 
-pub async fn run(nodes: Vec<String>, cli: Cli) -> anyhow::Result<()> {
-    let request = match request(&cli.command)? {
+pub async fn run(nodes: Vec<NodeAddr>, cli: Cli) -> anyhow::Result<()> {
+    let request = match request(&cli.command, &nodes)? {
         Some(request) => request,
         // Completions and the man page need no daemon.
         None => {
@@ -50,8 +54,10 @@ pub async fn run(nodes: Vec<String>, cli: Cli) -> anyhow::Result<()> {
             };
         }
     };
-    let answers = join_all(nodes.iter().map(|node| ask(node, &cli.tls, &request))).await;
-    let results: Vec<(String, anyhow::Result<Answer>)> = nodes.into_iter().zip(answers).collect();
+    let asked = nodes.iter().enumerate();
+    let answers = join_all(asked.map(|(i, node)| ask(i, &node.addr, &cli.tls, &request))).await;
+    let names = nodes.iter().map(ToString::to_string);
+    let results: Vec<(String, anyhow::Result<Answer>)> = names.zip(answers).collect();
     for (node, result) in &results {
         if let Err(e) = result {
             eprintln!("faultctl: {node}: {e:#}");
@@ -87,7 +93,14 @@ pub fn exit_code(failed: &[u8], of: usize) -> u8 {
 
 /// What to ask every node, or `None` for commands that need no daemon; commands that
 /// make sense on one daemon only are bad input.
-fn request(command: &Command) -> anyhow::Result<Option<Request>> {
+fn request(command: &Command, nodes: &[NodeAddr]) -> anyhow::Result<Option<Request>> {
+    if let Command::Partition(args) = command {
+        return Ok(Some(Request::Add(partition::plan(args, nodes)?)));
+    }
+    if nodes.is_empty() {
+        // Without --addr, the default daemon: as if it was named.
+        anyhow::bail!("no daemon named: give --addr or --hosts");
+    }
     if let Some((target, action)) = command.fault() {
         if target.hold {
             anyhow::bail!(
@@ -95,7 +108,8 @@ fn request(command: &Command) -> anyhow::Result<Option<Request>> {
                  or remove it with `faultctl clear --label`"
             );
         }
-        return Ok(Some(Request::Add(target.spec(action))));
+        let spec = target.spec(action);
+        return Ok(Some(Request::Add(vec![vec![spec]; nodes.len()])));
     }
     let one_daemon = match command {
         Command::List => return Ok(Some(Request::List)),
@@ -122,19 +136,18 @@ fn request(command: &Command) -> anyhow::Result<Option<Request>> {
     )
 }
 
-async fn ask(node: &str, tls: &ClientTlsArgs, request: &Request) -> anyhow::Result<Answer> {
-    let channel = faultd_api::client::connect(Some(node), tls).await?;
+/// Asks the `i`th node, at `addr`.
+async fn ask(
+    i: usize,
+    addr: &str,
+    tls: &ClientTlsArgs,
+    request: &Request,
+) -> anyhow::Result<Answer> {
+    let channel = faultd_api::client::connect(Some(addr), tls).await?;
     let mut client = FaultServiceClient::new(channel);
     let rpc = super::rpc_error;
     Ok(match request {
-        Request::Add(spec) => {
-            let request = proto::AddFaultRequest {
-                spec: Some(spec.clone()),
-                session_id: 0,
-            };
-            let fault = client.add_fault(request).await.map_err(rpc)?.into_inner();
-            Answer::Added(FaultRow::from(&fault))
-        }
+        Request::Add(specs) => Answer::Added(add_all(&mut client, &specs[i]).await?),
         Request::List => {
             let faults = client
                 .list_faults(proto::ListFaultsRequest {})
@@ -154,6 +167,32 @@ async fn ask(node: &str, tls: &ClientTlsArgs, request: &Request) -> anyhow::Resu
             Answer::Cleared(removed)
         }
     })
+}
+
+/// Adds `specs` on one daemon, all or none: when one is refused, those added before it are
+/// removed again (the node's result is the refusal).
+async fn add_all(
+    client: &mut FaultServiceClient<tonic::transport::Channel>,
+    specs: &[proto::FaultSpec],
+) -> anyhow::Result<Vec<FaultRow>> {
+    let mut added = Vec::new();
+    for spec in specs {
+        let request = proto::AddFaultRequest {
+            spec: Some(spec.clone()),
+            session_id: 0,
+        };
+        match client.add_fault(request).await {
+            Ok(fault) => added.push(FaultRow::from(&fault.into_inner())),
+            Err(status) => {
+                for fault in &added {
+                    let request = proto::RemoveFaultRequest { id: fault.id };
+                    let _ = client.remove_fault(request).await;
+                }
+                return Err(super::rpc_error(status));
+            }
+        }
+    }
+    Ok(added)
 }
 
 /// The results of all nodes: in JSON an array whose every element has `node` and either
@@ -194,8 +233,7 @@ impl PerNode {
                 })
             };
             match result {
-                Ok(Answer::Added(fault)) => push(Item::Fault(fault.clone())),
-                Ok(Answer::Listed(faults)) => {
+                Ok(Answer::Added(faults) | Answer::Listed(faults)) => {
                     faults.iter().for_each(|f| push(Item::Fault(f.clone())))
                 }
                 Ok(Answer::Cleared(removed)) => push(Item::Cleared { removed: *removed }),

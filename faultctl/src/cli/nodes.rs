@@ -3,12 +3,14 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use faultd_api::partition::NodeAddr;
 
-/// The daemons' addresses, as given: every `--addr`, then the lines of `--hosts`. Empty
-/// means "the default daemon". A file that cannot be read, a file with no address, or an
-/// address given twice is bad input (exit 1), found before any daemon is contacted.
-pub fn from_args(addrs: &[String], hosts: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    let mut nodes: Vec<String> = Vec::new();
+/// The daemons' addresses, as given: every `--addr`, then the lines of `--hosts`; each
+/// `ADDRESS` or `NODE_IP=ADDRESS`. Empty means "the default daemon". A file that cannot be
+/// read, a file with no address, a malformed address or one given twice is bad input
+/// (exit 1), found before any daemon is contacted.
+pub fn from_args(addrs: &[String], hosts: Option<&Path>) -> anyhow::Result<Vec<NodeAddr>> {
+    let mut nodes: Vec<NodeAddr> = Vec::new();
     for addr in addrs {
         push(&mut nodes, addr.trim(), "--addr")?;
     }
@@ -42,17 +44,21 @@ pub fn parse_hosts(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-fn push(nodes: &mut Vec<String>, addr: &str, whence: &str) -> anyhow::Result<()> {
-    if addr.is_empty() {
+fn push(nodes: &mut Vec<NodeAddr>, text: &str, whence: &str) -> anyhow::Result<()> {
+    if text.is_empty() {
         bail!("{whence}: an empty address");
     }
-    if addr.split_whitespace().count() > 1 {
-        bail!("{whence}: {addr:?} is not one address (one per line)");
+    if text.split_whitespace().count() > 1 {
+        bail!("{whence}: {text:?} is not one address (one per line)");
     }
-    if nodes.iter().any(|n| n == addr) {
-        bail!("{whence}: {addr} is given twice; each daemon would get the request twice");
+    let node = NodeAddr::parse(text).map_err(|e| anyhow::anyhow!("{whence}: {e}"))?;
+    if nodes.iter().any(|n| n.addr == node.addr) {
+        bail!(
+            "{whence}: {} is given twice; that daemon would get the request twice",
+            node.addr
+        );
     }
-    nodes.push(addr.to_string());
+    nodes.push(node);
     Ok(())
 }
 
@@ -102,13 +108,16 @@ mod tests {
     fn addr_flags_come_first_then_the_hosts_file() {
         let file = hosts_file("b:1\nc:1\n");
         let nodes = from_args(&["a:1".into()], Some(&file.0)).unwrap();
-        assert_eq!(nodes, ["a:1", "b:1", "c:1"]);
+        let addrs: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+        assert_eq!(addrs, ["a:1", "b:1", "c:1"]);
+        let with_ip = from_args(&["198.18.0.1=unix:/a".into()], None).unwrap();
+        assert_eq!(with_ip[0].ip, "198.18.0.1".parse().ok());
         assert!(from_args(&[], None).unwrap().is_empty());
     }
 
     #[test]
     fn bad_hosts_and_repeated_addresses_are_refused_by_name() {
-        let twice = from_args(&["a:1".into(), "a:1".into()], None).unwrap_err();
+        let twice = from_args(&["a:1".into(), "10.0.0.1=a:1".into()], None).unwrap_err();
         assert!(
             format!("{twice:#}").contains("a:1 is given twice"),
             "{twice:#}"
@@ -124,6 +133,9 @@ mod tests {
         let empty = hosts_file("# nothing\n\n");
         let err = format!("{:#}", from_args(&[], Some(&empty.0)).unwrap_err());
         assert!(err.contains("no address"), "{err}");
+
+        let err = format!("{:#}", from_args(&["node-a=b:1".into()], None).unwrap_err());
+        assert!(err.contains("not an IP address"), "{err}");
 
         let missing = std::path::Path::new("/nonexistent/faultd-hosts");
         let err = format!("{:#}", from_args(&[], Some(missing)).unwrap_err());
