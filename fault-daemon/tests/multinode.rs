@@ -253,3 +253,207 @@ fn the_rust_clients_nodes_partition_and_heal() {
     });
     assert_reachability(&cluster, |_, _| false, "healed");
 }
+
+/// etcd's ports: clients, and the members' raft traffic.
+const ETCD_CLIENT: u16 = 2379;
+const ETCD_PEER: u16 = 2380;
+
+/// An etcd member on a node, stopped by its PID on drop; its data directory removed.
+struct Etcd {
+    _process: test_harness::Process,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(self.data.with_extension("log"));
+    }
+}
+
+/// Starts a three-member cluster, one member per node, with short election timeouts.
+fn start_etcd(cluster: &Cluster) -> Vec<Etcd> {
+    assert!(
+        std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "etcd is missing: `cargo xtask setup` installs Debian's etcd-server and etcd-client"
+    );
+    let peers: Vec<String> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("n{i}=http://{}:{ETCD_PEER}", n.addr))
+        .collect();
+    let initial = peers.join(",");
+    let base = std::env::temp_dir().join(format!("fdt-etcd-{}", std::process::id()));
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let data = base.join(format!("n{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let log = std::fs::File::create(data.with_extension("log")).unwrap();
+            let (peer, client) = (
+                format!("http://{}:{ETCD_PEER}", node.addr),
+                format!("http://{}:{ETCD_CLIENT}", node.addr),
+            );
+            let mut cmd = node.ns.cmd("etcd");
+            cmd.args(["--name", &format!("n{i}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "fdt-multinode"])
+                .args(["--heartbeat-interval", "100", "--election-timeout", "500"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log);
+            Etcd {
+                _process: test_harness::Process::spawn(&mut cmd).expect("start etcd"),
+                data,
+            }
+        })
+        .collect()
+}
+
+/// etcdctl on `node`, against its own member; `Err(its output)` when it fails.
+fn etcdctl(node: &cluster::Node, args: &[&str]) -> Result<String, String> {
+    let endpoint = format!("http://{}:{ETCD_CLIENT}", node.addr);
+    let out = node
+        .ns
+        .cmd("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoint, "--command-timeout", "1s"])
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    if out.status.success() {
+        Ok(stdout(&out))
+    } else {
+        Err(format!("{}{}", stdout(&out), stderr_text(&out)))
+    }
+}
+
+/// The member's id and the leader it knows (0: none), from `etcdctl endpoint status`.
+fn member_status(node: &cluster::Node) -> Result<(u64, u64), String> {
+    let out = etcdctl(node, &["endpoint", "status", "-w", "json"])?;
+    let json: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    let status = &json[0]["Status"];
+    let id = status["header"]["member_id"].as_u64();
+    let leader = status["leader"].as_u64();
+    id.zip(leader)
+        .ok_or_else(|| format!("no member_id/leader in {out}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `within`.
+fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every member agrees on one leader; returns the members' ids and the
+/// leader's index.
+fn wait_for_one_leader(cluster: &Cluster, what: &str) -> (Vec<u64>, usize) {
+    eventually(Duration::from_secs(30), what, || {
+        let status: Vec<(u64, u64)> = cluster
+            .nodes
+            .iter()
+            .map(member_status)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let leader = status[0].1;
+        let ids: Vec<u64> = status.iter().map(|s| s.0).collect();
+        let agreed = leader != 0 && status.iter().all(|s| s.1 == leader);
+        let index = ids.iter().position(|&id| id == leader)?;
+        agreed.then_some((ids, index))
+    })
+}
+
+/// A real clustered peer: three etcd members, one per node. Partitioning the leader (raft
+/// traffic on 2380, through all three faultds) makes the other two elect a leader without
+/// it, while it reports none and cannot serve a linearizable read; a key written during
+/// the partition is readable on it after the heal, when the cluster agrees on a leader again.
+#[test]
+fn an_etcd_cluster_elects_without_the_partitioned_member_and_heals() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::new("mne", 3);
+    let _etcd = start_etcd(&cluster);
+    let (ids, leader) = wait_for_one_leader(&cluster, "a leader at start");
+    let isolated = &cluster.nodes[leader];
+    let others: Vec<&cluster::Node> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| &cluster.nodes[i])
+        .collect();
+    eprintln!("partitioning the leader, {}", isolated.addr);
+
+    let port = ETCD_PEER.to_string();
+    ok(
+        cluster.faultctl(&["partition", "--port", &port, "--isolate", &isolated.addr]),
+        "partition",
+    );
+
+    // The other two elect a leader among themselves.
+    let new_leader = eventually(
+        Duration::from_secs(15),
+        "a new leader on the majority side",
+        || {
+            let a = member_status(others[0]).ok()?;
+            let b = member_status(others[1]).ok()?;
+            (a.1 != 0 && a.1 == b.1 && a.1 != ids[leader]).then_some(a.1)
+        },
+    );
+    assert!(ids.contains(&new_leader), "{new_leader:x} is not a member");
+    // The partitioned member knows no leader, and a linearizable read there fails.
+    eventually(
+        Duration::from_secs(15),
+        "no leader on the partitioned member",
+        || match member_status(isolated) {
+            Ok((_, 0)) => Some(()),
+            Ok(_) => None,
+            // No leader to answer through.
+            Err(e) => e.contains("leader").then_some(()),
+        },
+    );
+    etcdctl(others[0], &["put", "fdt-key", "written-during-partition"])
+        .unwrap_or_else(|e| panic!("put on the majority side: {e}"));
+    let read = etcdctl(isolated, &["get", "fdt-key"]);
+    assert!(
+        read.is_err(),
+        "a linearizable read on the partitioned member: {read:?}"
+    );
+    // What it has locally (a serializable read) lacks the key: it was cut off from raft.
+    let local = etcdctl(isolated, &["get", "fdt-key", "--consistency=s"]).unwrap();
+    assert!(!local.contains("written-during-partition"), "{local}");
+
+    ok(cluster.faultctl(&["clear", "--label", "partition"]), "heal");
+    let (_, healed_leader) = wait_for_one_leader(&cluster, "one leader after the heal");
+    eprintln!("healed; leader {}", cluster.nodes[healed_leader].addr);
+    let value = eventually(
+        Duration::from_secs(15),
+        "the key on the healed member",
+        || etcdctl(isolated, &["get", "fdt-key", "--print-value-only"]).ok(),
+    );
+    assert_eq!(value.trim(), "written-during-partition");
+    for node in &cluster.nodes {
+        etcdctl(node, &["endpoint", "health"])
+            .unwrap_or_else(|e| panic!("{} unhealthy after the heal: {e}", node.addr));
+    }
+}
