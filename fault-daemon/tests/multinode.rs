@@ -287,13 +287,12 @@ fn start_etcd(cluster: &Cluster) -> Vec<Etcd> {
         .map(|(i, n)| format!("n{i}=http://{}:{ETCD_PEER}", n.addr))
         .collect();
     let initial = peers.join(",");
-    let base = std::env::temp_dir().join(format!("fdt-etcd-{}", std::process::id()));
     cluster
         .nodes
         .iter()
         .enumerate()
         .map(|(i, node)| {
-            let data = base.join(format!("n{i}"));
+            let data = std::env::temp_dir().join(format!("fdt-etcd-{}-n{i}", std::process::id()));
             std::fs::create_dir_all(&data).unwrap();
             let log = std::fs::File::create(data.with_extension("log")).unwrap();
             let (peer, client) = (
