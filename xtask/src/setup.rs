@@ -6,9 +6,17 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages: LLVM for bpf-linker, iproute2 for the tests' namespaces and veths,
 /// iptables for the bench's comparison with iptables DROP rules, prometheus for `promtool
-/// check metrics` on faultd's metrics (tests/observe.rs). (No protoc: faultd-api compiles
-/// the protos with protox, and the Python tests' stubs come from grpcio-tools.)
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "iptables", "prometheus"];
+/// check metrics` on faultd's metrics (tests/observe.rs), etcd (server and etcdctl) for the
+/// three-member cluster of tests/multinode.rs. (No protoc: faultd-api compiles the protos
+/// with protox, and the Python tests' stubs come from grpcio-tools.)
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "iptables",
+    "prometheus",
+    "etcd-server",
+    "etcd-client",
+];
 /// Debian packages for `cargo xtask vm-test`: the emulator, a static busybox for the VM's
 /// userland, and `xz` for kernels whose modules are compressed.
 const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];

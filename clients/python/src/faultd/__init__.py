@@ -6,7 +6,8 @@
         ...  # etcd's clients hear nothing from here on
 
 Faults are bound to the client's session: when the process exits, crashes or is killed,
-faultd removes them within a second. The pytest plugin (``faultd.pytest_plugin``,
+faultd removes them within a second. :class:`Nodes` drives the faultd of every node of a
+cluster as one (a fault on all, a partition, results per node). The pytest plugin (``faultd.pytest_plugin``,
 registered by entry point) adds the ``faultd`` and ``faultd_client`` fixtures.
 """
 
@@ -14,6 +15,7 @@ import atexit
 import threading
 
 from faultd.client import DEFAULT_TCP, Client, Fault, default_address
+from faultd.nodes import Nodes, NodesFailed, PerNode
 from faultd.errors import (
     Exhausted,
     FaultdError,
@@ -26,6 +28,9 @@ from faultd.errors import (
 
 __all__ = [
     "Client",
+    "Nodes",
+    "NodesFailed",
+    "PerNode",
     "Fault",
     "default_address",
     "default_client",
