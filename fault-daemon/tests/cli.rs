@@ -664,3 +664,27 @@ fn a_held_fault_goes_when_faultctl_is_told_to_stop() {
         assert_eq!(ns.faults_json(), serde_json::json!([]), "signal {signal}");
     }
 }
+
+/// `faultctl health` asks faultd's grpc.health.v1 service, for exec probes (the Kubernetes
+/// DaemonSet's liveness and readiness): SERVING exits 0, an unknown service is refused (3),
+/// and a stopped daemon is unreachable (2).
+#[test]
+fn health_answers_for_exec_probes() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("health");
+    let mut daemon = Daemon::start(&ns, &["lo"]);
+    assert_eq!(ns.faultctl_ok(&["health"]), "SERVING");
+    let json = ns.faultctl_ok(&["--json", "health", "--service", "faultd.v1.FaultService"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (json["service"].as_str(), json["status"].as_str()),
+        (Some("faultd.v1.FaultService"), Some("SERVING"))
+    );
+    let (code, err) = exit_code(&ns, &["health", "--service", "no.such.Service"]);
+    assert_eq!(code, Some(3), "{err}");
+    daemon.stop(libc::SIGTERM);
+    let (code, err) = exit_code(&ns, &["health"]);
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -55,6 +55,7 @@ const SUBCOMMANDS: &[&str] = &[
     "clear",
     "stats",
     "version",
+    "health",
     "completions",
     "man",
 ];

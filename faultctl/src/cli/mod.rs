@@ -13,6 +13,7 @@ mod drop;
 mod duplicate;
 mod ebpf_log;
 mod events;
+mod health;
 mod help;
 mod hold;
 mod limit;
@@ -110,6 +111,9 @@ pub enum Command {
     Stats,
     /// Set how much faultd's eBPF programs log (into faultd's log): off … debug.
     EbpfLog(ebpf_log::EbpfLogArgs),
+    /// faultd's gRPC health (grpc.health.v1): prints SERVING and exits 0, else exits 2.
+    /// For exec probes (Kubernetes liveness and readiness).
+    Health(health::HealthArgs),
     /// This faultctl's version and the daemon's.
     Version,
     /// Print a shell completion script: `faultctl completions bash > /etc/bash_completion.d/faultctl`.
@@ -134,7 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let channel = faultd_api::client::connect(addr.as_deref(), &cli.tls).await?;
-    let mut client = FaultServiceClient::new(channel);
+    let mut client = FaultServiceClient::new(channel.clone());
     if let Some((target, action)) = cli.command.fault() {
         return output::added(&mut client, target, action, cli.json).await;
     }
@@ -147,6 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clear(args) => clear::run(&mut client, args, cli.json).await,
         Command::Stats => stats::run(&mut client, cli.json).await,
         Command::EbpfLog(args) => ebpf_log::run(&mut client, args, cli.json).await,
+        Command::Health(args) => health::run(channel, args, cli.json).await,
         _ => unreachable!("faults and the commands that need no daemon are handled above"),
     }
 }

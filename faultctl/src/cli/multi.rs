@@ -128,6 +128,7 @@ fn request(command: &Command, nodes: &[NodeAddr]) -> anyhow::Result<Option<Reque
         Command::Stats => "stats",
         Command::EbpfLog(_) => "ebpf-log",
         Command::Version => "version",
+        Command::Health(_) => "health",
         _ => unreachable!("every fault verb is handled above"),
     };
     anyhow::bail!(
