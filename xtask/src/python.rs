@@ -1,7 +1,8 @@
 //! The Python client's own suite (clients/python): the package is installed the way users
 //! install it (`pip install ./clients/python`, stubs generated from proto/ at build time)
 //! into a venv under target/, then its tests run under pytest against the faultd this
-//! workspace built, in a network namespace they create.
+//! workspace built, in a network namespace they create; then the Kubernetes manifests'
+//! check (deploy/kubernetes), in the same venv.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,8 +37,8 @@ pub fn tests() -> anyhow::Result<()> {
         )
     };
     pip(
-        &["./clients/python", "pytest"],
-        "pip install ./clients/python pytest",
+        &["./clients/python", "pytest", "kubernetes>=37", "pyyaml"],
+        "pip install ./clients/python pytest kubernetes pyyaml",
     )?;
     // Rebuilt every time: the stubs must match the proto of this checkout.
     pip(
@@ -45,7 +46,26 @@ pub fn tests() -> anyhow::Result<()> {
         "pip install --force-reinstall ./clients/python",
     )?;
     cargo(&["build", "--package", "fault-daemon", "--bin", "faultd"])?;
-    pytest(&python, &root, &root.join("target/debug/faultd"))
+    pytest(&python, &root, &root.join("target/debug/faultd"))?;
+    manifests(&python, &root)
+}
+
+/// deploy/kubernetes checked against the Kubernetes API's types (no cluster: the models
+/// of the `kubernetes` package validate them).
+fn manifests(python: &Path, root: &Path) -> anyhow::Result<()> {
+    run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "deploy/kubernetes",
+            ])
+            .current_dir(root),
+        "pytest deploy/kubernetes",
+    )
 }
 
 /// Runs the suite; fails on any failure, on no tests (pytest's exit code 5) and on skips
