@@ -9,6 +9,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Daemon, FAULTCTL, Netns, require_faultctl};
@@ -31,16 +32,24 @@ pub struct Node {
 /// The nodes and the bridge between them; everything goes when it drops (the daemons
 /// first, then the namespaces, and with them the veths and the bridge).
 pub struct Cluster {
-    // Dropped in declaration order: the daemons (in the nodes) before the bridge.
+    // Dropped in declaration order: the daemons (in the nodes) before the bridge, and the
+    // turn last.
     pub nodes: Vec<Node>,
     #[allow(dead_code)]
     pub bridge: Netns,
+    _turn: MutexGuard<'static, ()>,
 }
+
+/// One cluster at a time in a test binary: each loads its programs on every node, and a
+/// dozen faultds verifying programs at once on two cores can outlast the ready wait.
+static TURN: Mutex<()> = Mutex::new(());
 
 impl Cluster {
     /// `n` nodes joined by a bridge, each running faultd on its veth.
     pub fn new(tag: &str, n: usize) -> Self {
         require_faultctl();
+        // A test that failed holding the turn poisoned it; the turn itself is sound.
+        let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let bridge = Netns::new(&format!("{tag}br"));
         bridge.ip(&["link", "add", "br0", "type", "bridge"]);
         bridge.ip(&["link", "set", "br0", "up"]);
@@ -73,7 +82,11 @@ impl Cluster {
                 socket,
             });
         }
-        Self { nodes, bridge }
+        Self {
+            nodes,
+            bridge,
+            _turn: turn,
+        }
     }
 
     /// Every node as faultctl's --addr takes it, and names it in its results:
