@@ -218,7 +218,7 @@ struct NodeItem {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Item {
-    Fault(FaultRow),
+    Fault(Box<FaultRow>),
     Cleared { removed: u32 },
     Error { error: String },
 }
@@ -234,9 +234,9 @@ impl PerNode {
                 })
             };
             match result {
-                Ok(Answer::Added(faults) | Answer::Listed(faults)) => {
-                    faults.iter().for_each(|f| push(Item::Fault(f.clone())))
-                }
+                Ok(Answer::Added(faults) | Answer::Listed(faults)) => faults
+                    .iter()
+                    .for_each(|f| push(Item::Fault(Box::new(f.clone())))),
                 Ok(Answer::Cleared(removed)) => push(Item::Cleared { removed: *removed }),
                 Err(e) => push(Item::Error {
                     error: format!("{e:#}"),
