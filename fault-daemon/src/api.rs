@@ -19,7 +19,7 @@ use crate::datapath::Attachment;
 use crate::events::{EventHub, Filter, Subscription};
 use crate::faults::{
     Action, Direction, Fault, FaultError, FaultSpec, FaultTable, Owner, Peer, Protocol, RateMode,
-    RefuseMode, RuleSink, Selector, Target, Then, validate_port, validate_probability,
+    RefuseMode, RuleSink, Selector, Target, Then, validate_port,
 };
 use crate::proto::{self, fault_service_server::FaultService};
 use crate::qdisc::Fq;
@@ -328,12 +328,35 @@ impl FaultApi {
         })
     }
 
-    /// Ends a session and removes its faults; called when its stream is dropped.
+    /// Ends a session when its stream is dropped: from now on no fault can join it, and its
+    /// faults are removed like every other change, on a blocking thread (map writes and
+    /// netlink may block, under the engine's lock), not on the async worker that dropped
+    /// the stream. Without a runtime (faultd stopping) they are removed here.
     fn end_session(&self, id: u64) {
-        let mut engine = self.engine();
+        // Closed before the engine is locked: an add binding to the session meanwhile holds
+        // the engine's lock, so its fault is in the table when the removal below looks.
         let Some(session) = self.sessions().close(id) else {
             return;
         };
+        let remove = move |api: &FaultApi| api.remove_session_faults(id, session);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let api = self.clone();
+                runtime.spawn(async move {
+                    if let Err(e) = api.change(remove).await {
+                        warn!(
+                            session = id,
+                            "session ended; removing its faults failed: {e}"
+                        );
+                    }
+                });
+            }
+            Err(_) => remove(self),
+        }
+    }
+
+    fn remove_session_faults(&self, id: u64, session: crate::sessions::SessionInfo) {
+        let mut engine = self.engine();
         let ids = engine.table.session_faults(id);
         for fault in &ids {
             match engine.remove(*fault) {
@@ -719,18 +742,56 @@ fn selector_from_proto(
 }
 
 fn status(e: FaultError) -> Status {
-    match e {
-        FaultError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        FaultError::NotFound(_) => Status::not_found(e.to_string()),
-        FaultError::Refused(_) => Status::failed_precondition(e.to_string()),
-        FaultError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
-        FaultError::Datapath(_) => Status::internal(e.to_string()),
-        FaultError::ShuttingDown => Status::unavailable(e.to_string()),
+    match in_wire_terms(e) {
+        e @ FaultError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        e @ FaultError::NotFound(_) => Status::not_found(e.to_string()),
+        e @ FaultError::Refused(_) => Status::failed_precondition(e.to_string()),
+        e @ FaultError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+        e @ FaultError::Datapath(_) => Status::internal(e.to_string()),
+        e @ FaultError::ShuttingDown => Status::unavailable(e.to_string()),
     }
 }
 
-/// Converts and validates a request; errors name the field as the request spells it.
+/// The one place where the domain's field names become the request's: the domain holds
+/// probabilities, durations and bytes per second, the wire percentages, counts of ms or
+/// µs and bits per second. Names the two share, and names of request fields only (e.g.
+/// `syn_port`), pass unchanged.
+fn wire_field(domain: &str) -> &str {
+    match domain {
+        "ttl" => "ttl_ms",
+        "action.loss.probability" => "action.loss.percent",
+        "action.corrupt.probability" => "action.corrupt.percent",
+        "action.duplicate.probability" => "action.duplicate.percent",
+        "action.delay.latency" => "action.delay.latency_us",
+        "action.delay.jitter" => "action.delay.jitter_us",
+        "action.limit_age.after" => "action.limit_age.after_ms",
+        "action.rate.bytes_per_sec" => "action.rate.bits_per_second",
+        same => same,
+    }
+}
+
+/// `e` with the field of an invalid request named as the request spells it.
+fn in_wire_terms(e: FaultError) -> FaultError {
+    match e {
+        FaultError::Invalid { field, reason } => FaultError::Invalid {
+            field: wire_field(&field).to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Converts a request and validates it in the domain model; errors name the field as the
+/// request spells it.
 pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
+    let spec = decode_spec(spec).map_err(in_wire_terms)?;
+    spec.validate().map_err(in_wire_terms)?;
+    Ok(spec)
+}
+
+/// Decodes the wire: required messages present, enum numbers known. Every value's range is
+/// the domain model's to check.
+fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
     let t = spec
         .target
         .ok_or_else(|| FaultError::invalid("target", "required"))?;
@@ -776,23 +837,16 @@ pub fn spec_from_proto(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> 
              delay, rate, corrupt, duplicate, stall",
         )
     })?;
-    let action = action_from_proto(kind, protocol)?;
-    let spec = FaultSpec {
+    Ok(FaultSpec {
         target,
-        action,
+        action: action_from_proto(kind, protocol)?,
         ttl: spec.ttl_ms.map(Duration::from_millis),
         label: spec.label,
-    };
-    spec.validate()?;
-    Ok(spec)
+    })
 }
 
 fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Action, FaultError> {
     use proto::action::Kind;
-    let probability = |p: Option<f64>, field: &str| match p {
-        None => Ok(1.0),
-        Some(p) => validate_probability(p, field),
-    };
     let then = |t: i32, field: &str| match proto::Then::try_from(t) {
         Ok(proto::Then::Unspecified) if protocol == Protocol::Tcp => Ok(Then::Reset),
         Ok(proto::Then::Unspecified | proto::Then::Drop) => Ok(Then::Drop),
@@ -804,10 +858,10 @@ fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Ac
     };
     Ok(match kind {
         Kind::Drop(d) => Action::Drop {
-            probability: probability(d.probability, "action.drop.probability")?,
+            probability: d.probability.unwrap_or(1.0),
         },
         Kind::Reset(r) => Action::Reset {
-            probability: probability(r.probability, "action.reset.probability")?,
+            probability: r.probability.unwrap_or(1.0),
         },
         Kind::Refuse(r) => Action::Refuse {
             mode: match proto::RefuseMode::try_from(r.mode) {
@@ -821,75 +875,28 @@ fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Ac
                 }
             },
         },
-        Kind::LimitBytes(l) => Action::LimitBytes {
-            bytes: u64::try_from(l.bytes).map_err(|_| {
-                FaultError::invalid(
-                    "action.limit_bytes.bytes",
-                    format!("{} is negative", l.bytes),
-                )
-            })?,
-            then: then(l.then, "action.limit_bytes.then")?,
-        },
-        Kind::LimitAge(l) => Action::LimitAge {
-            after: match u64::try_from(l.after_ms) {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(FaultError::invalid(
-                        "action.limit_age.after_ms",
-                        format!("{} ms is not a positive duration", l.after_ms),
-                    ));
-                }
-            },
-            then: then(l.then, "action.limit_age.then")?,
-        },
+        Kind::LimitBytes(l) => {
+            Action::limit_bytes(l.bytes, then(l.then, "action.limit_bytes.then")?)?
+        }
+        Kind::LimitAge(l) => {
+            Action::limit_age_ms(l.after_ms, then(l.then, "action.limit_age.then")?)?
+        }
         Kind::Record(_) => Action::Record,
+        // The wire's percentages are the domain's probabilities; their range is checked there.
         Kind::Loss(l) => Action::Loss {
-            probability: percent(l.percent, "action.loss.percent")?,
+            probability: l.percent / 100.0,
         },
         Kind::Corrupt(c) => Action::Corrupt {
-            probability: percent(c.percent, "action.corrupt.percent")?,
+            probability: c.percent / 100.0,
         },
         Kind::Duplicate(d) => Action::Duplicate {
-            probability: percent(d.percent, "action.duplicate.percent")?,
+            probability: d.percent / 100.0,
         },
-        Kind::Delay(d) => Action::Delay {
-            latency: micros(d.latency_us, "action.delay.latency_us")?,
-            jitter: micros(d.jitter_us, "action.delay.jitter_us")?,
-        },
-        Kind::Rate(r) => Action::Rate {
-            bytes_per_sec: match u64::try_from(r.bits_per_second) {
-                Ok(bits) if bits > 0 => bits.div_ceil(8),
-                _ => {
-                    return Err(FaultError::invalid(
-                        "action.rate.bits_per_second",
-                        format!("{} is not a rate above 0", r.bits_per_second),
-                    ));
-                }
-            },
-            // The engine decides, from what the kernel offers.
-            mode: RateMode::Police,
-        },
+        Kind::Delay(d) => Action::delay_us(d.latency_us, d.jitter_us)?,
+        // The engine chooses the mode, from what the kernel offers.
+        Kind::Rate(r) => Action::rate_bits(r.bits_per_second)?,
         Kind::Stall(_) => Action::Stall,
     })
-}
-
-/// A percentage in (0, 100] as a probability; errors name `field`.
-fn percent(p: f64, field: &str) -> Result<f64, FaultError> {
-    if p.is_finite() && p > 0.0 && p <= 100.0 {
-        Ok(p / 100.0)
-    } else {
-        Err(FaultError::invalid(
-            field,
-            format!("{p} is not a percentage in (0, 100]"),
-        ))
-    }
-}
-
-/// A non-negative count of microseconds; errors name `field`.
-fn micros(us: i64, field: &str) -> Result<Duration, FaultError> {
-    u64::try_from(us)
-        .map(Duration::from_micros)
-        .map_err(|_| FaultError::invalid(field, format!("{us} µs is negative")))
 }
 
 fn action_to_proto(action: &Action) -> proto::action::Kind {
@@ -1321,9 +1328,11 @@ mod tests {
         // Another session's end leaves these alone.
         let other = api.open_session(Request::new(open("other"))).await.unwrap();
         drop(other);
+        settle(&api).await;
         assert_eq!(api.engine().table.len(), 3);
 
         drop(stream);
+        settle(&api).await;
         let left: Vec<_> = api.engine().table.iter().map(|f| f.id).collect();
         assert_eq!(left, [free.id], "the session's faults went with it");
 
@@ -1361,6 +1370,114 @@ mod tests {
         assert_eq!(api.engine().table.len(), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.engine().table.len(), 0);
+    }
+
+    /// Waits until the changes started so far (a session's end) are done: changes take
+    /// turns, so one more waits for them.
+    async fn settle(api: &FaultApi) {
+        // The spawned removal first takes its turn; then ours waits for it.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        api.change(|_| ()).await.unwrap();
+    }
+
+    /// A sink whose writes wait, while `held`, until the test opens the gate: a datapath
+    /// whose map writes or netlink calls block. A write that waited in vain (the gate was
+    /// never opened, because whoever should open it could not run) is counted.
+    struct GatedSink {
+        inner: MemorySink,
+        gate: Arc<Gate>,
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        held: std::sync::atomic::AtomicBool,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        waited_in_vain: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl RuleSink for GatedSink {
+        fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.gate.held.load(SeqCst) {
+                let open = self.gate.open.lock().unwrap();
+                let (open, _) = self
+                    .gate
+                    .opened
+                    .wait_timeout_while(open, Duration::from_secs(2), |open| !*open)
+                    .unwrap();
+                if !*open {
+                    self.gate.waited_in_vain.fetch_add(1, SeqCst);
+                }
+            }
+            self.inner.write_rule(key, rule)
+        }
+        fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
+            self.inner.reset_counters(counter)
+        }
+        fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
+            self.inner.read_counters(counter)
+        }
+    }
+
+    /// A session's end removes its faults off the async workers: while the removal's map
+    /// writes block, the runtime (here one thread) still answers other calls, and then the
+    /// faults are gone. Done in the stream's Drop, the removal blocked the only worker: the
+    /// call that opens the gate could not run, and every write waited in vain.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_session_ending_does_not_block_the_runtime() {
+        let gate = Arc::new(Gate::default());
+        let api = api_with(Box::new(GatedSink {
+            inner: MemorySink::default(),
+            gate: gate.clone(),
+        }));
+        let mut stream = api
+            .open_session(Request::new(proto::OpenSessionRequest {
+                name: "big".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let session = stream.next().await.unwrap().unwrap().session_id;
+        for port in 5000..5010 {
+            add_to(&api, port, session).await.unwrap();
+        }
+        gate.held.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(stream);
+        // Other calls are answered while the removal waits at the gate.
+        let other = api
+            .open_session(Request::new(proto::OpenSessionRequest {
+                name: "other".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(other.session_id, session);
+        gate.open();
+        settle(&api).await;
+        assert_eq!(
+            gate.waited_in_vain
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the session's removal blocked the runtime"
+        );
+        assert!(
+            api.engine().table.is_empty(),
+            "the session's faults are gone"
+        );
     }
 
     /// A sink whose writes fail while the flag is set: a datapath that refuses removals.

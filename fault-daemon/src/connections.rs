@@ -8,17 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::Connected;
 use tracing::warn;
+
+use crate::wrapped::{Tap, Wrapped};
 
 /// Default of `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -112,12 +112,14 @@ impl ConnectionLimit {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::default());
         open.insert(id, state.clone());
-        Some(Limited {
+        Some(Limited::new(
             io,
-            state,
-            id,
-            limit: self.clone(),
-        })
+            Place {
+                state,
+                id,
+                limit: self.clone(),
+            },
+        ))
     }
 
     /// At most one warning every 10 s, with the count so far.
@@ -136,14 +138,16 @@ impl ConnectionLimit {
 }
 
 /// A connection holding one place of its [`ConnectionLimit`] until dropped.
-pub struct Limited<IO> {
-    io: IO,
+pub type Limited<IO> = Wrapped<IO, Place>;
+
+/// One place of a [`ConnectionLimit`], given back when dropped.
+pub struct Place {
     state: Arc<ConnState>,
     id: u64,
     limit: Arc<ConnectionLimit>,
 }
 
-impl<IO> Drop for Limited<IO> {
+impl Drop for Place {
     fn drop(&mut self) {
         self.limit.open().remove(&self.id);
     }
@@ -156,58 +160,23 @@ fn evicted() -> io::Error {
     )
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+/// Reads and writes fail once a newer connection took the place; the first byte read
+/// marks the connection as one that has spoken (never evicted).
+impl Tap for Place {
+    fn before_read(&self, cx: &mut Context<'_>) -> io::Result<()> {
         self.state.reader.register(cx.waker());
+        self.before_write()
+    }
+
+    fn after_read(&self) {
+        self.state.spoken.store(true, Ordering::Relaxed);
+    }
+
+    fn before_write(&self) -> io::Result<()> {
         if self.state.evicted.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(evicted()));
+            return Err(evicted());
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.state.spoken.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.state.evicted.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(evicted()));
-        }
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.state.evicted.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(evicted()));
-        }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        Ok(())
     }
 }
 
@@ -215,7 +184,7 @@ impl<IO: Connected> Connected for Limited<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.io().connect_info()
     }
 }
 

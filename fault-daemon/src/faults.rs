@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fault_common::{
@@ -442,13 +443,17 @@ pub fn threshold(probability: f64) -> u32 {
     }
 }
 
+/// A share of packets in (0, 1]; errors name `field` (a domain field) and give the share
+/// in percent, which reads right whether the caller said 0.5 or 50 %.
 pub fn validate_probability(p: f64, field: &str) -> Result<f64, FaultError> {
     if p.is_finite() && p > 0.0 && p <= 1.0 {
         Ok(p)
     } else {
+        // Rounded, so that 101 % does not print as 101.00000000000001 %.
+        let percent = (p * 100.0 * 1e6).round() / 1e6;
         Err(FaultError::invalid(
             field,
-            format!("{p} is not a probability in (0, 1]"),
+            format!("{percent} % is not a share of packets in (0 %, 100 %]"),
         ))
     }
 }
@@ -456,13 +461,13 @@ pub fn validate_probability(p: f64, field: &str) -> Result<f64, FaultError> {
 fn validate_delay(latency: Duration, jitter: Duration) -> Result<(), FaultError> {
     if latency.is_zero() {
         return Err(FaultError::invalid(
-            "action.delay.latency_us",
+            "action.delay.latency",
             "a delay must be longer than 0",
         ));
     }
     if jitter > latency {
         return Err(FaultError::invalid(
-            "action.delay.jitter_us",
+            "action.delay.jitter",
             format!(
                 "jitter {jitter:?} is larger than the latency {latency:?}: \
                  packets cannot leave before they were sent"
@@ -471,7 +476,7 @@ fn validate_delay(latency: Duration, jitter: Duration) -> Result<(), FaultError>
     }
     if latency + jitter > MAX_DELAY {
         return Err(FaultError::invalid(
-            "action.delay.latency_us",
+            "action.delay.latency",
             format!(
                 "latency + jitter = {:?} is beyond the horizon of {MAX_DELAY:?} (fq drops \
                  packets scheduled further ahead)",
@@ -482,6 +487,7 @@ fn validate_delay(latency: Duration, jitter: Duration) -> Result<(), FaultError>
     Ok(())
 }
 
+/// A port number as callers give it (32 bits on the wire); errors name `field`.
 pub fn validate_port(port: u32, field: &str) -> Result<u16, FaultError> {
     match u16::try_from(port) {
         Ok(p) if p != 0 => Ok(p),
@@ -489,6 +495,48 @@ pub fn validate_port(port: u32, field: &str) -> Result<u16, FaultError> {
             field,
             format!("{port} is not a port (1..=65535)"),
         )),
+    }
+}
+
+/// A signed count (as the wire and files carry numbers) as the domain's unsigned one;
+/// errors name `field` and say the count in `unit`.
+fn unsigned(n: i64, field: &str, unit: &str) -> Result<u64, FaultError> {
+    u64::try_from(n).map_err(|_| FaultError::invalid(field, format!("{n} {unit} is negative")))
+}
+
+/// Actions from numbers as callers give them: signed counts in the units of the wire and
+/// of configuration files. Only the sign is checked here; [`FaultSpec::validate`] checks
+/// the rest, so each bound is stated once. Errors name the domain's fields.
+impl Action {
+    pub fn limit_bytes(bytes: i64, then: Then) -> Result<Self, FaultError> {
+        Ok(Action::LimitBytes {
+            bytes: unsigned(bytes, "action.limit_bytes.bytes", "bytes")?,
+            then,
+        })
+    }
+
+    pub fn limit_age_ms(after_ms: i64, then: Then) -> Result<Self, FaultError> {
+        Ok(Action::LimitAge {
+            after: Duration::from_millis(unsigned(after_ms, "action.limit_age.after", "ms")?),
+            then,
+        })
+    }
+
+    pub fn delay_us(latency_us: i64, jitter_us: i64) -> Result<Self, FaultError> {
+        Ok(Action::Delay {
+            latency: Duration::from_micros(unsigned(latency_us, "action.delay.latency", "µs")?),
+            jitter: Duration::from_micros(unsigned(jitter_us, "action.delay.jitter", "µs")?),
+        })
+    }
+
+    /// A rate in bits per second, held in whole bytes (rounded up); the mode is the
+    /// engine's to choose.
+    pub fn rate_bits(bits_per_second: i64) -> Result<Self, FaultError> {
+        let bits = unsigned(bits_per_second, "action.rate.bytes_per_sec", "bit/s")?;
+        Ok(Action::Rate {
+            bytes_per_sec: bits.div_ceil(8),
+            mode: RateMode::Police,
+        })
     }
 }
 
@@ -517,30 +565,30 @@ impl FaultSpec {
                 validate_probability(probability, "action.reset.probability")?;
             }
             Action::Loss { probability } => {
-                validate_probability(probability, "action.loss.percent")?;
+                validate_probability(probability, "action.loss.probability")?;
             }
             Action::Corrupt { probability } => {
-                validate_probability(probability, "action.corrupt.percent")?;
+                validate_probability(probability, "action.corrupt.probability")?;
             }
             Action::Duplicate { probability } => {
-                validate_probability(probability, "action.duplicate.percent")?;
+                validate_probability(probability, "action.duplicate.probability")?;
             }
             Action::Delay { latency, jitter } => validate_delay(latency, jitter)?,
             Action::Rate { bytes_per_sec, .. } if bytes_per_sec == 0 => {
                 return Err(FaultError::invalid(
-                    "action.rate.bits_per_second",
-                    "a rate must be above 0",
+                    "action.rate.bytes_per_sec",
+                    "0 bit/s is not a rate above 0",
                 ));
             }
             Action::Rate { bytes_per_sec, .. } if bytes_per_sec > MAX_RATE_BYTES => {
                 return Err(FaultError::invalid(
-                    "action.rate.bits_per_second",
+                    "action.rate.bytes_per_sec",
                     format!("{} bit/s is above 100gbit", bytes_per_sec * 8),
                 ));
             }
             Action::LimitAge { after, .. } if after.is_zero() || after > MAX_TTL => {
                 return Err(FaultError::invalid(
-                    "action.limit_age.after_ms",
+                    "action.limit_age.after",
                     format!("{} ms is not in 1 ms ..= 365 days", after.as_millis()),
                 ));
             }
@@ -565,7 +613,7 @@ impl FaultSpec {
             && (ttl.is_zero() || ttl > MAX_TTL)
         {
             return Err(FaultError::invalid(
-                "ttl_ms",
+                "ttl",
                 format!("{} ms is not in 1 ms ..= 365 days", ttl.as_millis()),
             ));
         }
@@ -650,8 +698,9 @@ pub struct Fault {
     pub expires: Option<SystemTime>,
     /// Index of the fault's counters in the per-CPU counter array.
     pub counter: u32,
-    /// Who added it.
-    pub owner: Owner,
+    /// Who added it; shared by the faults one caller adds in a row (see
+    /// [`FaultTable::add_as`]): 100 000 faults then hold one copy of its strings.
+    pub owner: Arc<Owner>,
     /// The client session it is bound to (removed when that session ends), if any.
     pub session: Option<u64>,
 }
@@ -698,7 +747,9 @@ pub trait RuleSink: Send {
 /// The set of active faults, indexed by the rule-map key they compile into.
 #[derive(Default)]
 pub struct FaultTable {
-    faults: BTreeMap<u64, Fault>,
+    /// Boxed: a B-tree filled in id order keeps its nodes about half full, and half-empty
+    /// slots of a 170-byte `Fault` cost more than the fault (100 000 faults: 22 MiB).
+    faults: BTreeMap<u64, Box<Fault>>,
     by_key: HashMap<PortKey, Vec<u64>>,
     last_id: u64,
     /// Counter slots of removed faults. A slot is here or with exactly one fault, never
@@ -708,6 +759,8 @@ pub struct FaultTable {
     /// Ports (tcp) no fault may touch: faultd's own API.
     protected_tcp_ports: Vec<u16>,
     limits: Limits,
+    /// The owner of the last fault added, given again to the next one of the same owner.
+    last_owner: Option<Arc<Owner>>,
 }
 
 impl FaultTable {
@@ -752,11 +805,11 @@ impl FaultTable {
     }
 
     pub fn get(&self, id: u64) -> Option<&Fault> {
-        self.faults.get(&id)
+        self.faults.get(&id).map(|f| &**f)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Fault> {
-        self.faults.values()
+        self.faults.values().map(|f| &**f)
     }
 
     pub fn len(&self) -> usize {
@@ -807,7 +860,7 @@ impl FaultTable {
             spec,
             created: now,
             counter,
-            owner,
+            owner: self.shared_owner(owner),
             session: None,
         };
         if let Err(e) = sink.reset_counters(counter) {
@@ -891,7 +944,7 @@ impl FaultTable {
         };
         let beyond = || {
             FaultError::invalid(
-                "ttl_ms",
+                "ttl",
                 format!(
                     "{} ms is beyond this faultd's limit of {} (faultd --max-ttl)",
                     ttl.as_millis(),
@@ -945,19 +998,26 @@ impl FaultTable {
         Ok(self.next_counter - 1)
     }
 
+    fn shared_owner(&mut self, owner: Owner) -> Arc<Owner> {
+        match &self.last_owner {
+            Some(last) if **last == owner => last.clone(),
+            _ => self.last_owner.insert(Arc::new(owner)).clone(),
+        }
+    }
+
     fn insert(&mut self, fault: Fault) {
         for key in fault.spec.keys() {
             let ids = self.by_key.entry(key).or_default();
             ids.push(fault.id);
             ids.sort_unstable();
         }
-        self.faults.insert(fault.id, fault);
+        self.faults.insert(fault.id, Box::new(fault));
     }
 
     /// Takes a fault out of the table (not out of the maps); its counter slot stays
     /// taken until the caller frees it.
     fn unlink(&mut self, id: u64) -> Option<Fault> {
-        let fault = self.faults.remove(&id)?;
+        let fault = *self.faults.remove(&id)?;
         for key in fault.spec.keys() {
             if let Some(ids) = self.by_key.get_mut(&key) {
                 ids.retain(|&i| i != id);
@@ -1727,7 +1787,7 @@ pub mod tests {
         table.add(spec.clone(), now(), &mut sink).unwrap();
         spec.ttl = Some(Duration::from_millis(60_001));
         let err = table.add(spec.clone(), now(), &mut sink).unwrap_err();
-        assert!(err.to_string().starts_with("ttl_ms:"), "{err}");
+        assert!(err.to_string().starts_with("ttl:"), "{err}");
         assert!(err.to_string().contains("--max-ttl"), "{err}");
         // A TTL that would overflow the clock is refused, not a panic.
         let mut table = FaultTable::default().with_limits(Limits {
@@ -1741,7 +1801,7 @@ pub mod tests {
             .is_some()
         {
             let err = table.add(spec, late, &mut sink).unwrap_err();
-            assert!(err.to_string().starts_with("ttl_ms:"), "{err}");
+            assert!(err.to_string().starts_with("ttl:"), "{err}");
         }
         assert!(
             Limits {
@@ -1847,7 +1907,7 @@ pub mod tests {
         let a = table
             .add_as(labelled.clone(), alice.clone(), now(), &mut sink)
             .unwrap();
-        assert_eq!(a.owner, alice);
+        assert_eq!(*a.owner, alice);
         table
             .add_as(drop_spec(2, Protocol::Tcp), alice.clone(), now(), &mut sink)
             .unwrap();
@@ -1919,10 +1979,97 @@ pub mod tests {
                 .add(s.clone(), now(), &mut sink)
                 .unwrap_err()
                 .to_string()
-                .starts_with("ttl_ms:")
+                .starts_with("ttl:")
         );
         assert!(table.is_empty());
         assert!(sink.rules.is_empty());
+    }
+
+    /// Every range is checked here, in the domain, whoever builds the spec; errors name
+    /// the domain's fields (the API renames them to the wire's).
+    #[test]
+    fn the_domain_checks_every_range_and_names_its_own_fields() {
+        let field = |r: Result<Action, FaultError>| -> String {
+            match r {
+                Err(e) => e.to_string(),
+                Ok(action) => {
+                    let spec = FaultSpec {
+                        action,
+                        ..drop_spec(5, Protocol::Tcp)
+                    };
+                    spec.validate()
+                        .map_or_else(|e| e.to_string(), |()| "accepted".into())
+                }
+            }
+        };
+        let ms = Duration::from_millis;
+        let cases = [
+            (
+                Ok(Action::Loss { probability: 1.01 }),
+                "action.loss.probability: 101 %",
+            ),
+            (
+                Ok(Action::Corrupt {
+                    probability: f64::NAN,
+                }),
+                "action.corrupt.probability:",
+            ),
+            (
+                Ok(Action::Duplicate { probability: 0.0 }),
+                "action.duplicate.probability: 0 %",
+            ),
+            (
+                Ok(Action::Drop { probability: 1.5 }),
+                "action.drop.probability: 150 %",
+            ),
+            (Action::delay_us(-1, 0), "action.delay.latency: -1 µs"),
+            (Action::delay_us(0, 0), "action.delay.latency:"),
+            (Action::delay_us(1000, -1), "action.delay.jitter: -1 µs"),
+            (Action::delay_us(1000, 2000), "action.delay.jitter:"),
+            (
+                Ok(Action::Delay {
+                    latency: ms(9_000),
+                    jitter: ms(1_500),
+                }),
+                "action.delay.latency:",
+            ),
+            (Action::rate_bits(-8), "action.rate.bytes_per_sec: -8 bit/s"),
+            (Action::rate_bits(0), "action.rate.bytes_per_sec: 0 bit/s"),
+            (Action::rate_bits(i64::MAX), "action.rate.bytes_per_sec:"),
+            (
+                Action::limit_bytes(-1, Then::Drop),
+                "action.limit_bytes.bytes: -1 bytes",
+            ),
+            (
+                Action::limit_age_ms(-1, Then::Drop),
+                "action.limit_age.after: -1 ms",
+            ),
+            (
+                Action::limit_age_ms(0, Then::Drop),
+                "action.limit_age.after:",
+            ),
+        ];
+        for (action, expected) in cases {
+            let got = field(action);
+            assert!(
+                got.starts_with(expected),
+                "{got:?} should start with {expected:?}"
+            );
+        }
+        assert_eq!(
+            Action::rate_bits(9).unwrap(),
+            Action::Rate {
+                bytes_per_sec: 2,
+                mode: RateMode::Police
+            }
+        );
+        assert_eq!(
+            Action::delay_us(1000, 10).unwrap(),
+            Action::Delay {
+                latency: ms(1),
+                jitter: Duration::from_micros(10)
+            }
+        );
     }
 
     #[test]

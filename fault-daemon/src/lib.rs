@@ -8,7 +8,8 @@
 //! - [`capabilities`]: what this kernel supports (`faultctl doctor`).
 //! - [`api`]: the gRPC control service.
 //! - [`access`]: who may call it, identified by the kernel; the Unix socket.
-//! - [`connections`]: the bound on the API's connections.
+//! - [`connections`]: the bound on the API's connections; [`wrapped`]: the reads and
+//!   writes of the wrappers around them, forwarded once.
 //! - [`logging`]: faultd's own log (text without colours off a terminal, or JSON).
 //! - [`sessions`]: faults bound to a client's lifetime (OpenSession).
 //! - [`reconnect`]: gRPC's reconnect interop server and the backoff checker.
@@ -31,6 +32,7 @@ pub mod observe;
 pub mod qdisc;
 pub mod reconnect;
 pub mod sessions;
+pub mod wrapped;
 
 /// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share
 /// (with `FILE_DESCRIPTOR_SET`, for server reflection).

@@ -775,6 +775,51 @@ fn each_namespace_has_its_own_socket() {
     assert!(!stale.exists());
 }
 
+/// A live faultd's socket is never taken: a second faultd given the same path (from
+/// another namespace, so that the interface lock does not stop it first) refuses to start,
+/// saying why, and the first one keeps answering there.
+#[test]
+fn a_socket_a_live_faultd_listens_on_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let (a, b) = (Netns::new("livea"), Netns::new("liveb"));
+    let first = daemon(&a, &[], &[]);
+    let socket = socket_of(&first);
+    let path = socket.to_str().unwrap();
+    let log = start_daemon(&b, &["--socket", path, "--listen", "127.0.0.1:7449"], &[])
+        .map(|d| panic!("a second faultd took the live socket: {}", d.log_text()))
+        .unwrap_err();
+    assert!(
+        log.contains(&format!(
+            "another faultd serves this network namespace at {path}"
+        )),
+        "{log}"
+    );
+    assert!(socket.exists());
+    a.faultctl_ok(&["--addr", &format!("unix:{path}"), "list"]);
+}
+
+/// The tests' cleanup removes the socket of a faultd they SIGKILLed (faultd cannot), so
+/// that killed test daemons leave no files in /run/faultd.
+#[test]
+fn the_harness_removes_a_killed_faultds_socket() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("killsock");
+    let mut killed = daemon(&ns, &[], &[]);
+    let socket = socket_of(&killed);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    assert!(
+        socket.exists(),
+        "SIGKILL left no socket: nothing to clean up"
+    );
+    drop(killed);
+    assert!(!socket.exists(), "the harness left {}", socket.display());
+}
+
 /// The reconnect service inside the daemon (--retry-port) listens on loopback unless told
 /// otherwise: another host (the veth peer) cannot reach it.
 #[test]

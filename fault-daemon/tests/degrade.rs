@@ -261,8 +261,36 @@ enum Way {
     FromPort,
 }
 
-/// Bytes read in `window` while the other end writes as fast as it can.
-fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> f64 {
+/// Bytes the interface faultd holds carried, by its kernel counters (whole packets, link
+/// headers included): what a rate fault's bucket is charged with. On `lo` each packet is
+/// counted once sent and once received, and crosses faultd once (at lo's egress); on a veth
+/// faultd sees what it sends (the data of a transfer from the port) and what it receives
+/// (the ACKs coming back), and both draw on the fault's one bucket. Read from
+/// /proc/thread-self/net/dev on a thread in the namespace: in-process and quick, so that
+/// the reading does not blur the window it brackets (spawning `ip` took long enough under
+/// TCG to skew the rate by 15 %).
+fn faulted_iface_bytes(s: &Scenario) -> u64 {
+    let iface = if s.kind() == "lo" { "lo" } else { SERVER_IF };
+    let dev = s
+        .server_ns()
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))
+        .unwrap();
+    let fields: Vec<u64> = dev
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{iface}:")))
+        .unwrap_or_else(|| panic!("no {iface} in /proc/net/dev: {dev}"))
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // Receive: bytes, packets, errs, drop, fifo, frame, compressed, multicast; then transmit.
+    let (rx, tx) = (fields[0], fields[8]);
+    if iface == "lo" { tx } else { tx + rx }
+}
+
+/// Payload bytes read per second in `window` while the other end writes as fast as it
+/// can, and the bytes per second the faulted interface carried meanwhile (see
+/// [`faulted_iface_bytes`]).
+fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> (f64, f64) {
     let listener = s.listen(port);
     let (client, server) = s.pair(&listener, port);
     let (writer, mut reader) = match way {
@@ -292,6 +320,8 @@ fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> f64 {
     while Instant::now() < settle {
         let _ = reader.read(&mut buf);
     }
+    // Each rate over its own interval: the counters' readings bracket the reads.
+    let wire_before = faulted_iface_bytes(s);
     let start = Instant::now();
     let mut bytes = 0usize;
     while start.elapsed() < window {
@@ -299,10 +329,12 @@ fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> f64 {
             bytes += n;
         }
     }
-    let rate = bytes as f64 / start.elapsed().as_secs_f64();
+    let read_secs = start.elapsed().as_secs_f64();
+    let wire = faulted_iface_bytes(s) - wire_before;
+    let wire_secs = start.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    rate
+    (bytes as f64 / read_secs, wire as f64 / wire_secs)
 }
 
 #[test]
@@ -334,17 +366,23 @@ fn rate_holds_a_transfer_to_the_limit() {
         let mut policed = false;
         for &way in ways {
             let paced = fq.is_ok() && (s.kind() == "lo" || way == Way::FromPort);
-            let got = throughput(s, 5106, Duration::from_millis(1500), way);
+            let (got, wire) = throughput(s, 5106, Duration::from_millis(1500), way);
             eprintln!(
-                "rate 8mbit {way:?} ({}): {got:.0} bytes/s = {:.0}% of the limit",
+                "rate 8mbit {way:?} ({}): {got:.0} payload bytes/s = {:.0}% of the limit, \
+                 {wire:.0} bytes/s through the interface = {:.0}%",
                 if paced { "paced" } else { "policed" },
-                got * 100.0 / limit
+                got * 100.0 / limit,
+                wire * 100.0 / limit
             );
             if paced {
-                // Packets wait for their turn, none is lost; the issue's bound.
+                // Packets wait for their turn, none is lost; the issue's bound, on what the
+                // rate counts (docs/actions/rate.md): whole packets, headers included, both
+                // ways. The payload alone falls short by the headers (on a veth at this rate
+                // TCP sends one MSS per packet: 86 of 1514 bytes for IPv6) and the ACKs,
+                // about 8 % together: it measured 90 % where faultd kept the rate exactly.
                 assert!(
-                    (got - limit).abs() <= limit * 0.1,
-                    "{way:?}: {got} bytes/s is not within 10% of the limit"
+                    (wire - limit).abs() <= limit * 0.1,
+                    "{way:?}: {wire} bytes/s through the interface is not within 10% of the limit"
                 );
             } else {
                 // Policed: over 1.5 s at most one burst (10 ms of the rate, at least

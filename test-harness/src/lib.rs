@@ -16,7 +16,8 @@ pub use netns::{
     CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, SERVER_IF, SERVER_V4, SERVER_V6, VethPair, join_veth,
 };
 pub use process::{
-    Faultd, FaultdOptions, NotReady, Process, send_signal, stop_child, wait_for_log,
+    Faultd, FaultdOptions, NotReady, Process, announced_socket, remove_left_socket, send_signal,
+    stop_child, wait_for_log,
 };
 
 use std::process::Command;

@@ -237,8 +237,35 @@ impl Faultd {
 impl Drop for Faultd {
     fn drop(&mut self) {
         stop_child(&mut self.child, self.stop_within);
+        remove_left_socket(&self.log);
         if self.remove_log {
             let _ = fs::remove_file(&self.log);
         }
+    }
+}
+
+/// The API socket a faultd announced in its log (`faultd ready … socket=PATH`).
+pub fn announced_socket(log_text: &str) -> Option<PathBuf> {
+    let ready = log_text.lines().find(|l| l.contains("faultd ready"))?;
+    let path = ready
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("socket="))?;
+    Some(PathBuf::from(path.trim_matches('"')))
+}
+
+/// Removes the socket file a stopped faultd (its log at `log`) left behind, as one killed
+/// by SIGKILL does; not while something listens there (another daemon took the path).
+pub fn remove_left_socket(log: &Path) {
+    let Some(path) = fs::read_to_string(log)
+        .ok()
+        .as_deref()
+        .and_then(announced_socket)
+    else {
+        return;
+    };
+    let refused = std::os::unix::net::UnixStream::connect(&path)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    if refused {
+        let _ = fs::remove_file(&path);
     }
 }

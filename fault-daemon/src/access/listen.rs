@@ -5,13 +5,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +16,7 @@ use tonic::transport::server::Connected;
 use tracing::warn;
 
 use super::{Caller, Policy, identify};
+use crate::wrapped::{Tap, Wrapped};
 
 /// The per-network-namespace socket path, defined once in `faultd-api` for faultd and its
 /// clients alike.
@@ -106,56 +104,16 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
 }
 
 /// A connection and who made it; tonic hands `Caller` to each request as its connect info.
-pub struct Identified<S> {
-    io: S,
-    caller: Caller,
-}
+pub type Identified<S> = Wrapped<S, Caller>;
+
+/// Identifying taps nothing: reads and writes go through as they are.
+impl Tap for Caller {}
 
 impl<S> Connected for Identified<S> {
     type ConnectInfo = Caller;
 
     fn connect_info(&self) -> Caller {
-        self.caller.clone()
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Identified<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Identified<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.tap().clone()
     }
 }
 
@@ -213,7 +171,7 @@ pub fn tcp_incoming(
                         why: e.to_string(),
                     },
                 };
-                let _ = tx.send(Ok(Identified { io: stream, caller })).await;
+                let _ = tx.send(Ok(Identified::new(stream, caller))).await;
             });
         }
     })
@@ -258,11 +216,7 @@ pub fn unix_incoming(listener: UnixListener) -> Incoming<UnixStream> {
             // Cheap (getsockopt and one small /proc read): no task of its own.
             match identify::unix_peer(&stream) {
                 Ok(caller) => {
-                    if tx
-                        .send(Ok(Identified { io: stream, caller }))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(Identified::new(stream, caller))).await.is_err() {
                         return;
                     }
                 }

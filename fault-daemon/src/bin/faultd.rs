@@ -201,6 +201,7 @@ struct ReconnectArgs {
 }
 
 fn main() {
+    limit_malloc_arenas();
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     faultd::logging::init(args.log_format);
@@ -356,6 +357,7 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     let Some(mut datapath) = load_and_attach(args.ifaces.clone(), &mut signals).await? else {
         return Ok(());
     };
+    release_startup_memory();
     let attachments = datapath.attachments();
     let ebpf_log = datapath.ebpf_log().switch();
     ebpf_log
@@ -536,6 +538,29 @@ enum Startup {
 /// soon as the kernel is done, or at once on a second signal, since nothing is attached
 /// yet. A signal while attaching waits for that (milliseconds), then detaches. `None`
 /// when stopped.
+/// glibc gives each thread that allocates under contention an arena of its own, up to 8 per
+/// core, and keeps what each arena ever touched. faultd's changes run on short-lived
+/// blocking threads, so under churn new arenas kept being touched: resident memory grew
+/// for as long as the soak ran while the live heap stayed under 1 MiB (measured with
+/// massif). Two arenas are plenty for a daemon whose changes take turns.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Loading the eBPF object takes about 30 MiB of heap for a moment (the ELF, BTF and
+/// relocations); freed, glibc keeps it resident. Hand it back once the programs are in.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn load_and_attach(
     ifaces: Vec<String>,
     signals: &mut Signals,

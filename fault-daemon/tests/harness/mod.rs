@@ -277,6 +277,8 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         test_harness::stop_child(&mut self.child, Duration::from_secs(5));
+        // A SIGKILLed faultd leaves its socket: the test's cleanup removes it.
+        test_harness::remove_left_socket(&self.log);
         let _ = fs::remove_file(&self.log);
     }
 }
