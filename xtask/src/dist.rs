@@ -3,9 +3,10 @@
 //!
 //! The binaries are static (musl), so they run on a machine or container with no Rust, no
 //! LLVM and no libc of the right version; faultd carries its eBPF object inside, as always.
-//! The tarball is reproducible: the same commit gives the same bytes. The binaries are
-//! built with every build path remapped to a fixed one (`--remap-path-prefix` for Rust,
-//! `-ffile-prefix-map` for ring's C), and the archive has sorted entries, every mtime at
+//! The tarball is reproducible: the same commit gives the same bytes, wherever it is checked
+//! out. The binaries are built with every build path remapped to a fixed one
+//! (`--remap-path-prefix` for Rust through a RUSTC_WRAPPER, which also reaches the eBPF
+//! build; `-ffile-prefix-map` for ring's C), and the archive has sorted entries, every mtime at
 //! SOURCE_DATE_EPOCH (the last commit's time unless set), owner and group 0 and a gzip
 //! header without name or time.
 
@@ -19,6 +20,7 @@ pub const TARGET: &str = "x86_64-unknown-linux-musl";
 /// Where every build path is remapped to, in the binaries.
 const REMAPPED_SOURCE: &str = "/faultd";
 const REMAPPED_CARGO_HOME: &str = "/cargo";
+const REMAPPED_RUSTUP_HOME: &str = "/rustup";
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
@@ -85,21 +87,23 @@ fn source_date_epoch(root: &Path) -> anyhow::Result<u64> {
 
 /// The static release binaries, with every path that could end up in them remapped.
 fn build(root: &Path, target_dir: &Path, epoch: u64) -> anyhow::Result<()> {
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    let (root, cargo_home) = (root.display(), cargo_home.display());
-    let rustflags = format!(
-        "--remap-path-prefix={root}={REMAPPED_SOURCE} \
-         --remap-path-prefix={cargo_home}={REMAPPED_CARGO_HOME}"
-    );
-    let cflags = format!(
-        "-ffile-prefix-map={root}={REMAPPED_SOURCE} \
-         -ffile-prefix-map={cargo_home}={REMAPPED_CARGO_HOME}"
-    );
-    let target_env = TARGET.replace('-', "_");
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let cargo_home =
+        std::env::var("CARGO_HOME").map_or_else(|_| home.join(".cargo"), PathBuf::from);
+    let rustup_home =
+        std::env::var("RUSTUP_HOME").map_or_else(|_| home.join(".rustup"), PathBuf::from);
+    // rustc uses the last prefix that matches: the checkout last, so that it wins where it
+    // lies inside one of the others.
+    let remaps = [
+        (rustup_home, REMAPPED_RUSTUP_HOME),
+        (cargo_home, REMAPPED_CARGO_HOME),
+        (root.to_path_buf(), REMAPPED_SOURCE),
+    ];
+    let wrapper = write_rustc_wrapper(target_dir, &remaps)?;
+    let cflags: Vec<String> = remaps
+        .iter()
+        .map(|(from, to)| format!("-ffile-prefix-map={}={to}", from.display()))
+        .collect();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--locked", "--target", TARGET])
@@ -112,14 +116,15 @@ fn build(root: &Path, target_dir: &Path, epoch: u64) -> anyhow::Result<()> {
         ])
         .arg("--target-dir")
         .arg(target_dir)
-        .current_dir(crate::workspace_root())
-        // Target-only flags: they reach the shipped code, not the build scripts (which
-        // never ship) and not aya-build's own eBPF build (which sets its flags itself).
+        .current_dir(root)
+        // A wrapper rather than RUSTFLAGS: aya-build's own cargo build of the eBPF programs
+        // sets its compiler flags itself (the object's BTF names source files), but runs
+        // rustc through the same RUSTC_WRAPPER.
+        .env("RUSTC_WRAPPER", &wrapper)
         .env(
-            format!("CARGO_TARGET_{}_RUSTFLAGS", target_env.to_uppercase()),
-            rustflags,
+            format!("CFLAGS_{}", TARGET.replace('-', "_")),
+            cflags.join(" "),
         )
-        .env(format!("CFLAGS_{target_env}"), cflags)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("CARGO_INCREMENTAL", "0")
         .status()
@@ -128,6 +133,25 @@ fn build(root: &Path, target_dir: &Path, epoch: u64) -> anyhow::Result<()> {
         bail!("cargo build --release --target {TARGET} failed ({status})");
     }
     Ok(())
+}
+
+/// A RUSTC_WRAPPER that runs rustc with `--remap-path-prefix` for each of `remaps`, so that
+/// no path of this machine reaches the binaries (panic locations, debug info, the eBPF
+/// object's BTF).
+fn write_rustc_wrapper(dir: &Path, remaps: &[(PathBuf, &str)]) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut script = String::from(
+        "#!/bin/sh\n# cargo xtask dist: rustc with the build paths remapped.\nrustc=\"$1\"; shift\nexec \"$rustc\" \"$@\"",
+    );
+    for (from, to) in remaps {
+        script.push_str(&format!(" '--remap-path-prefix={}={to}'", from.display()));
+    }
+    script.push('\n');
+    let path = dir.join("rustc-remap");
+    fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 /// The tarball's tree: binaries, systemd unit, example config, completions, man page, the
