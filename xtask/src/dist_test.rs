@@ -128,6 +128,15 @@ D=/{name}
 [ -e /lib ] && fail "the root has a /lib: the test would not show the binaries are static"
 $D/bin/faultd --version || fail "faultd --version"
 $D/bin/faultctl --version || fail "faultctl --version"
+$D/bin/faultd --check-config $D/etc/faultd/faultd.toml || fail "the example config does not check"
+for f in share/man/man1/faultctl.1 share/bash-completion/completions/faultctl \
+         share/zsh/site-functions/_faultctl share/fish/vendor_completions.d/faultctl.fish \
+         lib/systemd/system/faultd.service Dockerfile README.md LICENSE; do
+    [ -s $D/$f ] || fail "the tarball has no $f"
+done
+grep -q '^ExecStart=/usr/local/bin/faultd --config /usr/local/etc/faultd/faultd.toml$' \
+    $D/lib/systemd/system/faultd.service || fail "the unit does not start the installed faultd"
+echo "ok: the tarball's files"
 $D/bin/faultd --iface lo >/tmp/faultd.log 2>&1 &
 FAULTD=$!
 trap 'kill $FAULTD 2>/dev/null; wait $FAULTD; echo "faultd exited: $?"' EXIT
