@@ -295,8 +295,9 @@ impl Rtnl {
 
 fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        // `as _`: the field types (musl deprecates their aliases' names).
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     // SAFETY: a valid socket and a timeval of the size given.
     let rc = unsafe {

@@ -4,6 +4,8 @@
 //! fresh machine needs nothing but the two commands in README.md.
 
 mod bench;
+mod dist;
+mod dist_test;
 mod fuzz;
 mod python;
 mod setup;
@@ -34,6 +36,13 @@ enum Task {
     /// Set up, then run every test suite (unit, program, system, the Python client's), a 60 s
     /// fuzz run, the kernel matrix and the quick bench.
     Test,
+    /// The release tarball target/dist/faultd-<version>-x86_64-linux.tar.gz (static
+    /// binaries, systemd unit, example config, completions, man page, Dockerfile) and its
+    /// .sha256; reproducible from the same commit.
+    Dist(dist::Options),
+    /// Build the tarball (--quick) and run its tests alone: a bare busybox root, and the
+    /// image in a Docker Engine the test starts itself.
+    DistTest,
     /// Set up, then run the Python client's suite alone (clients/python/tests, as root).
     PythonTest,
     /// Set up, then check the fuzz seed corpus and fuzz AddFault requests for a while
@@ -72,7 +81,20 @@ fn main() {
 
 fn run(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Setup => setup::all(),
+        Task::Setup => {
+            setup::all()?;
+            setup::dist()?;
+            setup::dist_test()
+        }
+        Task::Dist(opts) => {
+            setup::all()?;
+            dist::run(&opts).map(drop)
+        }
+        Task::DistTest => {
+            setup::all()?;
+            require_root("the dist's tests chroot, create a network namespace and run dockerd")?;
+            dist_tests()
+        }
         Task::VmTest(opts) => {
             setup::all()?;
             vm::run(&opts)
@@ -102,6 +124,9 @@ fn run(task: Task) -> anyhow::Result<()> {
             // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
             cargo(&["build", "--package", "faultctl"])?;
             cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            // The release tarball, built once (minutes from scratch, seconds when current),
+            // in a bare root and in a container.
+            dist_tests()?;
             // The Python client and pytest plugin, against a real faultd.
             python::tests()?;
             fuzz::run(&fuzz::Options {
@@ -134,6 +159,15 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The release tarball, quick (reusing the last dist build), then its tests; prints how long
+/// each part took.
+fn dist_tests() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let dist = dist::run(&dist::Options { quick: true })?;
+    eprintln!("xtask: dist (quick) took {:.1?}", started.elapsed());
+    dist_test::run(&dist)
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

@@ -20,6 +20,14 @@ const APT_PACKAGES: &[&str] = &[
 /// Debian packages for `cargo xtask vm-test`: the emulator, a static busybox for the VM's
 /// userland, and `xz` for kernels whose modules are compressed.
 const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
+/// Debian packages for `cargo xtask dist`: musl-gcc, for the C in ring (tonic's TLS) when
+/// it builds for the musl target.
+const DIST_APT_PACKAGES: &[&str] = &["musl-tools"];
+/// Debian packages for the dist's tests: a static busybox for the bare root and the test
+/// image, and Docker Engine (the test starts its own dockerd).
+const DIST_TEST_APT_PACKAGES: &[&str] = &["busybox-static", "docker.io"];
+/// The target of the static release binaries.
+const DIST_TARGET: &str = crate::dist::TARGET;
 /// Python modules the tests import, and the PyPI packages that provide them.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("grpc", "grpcio"), ("grpc_tools", "grpcio-tools")];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -38,6 +46,35 @@ pub fn all() -> anyhow::Result<()> {
 /// does not install an emulator.
 pub fn vm() -> anyhow::Result<()> {
     install_missing(VM_APT_PACKAGES)
+}
+
+/// What `cargo xtask dist` needs besides [`all`]: the musl target's standard library and
+/// musl-gcc.
+pub fn dist() -> anyhow::Result<()> {
+    install_missing(DIST_APT_PACKAGES)?;
+    musl_target()
+}
+
+/// What the dist's tests need besides [`dist`]: busybox and Docker Engine.
+pub fn dist_test() -> anyhow::Result<()> {
+    install_missing(DIST_TEST_APT_PACKAGES)
+}
+
+fn musl_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup (the static binaries build for the musl target)")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == DIST_TARGET)
+    {
+        return Ok(());
+    }
+    loud(
+        Command::new("rustup").args(["target", "add", DIST_TARGET]),
+        &format!("rustup target add {DIST_TARGET}"),
+    )
 }
 
 fn quiet(cmd: &mut Command) -> bool {
