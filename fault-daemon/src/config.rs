@@ -82,6 +82,7 @@ pub struct Limits {
     pub max_faults: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub max_ttl: Option<Duration>,
+    pub max_flows: Option<u32>,
     pub max_connections: Option<u32>,
     pub max_streams: Option<u32>,
 }
