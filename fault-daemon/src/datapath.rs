@@ -436,6 +436,16 @@ impl RuleSink for Datapath {
         }
     }
 
+    fn flow_stats(&self) -> Option<FlowTable> {
+        self.flow_table()
+            .inspect_err(|e| warn!(error = %e, "could not read the flow table"))
+            .ok()
+    }
+
+    fn map_usage(&self) -> Vec<MapUsage> {
+        self.maps()
+    }
+
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
         let per_cpu = self
             .counters

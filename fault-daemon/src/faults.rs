@@ -715,6 +715,14 @@ pub trait RuleSink: Send {
     /// effort: ids are never reused, so what is left over is never read again, only takes
     /// room; the sink reports its own failures.
     fn forget_flows(&mut self, _fault_ids: &[u64]) {}
+    /// The limits' flow table (stats, metrics); `None` without programs.
+    fn flow_stats(&self) -> Option<crate::datapath::FlowTable> {
+        None
+    }
+    /// The programs' maps (doctor); none without programs.
+    fn map_usage(&self) -> Vec<crate::datapath::MapUsage> {
+        Vec::new()
+    }
 }
 
 /// The set of active faults, indexed by the rule-map key they compile into.
@@ -1593,6 +1601,8 @@ pub mod tests {
         pub writes: usize,
         /// Counter slots zeroed, in order.
         pub resets: Vec<u32>,
+        /// The fault ids of each forget_flows call, in order.
+        pub forgotten: Vec<Vec<u64>>,
     }
 
     impl RuleSink for MemorySink {
@@ -1613,6 +1623,9 @@ pub mod tests {
         }
         fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
             Ok(FaultCounters::default())
+        }
+        fn forget_flows(&mut self, fault_ids: &[u64]) {
+            self.forgotten.push(fault_ids.to_vec());
         }
     }
 
@@ -1815,6 +1828,42 @@ pub mod tests {
             .is_err()
         );
         assert!(Limits::default().validate().is_ok());
+        for bad in [0, 15, (1 << 20) + 1] {
+            let err = Limits {
+                max_flows: bad,
+                ..Limits::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err, format!("--max-flows {bad} is not in 16..=1048576"));
+        }
+        for good in [16, 1 << 20] {
+            let limits = Limits {
+                max_flows: good,
+                ..Limits::default()
+            };
+            assert!(limits.validate().is_ok());
+        }
+    }
+
+    /// Removing faults deletes their flows: one at a time, or all at once for a clear.
+    #[test]
+    fn removals_forget_the_faults_flows() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let a = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        let b = table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        let c = table
+            .add(drop_spec(3, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        table.remove(a.id, &mut sink).unwrap();
+        assert_eq!(sink.forgotten, vec![vec![a.id]]);
+        table.clear(&mut sink).unwrap();
+        assert_eq!(sink.forgotten, vec![vec![a.id], vec![b.id, c.id]]);
     }
 
     #[test]

@@ -804,6 +804,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.max_ttl, Duration::from_secs(90));
         assert_eq!(args.max_faults, 10);
+        assert_eq!(args.max_flows, DEFAULT_MAX_FLOWS);
+        let args = Args::try_parse_from(["faultd", "--iface", "lo", "--max-flows", "4096"]);
+        assert_eq!(args.unwrap().max_flows, 4096);
         for zero in ["--max-connections", "--max-streams"] {
             assert!(Args::try_parse_from(["faultd", "--iface", "lo", zero, "0"]).is_err());
         }
