@@ -352,9 +352,12 @@ impl Datapath {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        ids.into_iter()
+        let mut maps: Vec<MapUsage> = ids
+            .into_iter()
             .filter_map(|id| map_usage(id).ok())
-            .collect()
+            .collect();
+        maps.sort_by(|a, b| a.name.cmp(&b.name));
+        maps
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -779,6 +782,39 @@ fn is_busy(e: &DynError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_types_read_as_the_kernel_names_them() {
+        for (aya, kernel) in [
+            ("Hash", "hash"),
+            ("LruHash", "lru_hash"),
+            ("PerCpuArray", "percpu_array"),
+            ("RingBuf", "ringbuf"),
+            ("Array", "array"),
+        ] {
+            assert_eq!(map_kind_name(aya), kernel);
+        }
+    }
+
+    #[test]
+    fn map_sizes_follow_the_limits() {
+        let limits = Limits {
+            max_faults: 100,
+            max_flows: 4096,
+            ..Limits::default()
+        };
+        let sizes = MapSizes::for_limits(&limits);
+        assert_eq!(
+            sizes.entries(),
+            [
+                ("RULES", 200),
+                ("COUNTERS", 100),
+                ("BUCKETS", 100),
+                ("FLOWS", 4096),
+                ("SEEN", 4096)
+            ]
+        );
+    }
 
     #[test]
     fn a_lock_file_held_by_a_live_holder_is_refused() {

@@ -26,14 +26,19 @@ use crate::packet::{Packet, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// (protocol, port) → the faults on it. Not preallocated, so that a packet never reads
-/// another port's rule: in a preallocated hash, the element an update replaces goes back to
-/// the updating CPU's free list at once and the next update on that CPU (of any key) writes
-/// its value into it, under the feet of a program on another CPU still reading it. Without
-/// preallocation an update links a newly allocated element and frees the old one only after
-/// an RCU grace period, when no program can still hold it: a packet reads its port's old
-/// rule or its new one, whole. It also costs kernel memory for the rules installed only,
-/// not for `max_entries` (sized by the daemon from `--max-faults`).
+/// (protocol, port) → the faults on it. Not preallocated: kernel memory for the rules
+/// installed only, not for `max_entries` (sized by the daemon from `--max-faults`), where
+/// the preallocated map took about 75 MiB whatever the faults.
+///
+/// NOT a fix for readers racing an update (issue #9, defect 8), though it was meant as one:
+/// in a preallocated hash the element an update replaces goes back to the updating CPU's
+/// free list at once, and the next update there writes another port's rule into it under
+/// the feet of a program on another CPU still reading it. Without preallocation the kernel
+/// (6.x: bpf_mem_alloc) also recycles a freed element through a per-CPU free list without
+/// waiting for an RCU grace period, and the program test
+/// `packets_never_read_another_ports_rule_while_rules_are_rewritten` still sees it (about
+/// once in 500 000 packets on 6.18). A fix needs values that are never rewritten while a
+/// reader may hold them (e.g. two slots per port and a flip, reused after a delay).
 #[map]
 static RULES: HashMap<PortKey, PortRule> =
     HashMap::with_max_entries(MAX_PORT_RULES, BPF_F_NO_PREALLOC);
@@ -460,25 +465,19 @@ const MATCHED: u32 = 0;
 /// Whether the slot acts on this packet here: [`MATCHED`], or why not (`log::SLOT_SKIPPED_*`).
 #[inline(always)]
 fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
-    let side = at.side;
-    // Both ports the faulted port: the slot covers the packet if it does going to the port
-    // (its peer the source) or coming from it (its peer the destination). Only a yes or no
-    // comes out, so the verifier's paths meet again after it: the side the rest of the
-    // slot's work sees stays the walk's constant.
-    let (direction, peer) = if at.same_ports {
-        let to = slot.directions & DIR_TO_PORT != 0;
-        let from = slot.directions & DIR_FROM_PORT != 0;
-        (
-            to || from,
-            (to && peer_matches(slot, pkt, Side::ToPort))
-                || (from && peer_matches(slot, pkt, Side::FromPort)),
-        )
+    // The directions the packet travels in relative to the port: one, or both when both
+    // its ports are the faulted port. The slot covers it going to the port if its peer is
+    // the source, coming from it if its peer is the destination. Bits, not branches on
+    // `same_ports`: the verifier's paths stay as many as with one side.
+    let travels = if at.same_ports {
+        DIR_TO_PORT | DIR_FROM_PORT
     } else {
-        (
-            slot.directions & side.bit() != 0,
-            peer_matches(slot, pkt, side),
-        )
+        at.side.bit()
     };
+    let covers = slot.directions & travels;
+    let direction = covers != 0;
+    let peer = (covers & DIR_TO_PORT != 0 && peer_matches(slot, pkt, Side::ToPort))
+        || (covers & DIR_FROM_PORT != 0 && peer_matches(slot, pkt, Side::FromPort));
     if !direction {
         return log::SLOT_SKIPPED_DIRECTION;
     }
@@ -490,8 +489,10 @@ fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
     }
     let kind = match slot.action {
         // Connection attempts: SYNs to the port (for UDP, any datagram to it).
-        ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && side == Side::ToPort,
-        ACTION_REFUSE_DROP => side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP),
+        ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && at.side == Side::ToPort,
+        ACTION_REFUSE_DROP => {
+            at.side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP)
+        }
         // Never answer a RST with a RST.
         ACTION_RESET => !pkt.is_rst(),
         // Connections still open and close under a stall; only data is held back.
@@ -653,7 +654,7 @@ fn limit(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
         (false, _) => Verdict::Pass,
         // RSTs are what kill the flow: among them, the ones this fault forged, which a
         // veth's other hook sees on their way back.
-        (true, THEN_RESET) if pkt.is_rst() => Verdict::Pass,
+        (true, THEN_RESET) if is_rst_now(pkt) => Verdict::Pass,
         (true, THEN_RESET) => Verdict::Reset {
             fault_id: slot.fault_id,
         },
@@ -745,6 +746,17 @@ fn flow_state(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Option<*m
         }
     }
     FLOWS.get_ptr_mut(&key)
+}
+
+/// [`Packet::is_rst`], with the flags read afresh. Volatile: a plain read is merged with
+/// the one [`flow_state`] makes before its map calls, and the value, kept across them,
+/// spills to the stack: 8 bytes that took match_and_act's frame past a 32-byte step and
+/// the deepest call chain past 512 bytes on 6.1's verifier (see [`apply_slot`]).
+#[inline(always)]
+fn is_rst_now(pkt: &Packet) -> bool {
+    // SAFETY: a field of a live reference.
+    let flags = unsafe { core::ptr::read_volatile(&pkt.tcp_flags) };
+    flags & TCP_RST != 0
 }
 
 /// A flow the limits cannot track: counted, and announced on the 1st, 2nd, 4th, 8th…
