@@ -40,8 +40,7 @@ fn bench_with_flows(max_flows: u32) -> Option<Bench> {
     Some(b)
 }
 
-fn limit_bytes(port: u16, bytes: u64) -> Action {
-    let _ = port;
+fn limit_bytes(bytes: u64) -> Action {
     Action::LimitBytes {
         bytes,
         then: Then::Drop,
@@ -89,14 +88,14 @@ fn a_cut_flow_stays_cut_when_the_flow_table_fills() {
         return;
     };
     let cut = b.add(spec(
-        limit_bytes(7000, 150),
+        limit_bytes(150),
         7000,
         Protocol::Tcp,
         Direction::Both,
         None,
     ));
     let filler = b.add(spec(
-        limit_bytes(7001, 1 << 30),
+        limit_bytes(1 << 30),
         7001,
         Protocol::Tcp,
         Direction::Both,
@@ -152,7 +151,7 @@ fn a_cut_flow_stays_cut_when_the_flow_table_fills() {
 fn a_syn_starts_a_fresh_flow_on_a_reused_four_tuple() {
     let Some(mut b) = Bench::new() else { return };
     b.add(spec(
-        limit_bytes(7010, 150),
+        limit_bytes(150),
         7010,
         Protocol::Tcp,
         Direction::Both,
@@ -317,7 +316,7 @@ fn two_cpus_pass_exactly_the_limit_and_cut_once() {
     const REPEAT: u32 = 400_000;
     let limit = WITHIN * SEGMENT + SEGMENT / 2;
     let fault = b.add(spec(
-        limit_bytes(7020, limit),
+        limit_bytes(limit),
         7020,
         Protocol::Tcp,
         Direction::Both,
@@ -442,7 +441,7 @@ fn one_direction_and_delay_act_once_when_both_ports_are_the_faulted_port() {
 fn a_limit_counts_a_same_port_flow_once_in_both_directions() {
     let Some(mut b) = Bench::new() else { return };
     b.add(spec(
-        limit_bytes(123, 250),
+        limit_bytes(250),
         123,
         Protocol::Udp,
         Direction::Both,
