@@ -10,10 +10,12 @@
 /// of faults installed.
 pub const MAX_FAULTS_PER_PORT: usize = 8;
 
-/// Capacity of the per-fault counter array, and so of the daemon's fault table.
+/// The most faults one faultd may hold (`--max-faults`); the daemon sizes the per-fault
+/// maps (counters, rate state) from its `--max-faults` when it loads the programs.
 pub const MAX_FAULTS: u32 = 131_072;
 
-/// Capacity of the rule map: one entry per (protocol, port) with faults on it.
+/// Capacity of the rule map as compiled: one entry per (protocol, port) with faults on it.
+/// The daemon sizes it to twice `--max-faults` at load (a fault on `any` takes two keys).
 pub const MAX_PORT_RULES: u32 = 131_072;
 
 /// IP protocol numbers, as they appear in the IPv4 header and IPv6 next-header field.
@@ -77,8 +79,13 @@ pub const EVENT_SYN_REFUSED: u32 = 3;
 pub const EVENT_SYN: u32 = 4;
 /// A limit cut a flow.
 pub const EVENT_FLOW_CUT: u32 = 5;
+/// A limit met a new flow while its flow table was full: the flow passes untracked. Sent
+/// for the 1st, 2nd, 4th, 8th… such packet on each CPU; the `FLOWS_FULL` counter has them
+/// all. 7, not 6: the API numbers kinds as these, and its 6 is the daemon's GAP.
+pub const EVENT_FLOW_UNTRACKED: u32 = 7;
 
-/// Capacity of the per-flow state map (LRU: the oldest flows are forgotten first).
+/// Capacity of the limits' per-flow state map (`FLOWS`) and of the first-hit map (`SEEN`)
+/// as compiled, and the default of `--max-flows`; the daemon sizes both at load.
 pub const MAX_FLOWS: u32 = 65_536;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -235,9 +242,11 @@ pub struct FlowState {
     pub first_ns: u64,
     /// Payload bytes seen, both directions.
     pub bytes: u64,
-    /// Non-zero once a limit has cut the flow: every later packet is cut too.
-    pub cut: u32,
-    pub _pad: u32,
+    /// Non-zero once a limit has cut the flow and FLOW_CUT was sent (claimed by
+    /// compare-and-swap: once per flow). The verdict itself follows `bytes` or the age,
+    /// which only grow, so every later packet is cut too. 64 bits for the atomic
+    /// compare-and-swap, as the BPF target's atomics are.
+    pub cut: u64,
 }
 
 /// One record of the `EVENTS` ring buffer.

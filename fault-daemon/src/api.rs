@@ -240,7 +240,25 @@ impl FaultApi {
 
     /// What this kernel and these attachments support; also logged at start-up.
     pub fn capabilities(&self) -> proto::Capabilities {
-        capabilities::report(&self.engine().attachments)
+        let engine = self.engine();
+        let mut caps = capabilities::report(&engine.attachments);
+        caps.maps = engine
+            .sink
+            .map_usage()
+            .into_iter()
+            .map(|m| proto::MapUsage {
+                name: m.name,
+                r#type: m.kind,
+                max_entries: m.max_entries,
+                bytes: m.bytes,
+            })
+            .collect();
+        caps
+    }
+
+    /// The limits' flow table (GetStats and the metrics); `None` without programs.
+    pub fn flow_stats(&self) -> Option<crate::datapath::FlowTable> {
+        self.engine().sink.flow_stats()
     }
 
     /// Ends every open session stream (and so its session): faultd is stopping.
@@ -680,8 +698,15 @@ impl FaultService for FaultApi {
                 tc_mode: a.tc_mode.into(),
             })
             .collect();
+        drop(engine);
+        let flows = self.flow_stats().map(|f| proto::FlowStats {
+            max_entries: f.max_entries,
+            entries: f.entries as u64,
+            untracked: f.full,
+        });
         let e = self.event_stats();
         Ok(Response::new(proto::GetStatsResponse {
+            flows,
             faults,
             attachments,
             events: Some(proto::EventStats {

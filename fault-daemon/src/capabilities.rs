@@ -107,6 +107,8 @@ pub fn report(attachments: &[Attachment]) -> proto::Capabilities {
             .collect(),
         actions,
         version: env!("CARGO_PKG_VERSION").into(),
+        // The datapath's, added by FaultApi::capabilities.
+        maps: Vec::new(),
     }
 }
 

@@ -82,6 +82,7 @@ pub struct Limits {
     pub max_faults: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub max_ttl: Option<Duration>,
+    pub max_flows: Option<u32>,
     pub max_connections: Option<u32>,
     pub max_streams: Option<u32>,
 }
@@ -527,6 +528,7 @@ allow_group = ["root"]
 [limits]
 max_faults = 100
 max_ttl = "1h"
+max_flows = 4096
 max_connections = 32
 max_streams = 8
 
@@ -557,6 +559,7 @@ then = "drop"
         assert_eq!(c.retry_test_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.limits.max_faults, Some(100));
         assert_eq!(c.limits.max_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.limits.max_flows, Some(4096));
         assert_eq!(c.limits.max_connections, Some(32));
         assert_eq!(c.limits.max_streams, Some(8));
         assert_eq!(loaded.allow_uids, Some(vec![1001, 0]));

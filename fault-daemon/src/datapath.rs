@@ -7,19 +7,21 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
-use aya::{Ebpf, include_bytes_aligned};
-use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
+use fault_common::{
+    FaultCounters, FlowKey, FlowState, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK,
+};
 use tracing::{info, warn};
 
 use crate::ebpf_log::KernelLog;
-use crate::faults::{FaultError, RuleSink};
+use crate::faults::{FaultError, Limits, RuleSink};
 use crate::netlink::{self, Rtnl};
 
 /// The programs, built by build.rs and embedded so that faultd is one file to copy.
@@ -82,10 +84,77 @@ struct Held {
     lock_path: String,
 }
 
+/// How many entries the sized maps hold: from `--max-faults` and `--max-flows`
+/// ([`MapSizes::for_limits`]). The defaults keep all of faultd's maps under 32 MiB of kernel
+/// memory (docs/operations.md has the figures).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Faults at once: the counters' and rate states' slots; the rule map holds two keys
+    /// per fault (a fault on `any` compiles into a TCP and a UDP entry).
+    pub max_faults: u32,
+    /// The limits' flow table (`FLOWS`) and the first-hit memory (`SEEN`).
+    pub max_flows: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self::for_limits(&Limits::default())
+    }
+}
+
+impl MapSizes {
+    /// The sizes faultd's limits need (checked by [`Limits::validate`] beforehand).
+    pub fn for_limits(limits: &Limits) -> Self {
+        Self {
+            max_faults: limits.max_faults as u32,
+            max_flows: limits.max_flows,
+        }
+    }
+
+    /// (map name, max_entries) for the loader.
+    fn entries(&self) -> [(&'static str, u32); 5] {
+        [
+            ("RULES", 2 * self.max_faults),
+            ("COUNTERS", self.max_faults),
+            ("BUCKETS", self.max_faults),
+            ("FLOWS", self.max_flows),
+            ("SEEN", self.max_flows),
+        ]
+    }
+}
+
+/// One of faultd's maps in the kernel, for `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: String,
+    /// The kernel's map type, e.g. "hash", "lru_hash", "percpu_array".
+    pub kind: String,
+    pub max_entries: u32,
+    /// Kernel memory charged to the map (`memlock` in its fdinfo): for a hash without
+    /// preallocation, what its entries take now.
+    pub bytes: u64,
+}
+
+/// The limits' flow table, for `stats` and metrics.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowTable {
+    pub max_entries: u32,
+    /// Flows tracked now.
+    pub entries: usize,
+    /// Packets of new flows that found the table full and passed untracked, since start.
+    pub full: u64,
+}
+
 pub struct Datapath {
     /// `None` only while dropping: the programs go first, then the qdiscs they needed.
     ebpf: Option<Ebpf>,
     rules: HashMap<MapData, PortKey, PortRule>,
+    /// The limits' per-flow state, and the flows whose first hit was reported.
+    flows: HashMap<MapData, FlowKey, FlowState>,
+    seen: HashMap<MapData, FlowKey, u64>,
+    /// Per-CPU count of packets whose flow found `flows` full.
+    flows_full: PerCpuArray<MapData, u64>,
+    sizes: MapSizes,
     counters: PerCpuArray<MapData, FaultCounters>,
     /// Per-fault rate state, indexed like the counters.
     buckets: aya::maps::Array<MapData, u64>,
@@ -100,9 +169,19 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel without attaching them anywhere.
+    /// Loads the programs into the kernel without attaching them anywhere, with the maps
+    /// sized for faultd's default limits.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| {
+        Self::load_sized(&MapSizes::default())
+    }
+
+    /// [`Datapath::load`] with the maps sized as `sizes` says.
+    pub fn load_sized(sizes: &MapSizes) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sizes.entries() {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(PROGRAMS).map_err(|e| {
             if is_permission_error(&e) {
                 DatapathError::NotPermitted
             } else {
@@ -128,6 +207,12 @@ impl Datapath {
             .map_err(|e| kernel("map BUCKETS", e))?;
         let ifaces =
             HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
+        let flows =
+            HashMap::try_from(take(&mut ebpf, "FLOWS")?).map_err(|e| kernel("map FLOWS", e))?;
+        let seen =
+            HashMap::try_from(take(&mut ebpf, "SEEN")?).map_err(|e| kernel("map SEEN", e))?;
+        let flows_full = PerCpuArray::try_from(take(&mut ebpf, "FLOWS_FULL")?)
+            .map_err(|e| kernel("map FLOWS_FULL", e))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
         let log = KernelLog::init(&mut ebpf).map_err(|e| kernel("the programs' log", e))?;
@@ -137,6 +222,10 @@ impl Datapath {
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
+            flows,
+            seen,
+            flows_full,
+            sizes: *sizes,
             counters,
             buckets,
             ifaces,
@@ -238,10 +327,83 @@ impl Datapath {
         self.events_lost.take()
     }
 
+    /// The limits' flow table: its size, how many flows it holds, how often it was full.
+    pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
+        let full = self
+            .flows_full
+            .get(&0, 0)
+            .map_err(|e| kernel("reading map FLOWS_FULL", e))?
+            .iter()
+            .sum();
+        Ok(FlowTable {
+            max_entries: self.sizes.max_flows,
+            entries: self.flows.keys().filter(Result::is_ok).count(),
+            full,
+        })
+    }
+
+    /// Every map of the programs: name, type, size and the kernel memory it takes now.
+    pub fn maps(&self) -> Vec<MapUsage> {
+        let ebpf = self.ebpf.as_ref().expect("programs are loaded");
+        let mut ids: Vec<u32> = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok()?.map_ids().ok().flatten())
+            .flatten()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut maps: Vec<MapUsage> = ids
+            .into_iter()
+            .filter_map(|id| map_usage(id).ok())
+            .collect();
+        maps.sort_by(|a, b| a.name.cmp(&b.name));
+        maps
+    }
+
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         self.ebpf.as_mut().expect("programs are loaded")
     }
+}
+
+/// What the kernel says of map `id`; its memory from `memlock` in the fdinfo of an fd on it.
+fn map_usage(id: u32) -> anyhow::Result<MapUsage> {
+    let info = MapInfo::from_id(id)?;
+    let fd = info.fd()?;
+    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+    let field = |key: &str| {
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+    };
+    let kind = match info.map_type() {
+        Ok(t) => format!("{t:?}"),
+        Err(_) => format!("type {}", field("map_type:").unwrap_or(0)),
+    };
+    Ok(MapUsage {
+        name: info.name_as_str().unwrap_or("?").to_string(),
+        kind: map_kind_name(&kind),
+        max_entries: info.max_entries(),
+        bytes: field("memlock:").unwrap_or(0),
+    })
+}
+
+/// aya's `MapType` names (`LruHash`, `PerCpuArray`) as the kernel's (`lru_hash`,
+/// `percpu_array`).
+fn map_kind_name(debug: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out.replace("per_cpu", "percpu")
+        .replace("ring_buf", "ringbuf")
 }
 
 impl RuleSink for Datapath {
@@ -268,6 +430,25 @@ impl RuleSink for Datapath {
             .map_err(|e| FaultError::Datapath(format!("rate state: {e}")))
     }
 
+    fn forget_flows(&mut self, fault_ids: &[u64]) {
+        if let Err(e) = forget(&mut self.flows, fault_ids) {
+            warn!(error = %e, "could not delete the per-flow state of removed faults");
+        }
+        if let Err(e) = forget(&mut self.seen, fault_ids) {
+            warn!(error = %e, "could not delete the first hits of removed faults");
+        }
+    }
+
+    fn flow_stats(&self) -> Option<FlowTable> {
+        self.flow_table()
+            .inspect_err(|e| warn!(error = %e, "could not read the flow table"))
+            .ok()
+    }
+
+    fn map_usage(&self) -> Vec<MapUsage> {
+        self.maps()
+    }
+
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
         let per_cpu = self
             .counters
@@ -282,6 +463,28 @@ impl RuleSink for Datapath {
                 acted_bytes: sum.acted_bytes + c.acted_bytes,
             }))
     }
+}
+
+/// Deletes the entries of `map` whose key belongs to one of `fault_ids`. The keys are read
+/// first: deleting while walking would start the walk over.
+fn forget<V: aya::Pod>(
+    map: &mut HashMap<MapData, FlowKey, V>,
+    fault_ids: &[u64],
+) -> Result<(), aya::maps::MapError> {
+    let ids: std::collections::HashSet<u64> = fault_ids.iter().copied().collect();
+    let doomed: Vec<FlowKey> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| ids.contains(&k.fault_id))
+        .collect();
+    for key in doomed {
+        match map.remove(&key) {
+            // Replaced by a SYN and gone meanwhile, or evicted: what was wanted.
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Datapath {
@@ -579,6 +782,39 @@ fn is_busy(e: &DynError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_types_read_as_the_kernel_names_them() {
+        for (aya, kernel) in [
+            ("Hash", "hash"),
+            ("LruHash", "lru_hash"),
+            ("PerCpuArray", "percpu_array"),
+            ("RingBuf", "ringbuf"),
+            ("Array", "array"),
+        ] {
+            assert_eq!(map_kind_name(aya), kernel);
+        }
+    }
+
+    #[test]
+    fn map_sizes_follow_the_limits() {
+        let limits = Limits {
+            max_faults: 100,
+            max_flows: 4096,
+            ..Limits::default()
+        };
+        let sizes = MapSizes::for_limits(&limits);
+        assert_eq!(
+            sizes.entries(),
+            [
+                ("RULES", 200),
+                ("COUNTERS", 100),
+                ("BUCKETS", 100),
+                ("FLOWS", 4096),
+                ("SEEN", 4096)
+            ]
+        );
+    }
 
     #[test]
     fn a_lock_file_held_by_a_live_holder_is_refused() {

@@ -14,8 +14,8 @@ use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
     ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters,
-    FaultSlot, MAX_FAULTS, MAX_FAULTS_PER_PORT, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP,
-    PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP, THEN_RESET,
+    FaultSlot, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP,
+    PROTO_UDP, PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP, THEN_RESET,
 };
 
 /// Longest TTL (and limit age) ever accepted: a year. Longer is almost surely a unit
@@ -27,6 +27,12 @@ pub const MAX_LABEL: usize = 256;
 pub const DEFAULT_MAX_FAULTS: usize = 1024;
 /// Default of faultd's `--max-ttl`.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default of faultd's `--max-flows`.
+pub const DEFAULT_MAX_FLOWS: u32 = MAX_FLOWS;
+/// Bounds of `--max-flows`. Below 16 the kernel's LRU map of first hits (one list per CPU)
+/// would be all but useless; above 2^20 the limits' flow table could take over 100 MiB of
+/// kernel memory when full.
+pub const MAX_FLOWS_RANGE: std::ops::RangeInclusive<u32> = 16..=1 << 20;
 
 /// What one faultd accepts at most; set by its flags.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub struct Limits {
     pub max_faults: usize,
     /// Longest TTL (`--max-ttl`), at most [`MAX_TTL`].
     pub max_ttl: Duration,
+    /// Flows the limits track at once, and flows whose first hit is remembered
+    /// (`--max-flows`), within [`MAX_FLOWS_RANGE`].
+    pub max_flows: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +51,7 @@ impl Default for Limits {
         Self {
             max_faults: DEFAULT_MAX_FAULTS,
             max_ttl: DEFAULT_MAX_TTL,
+            max_flows: DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -59,6 +69,14 @@ impl Limits {
             return Err(format!(
                 "--max-ttl {} is not in 1ms..=365days",
                 humantime::format_duration(self.max_ttl)
+            ));
+        }
+        if !MAX_FLOWS_RANGE.contains(&self.max_flows) {
+            return Err(format!(
+                "--max-flows {} is not in {}..={}",
+                self.max_flows,
+                MAX_FLOWS_RANGE.start(),
+                MAX_FLOWS_RANGE.end()
             ));
         }
         Ok(())
@@ -742,6 +760,18 @@ pub trait RuleSink: Send {
     fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError>;
     /// The counters of a slot, summed over CPUs.
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError>;
+    /// Deletes the per-flow state the programs keep for these (removed) faults. Best
+    /// effort: ids are never reused, so what is left over is never read again, only takes
+    /// room; the sink reports its own failures.
+    fn forget_flows(&mut self, _fault_ids: &[u64]) {}
+    /// The limits' flow table (stats, metrics); `None` without programs.
+    fn flow_stats(&self) -> Option<crate::datapath::FlowTable> {
+        None
+    }
+    /// The programs' maps (doctor); none without programs.
+    fn map_usage(&self) -> Vec<crate::datapath::MapUsage> {
+        Vec::new()
+    }
 }
 
 /// The set of active faults, indexed by the rule-map key they compile into.
@@ -882,6 +912,14 @@ impl FaultTable {
     /// Removes a fault: the table changes only if every map write succeeds, and the
     /// fault's counter slot is free for reuse only then.
     pub fn remove(&mut self, id: u64, sink: &mut dyn RuleSink) -> Result<Fault, FaultError> {
+        let fault = self.remove_rules(id, sink)?;
+        sink.forget_flows(&[id]);
+        Ok(fault)
+    }
+
+    /// [`FaultTable::remove`], leaving the fault's per-flow state to the caller (deleted
+    /// for many faults in one pass over the flow tables).
+    fn remove_rules(&mut self, id: u64, sink: &mut dyn RuleSink) -> Result<Fault, FaultError> {
         let fault = self.unlink(id).ok_or(FaultError::NotFound(id))?;
         if let Err(e) = self.write_keys(&fault.spec, sink) {
             // The fault stays, with its counter slot: the programs may still count into it.
@@ -911,10 +949,33 @@ impl FaultTable {
 
     pub fn clear(&mut self, sink: &mut dyn RuleSink) -> Result<usize, FaultError> {
         let ids: Vec<u64> = self.faults.keys().copied().collect();
-        for id in &ids {
-            self.remove(*id, sink)?;
+        let removed = self.remove_all(&ids, sink)?;
+        Ok(removed.len())
+    }
+
+    /// Removes the faults `ids` in turn, then their per-flow state in one pass; on an
+    /// error, those removed so far stay removed (and their state is deleted).
+    fn remove_all(
+        &mut self,
+        ids: &[u64],
+        sink: &mut dyn RuleSink,
+    ) -> Result<Vec<Fault>, FaultError> {
+        let mut removed = Vec::with_capacity(ids.len());
+        let mut result = Ok(());
+        for &id in ids {
+            match self.remove_rules(id, sink) {
+                Ok(fault) => removed.push(fault),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(ids.len())
+        if !removed.is_empty() {
+            let gone: Vec<u64> = removed.iter().map(|f| f.id).collect();
+            sink.forget_flows(&gone);
+        }
+        result.map(|()| removed)
     }
 
     /// Removes the faults `selector` matches, and returns them (for the log). On an error,
@@ -930,7 +991,7 @@ impl FaultTable {
             .filter(|f| selector.matches(f))
             .map(|f| f.id)
             .collect();
-        ids.into_iter().map(|id| self.remove(id, sink)).collect()
+        self.remove_all(&ids, sink)
     }
 
     /// The TTL within `--max-ttl`, and when it runs out.
@@ -989,9 +1050,11 @@ impl FaultTable {
         if let Some(c) = self.free_counters.pop() {
             return Ok(c);
         }
-        if self.next_counter >= MAX_FAULTS {
+        // The counter maps hold --max-faults slots (datapath::MapSizes).
+        if self.next_counter >= self.limits.max_faults.min(MAX_FAULTS as usize) as u32 {
             return Err(FaultError::Exhausted(format!(
-                "{MAX_FAULTS} faults are installed, the most faultd can hold"
+                "all {} counter slots are taken (faultd --max-faults)",
+                self.next_counter
             )));
         }
         self.next_counter += 1;
@@ -1598,6 +1661,8 @@ pub mod tests {
         pub writes: usize,
         /// Counter slots zeroed, in order.
         pub resets: Vec<u32>,
+        /// The fault ids of each forget_flows call, in order.
+        pub forgotten: Vec<Vec<u64>>,
     }
 
     impl RuleSink for MemorySink {
@@ -1618,6 +1683,9 @@ pub mod tests {
         }
         fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
             Ok(FaultCounters::default())
+        }
+        fn forget_flows(&mut self, fault_ids: &[u64]) {
+            self.forgotten.push(fault_ids.to_vec());
         }
     }
 
@@ -1820,6 +1888,42 @@ pub mod tests {
             .is_err()
         );
         assert!(Limits::default().validate().is_ok());
+        for bad in [0, 15, (1 << 20) + 1] {
+            let err = Limits {
+                max_flows: bad,
+                ..Limits::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err, format!("--max-flows {bad} is not in 16..=1048576"));
+        }
+        for good in [16, 1 << 20] {
+            let limits = Limits {
+                max_flows: good,
+                ..Limits::default()
+            };
+            assert!(limits.validate().is_ok());
+        }
+    }
+
+    /// Removing faults deletes their flows: one at a time, or all at once for a clear.
+    #[test]
+    fn removals_forget_the_faults_flows() {
+        let mut table = FaultTable::default();
+        let mut sink = MemorySink::default();
+        let a = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        let b = table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        let c = table
+            .add(drop_spec(3, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        table.remove(a.id, &mut sink).unwrap();
+        assert_eq!(sink.forgotten, vec![vec![a.id]]);
+        table.clear(&mut sink).unwrap();
+        assert_eq!(sink.forgotten, vec![vec![a.id], vec![b.id, c.id]]);
     }
 
     #[test]

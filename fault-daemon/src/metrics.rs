@@ -146,6 +146,27 @@ impl Collector for FaultCollector {
         ] {
             ConstCounter::new(count).encode(family.encode_family(&[("where", place)])?)?;
         }
+        if let Some(flows) = self.api.flow_stats() {
+            ConstCounter::new(flows.full).encode(encoder.encode_descriptor(
+                "faultd_flows_untracked",
+                "Packets of new flows that a limit could not track, its flow table \
+                 (--max-flows) being full: they passed",
+                None,
+                MetricType::Counter,
+            )?)?;
+            ConstGauge::new(flows.entries as i64).encode(encoder.encode_descriptor(
+                "faultd_flows_tracked",
+                "Flows the limits track now",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            ConstGauge::new(flows.max_entries as i64).encode(encoder.encode_descriptor(
+                "faultd_flows_max",
+                "Flows the limits can track at once (--max-flows)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         Ok(())
     }
 }

@@ -349,6 +349,14 @@ fn startup_errors_are_one_clear_line() {
         ),
         (&["--iface", "lo", "--max-faults", "0"], "--max-faults 0"),
         (&["--iface", "lo", "--max-ttl", "400days"], "--max-ttl"),
+        (
+            &["--iface", "lo", "--max-flows", "8"],
+            "--max-flows 8 is not in 16..=1048576",
+        ),
+        (
+            &["--iface", "lo", "--max-faults", "131073"],
+            "--max-faults 131073",
+        ),
     ];
     for (args, expected) in cases {
         let out = ns.cmd(FAULTD).args(*args).output().unwrap();
@@ -872,4 +880,78 @@ fn two_faultd_racing_for_one_interface_never_both_win() {
     }
     drop(holder);
     assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+}
+
+/// `--max-flows` sizes the limits' flow table: past it, new flows pass untracked, and
+/// `faultctl stats` counts them, an event announces them, `doctor` shows the map's size,
+/// and clearing the fault empties the table.
+#[test]
+fn a_full_flow_table_is_counted_announced_and_emptied() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("flows");
+    let _daemon = Daemon::try_start(&ns, &["lo"], &["--max-flows", "16"]).unwrap();
+    ns.faultctl_ok(&[
+        "limit-bytes",
+        "--port",
+        "7600",
+        "--protocol",
+        "udp",
+        "--bytes",
+        "1000000",
+        "--then",
+        "drop",
+    ]);
+    // 40 flows (a new source port each), one datagram each: on lo a limit acts at TC
+    // ingress only, so each flow is looked up once.
+    ns.run(|| {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:7600").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        for _ in 0..40 {
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"ping", "127.0.0.1:7600").unwrap();
+            receiver
+                .recv(&mut buf)
+                .expect("a datagram within the limit");
+        }
+    });
+    let stats: serde_json::Value =
+        serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
+    let flows = &stats["flows"];
+    assert_eq!(flows["max_entries"], 16, "{stats}");
+    assert_eq!(flows["tracked"], 16, "{stats}");
+    assert_eq!(flows["untracked"], 24, "{stats}");
+    let text = ns.faultctl_ok(&["stats"]);
+    assert!(
+        text.contains("flows: 16 of 16 tracked by limits, 24 packets of new flows passed"),
+        "{text}"
+    );
+    let events = ns.faultctl_ok(&["events", "--json"]);
+    assert!(events.contains(r#""kind":"flow-untracked""#), "{events}");
+
+    let doctor: serde_json::Value =
+        serde_json::from_str(&ns.faultctl_ok(&["doctor", "--json"])).unwrap();
+    let maps = doctor["maps"].as_array().expect("doctor lists the maps");
+    let map = |name: &str| {
+        maps.iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no map {name} in {doctor}"))
+    };
+    assert_eq!(map("FLOWS")["max_entries"], 16);
+    assert_eq!(map("FLOWS")["type"], "hash");
+    assert_eq!(map("SEEN")["type"], "lru_hash");
+    assert_eq!(map("RULES")["max_entries"], 2 * 1024, "twice --max-faults");
+    assert!(map("COUNTERS")["bytes"].as_u64().unwrap() > 0, "{doctor}");
+
+    ns.faultctl_ok(&["clear"]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
+    assert_eq!(
+        stats["flows"]["tracked"], 0,
+        "a cleared fault leaves no flow: {stats}"
+    );
 }

@@ -1,5 +1,8 @@
 #![no_std]
 #![no_main]
+// Atomic read-modify-writes on map values (rules::limit) are written in assembly: see
+// rules::fetch_add.
+#![feature(asm_experimental_arch)]
 
 mod alter;
 mod events;

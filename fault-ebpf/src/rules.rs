@@ -1,10 +1,12 @@
 //! Rule lookup: which compiled faults act on a packet at this hook, and how.
 
+use core::arch::asm;
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -13,9 +15,9 @@ use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
     ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT,
-    EVENT_FLOW_CUT, EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot, FlowKey, FlowState,
-    MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP, PROTO_UDP,
-    PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot,
+    FlowKey, FlowState, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY,
+    PROTO_TCP, PROTO_UDP, PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
 };
 
 use crate::events;
@@ -24,8 +26,22 @@ use crate::packet::{Packet, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// (protocol, port) → the faults on it. Not preallocated: kernel memory for the rules
+/// installed only, not for `max_entries` (sized by the daemon from `--max-faults`), where
+/// the preallocated map took about 75 MiB whatever the faults.
+///
+/// NOT a fix for readers racing an update (issue #9, defect 8), though it was meant as one:
+/// in a preallocated hash the element an update replaces goes back to the updating CPU's
+/// free list at once, and the next update there writes another port's rule into it under
+/// the feet of a program on another CPU still reading it. Without preallocation the kernel
+/// (6.x: bpf_mem_alloc) also recycles a freed element through a per-CPU free list without
+/// waiting for an RCU grace period, and the program test
+/// `packets_never_read_another_ports_rule_while_rules_are_rewritten` still sees it (about
+/// once in 500 000 packets on 6.18). A fix needs values that are never rewritten while a
+/// reader may hold them (e.g. two slots per port and a flip, reused after a delay).
 #[map]
-static RULES: HashMap<PortKey, PortRule> = HashMap::with_max_entries(MAX_PORT_RULES, 0);
+static RULES: HashMap<PortKey, PortRule> =
+    HashMap::with_max_entries(MAX_PORT_RULES, BPF_F_NO_PREALLOC);
 
 #[map]
 static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
@@ -34,9 +50,23 @@ static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_
 #[map]
 static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
-/// Per-(fault, flow) state: first packet time, bytes, whether a limit cut it.
+/// Per-(fault, flow) state of the limits (limit-bytes, limit-age): first packet time,
+/// bytes, whether the limit cut it. A plain hash, never LRU: the kernel evicts LRU entries
+/// on its own, and a cut flow whose state is forgotten would come back to life. Entries go
+/// when their fault goes (the daemon deletes them) or when a SYN starts the 4-tuple afresh.
+/// When it is full a new flow is not tracked: it passes, counted in `FLOWS_FULL`.
+/// Not preallocated: memory for the flows tracked only; sized from `--max-flows`.
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static FLOWS: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+/// Flows already reported (FIRST_HIT) by the actions that keep no state (drop, reset): LRU,
+/// as forgetting one only means its first hit is reported again. Value: first packet time.
+#[map]
+static SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Packets of flows a limit could not track because `FLOWS` was full, per CPU (entry 0).
+#[map]
+static FLOWS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-fault rate state, indexed like the counters: the theoretical arrival time (GCRA) of
 /// the fault's next packet, in bpf_ktime_get_ns() time. Shared by all CPUs: two CPUs racing
@@ -195,15 +225,25 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
     let mut touched = false;
+    // Both ports the same (NTP's 123 ↔ 123, mDNS, IKE): one rule, walked once, each slot
+    // taking the packet as going to the port or from it, whichever its direction covers.
+    let same = pkt.src_port == pkt.dst_port;
     if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.dst_port)) } {
         let Some(fx) = Effects::fresh(hook) else {
             return Verdict::Pass;
         };
         touched = true;
-        let verdict = apply(rule, pkt, Side::ToPort, hook, loopback, len, fx);
+        let verdict = apply(rule, pkt, Side::ToPort, same, hook, loopback, len, fx);
         if verdict != Verdict::Pass {
             return verdict;
         }
+    }
+    if same {
+        return if touched {
+            Verdict::PassChanged
+        } else {
+            Verdict::Pass
+        };
     }
     if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.src_port)) } {
         // Cleared only if the destination port's faults have not started on it.
@@ -216,7 +256,7 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
             return Verdict::Pass;
         };
         touched = true;
-        let verdict = apply(rule, pkt, Side::FromPort, hook, loopback, len, fx);
+        let verdict = apply(rule, pkt, Side::FromPort, false, hook, loopback, len, fx);
         if verdict != Verdict::Pass {
             return verdict;
         }
@@ -272,10 +312,12 @@ impl Side {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn apply(
     rule: &PortRule,
     pkt: &Packet,
     side: Side,
+    same_ports: bool,
     hook: Hook,
     loopback: bool,
     len: u64,
@@ -287,6 +329,7 @@ fn apply(
         fx,
         at: Where {
             side,
+            same_ports,
             hook,
             len,
             loopback,
@@ -356,6 +399,9 @@ pub struct Seen {
 /// [`Seen`], and which end of the packet is the faulted port.
 struct Where {
     side: Side,
+    /// Both ports are the faulted port: the packet goes to the port and comes from it.
+    /// `side` is then `ToPort`, and [`mismatch`] also takes it as from the port.
+    same_ports: bool,
     hook: Hook,
     len: u64,
     loopback: bool,
@@ -419,20 +465,34 @@ const MATCHED: u32 = 0;
 /// Whether the slot acts on this packet here: [`MATCHED`], or why not (`log::SLOT_SKIPPED_*`).
 #[inline(always)]
 fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
-    let side = at.side;
-    if slot.directions & side.bit() == 0 {
+    // The directions the packet travels in relative to the port: one, or both when both
+    // its ports are the faulted port. The slot covers it going to the port if its peer is
+    // the source, coming from it if its peer is the destination. Bits, not branches on
+    // `same_ports`: the verifier's paths stay as many as with one side.
+    let travels = if at.same_ports {
+        DIR_TO_PORT | DIR_FROM_PORT
+    } else {
+        at.side.bit()
+    };
+    let covers = slot.directions & travels;
+    let direction = covers != 0;
+    let peer = (covers & DIR_TO_PORT != 0 && peer_matches(slot, pkt, Side::ToPort))
+        || (covers & DIR_FROM_PORT != 0 && peer_matches(slot, pkt, Side::FromPort));
+    if !direction {
         return log::SLOT_SKIPPED_DIRECTION;
     }
     if !at.hook.carries(slot, at.loopback) {
         return log::SLOT_SKIPPED_HOOK;
     }
-    if !peer_matches(slot, pkt, side) {
+    if !peer {
         return log::SLOT_SKIPPED_PEER;
     }
     let kind = match slot.action {
         // Connection attempts: SYNs to the port (for UDP, any datagram to it).
-        ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && side == Side::ToPort,
-        ACTION_REFUSE_DROP => side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP),
+        ACTION_REFUSE_RST | ACTION_RECORD => pkt.is_syn() && at.side == Side::ToPort,
+        ACTION_REFUSE_DROP => {
+            at.side == Side::ToPort && (pkt.is_syn() || pkt.protocol == PROTO_UDP)
+        }
         // Never answer a RST with a RST.
         ACTION_RESET => !pkt.is_rst(),
         // Connections still open and close under a stall; only data is held back.
@@ -523,7 +583,7 @@ fn rate(slot: &FaultSlot, len: u64, now: u64, egress: bool, fx: &mut Effects) ->
 fn decide_fate(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
     match slot.action {
         ACTION_DROP => {
-            note_flow(slot, pkt, side, now);
+            first_hit(slot, pkt, side, now);
             if chance(slot.threshold) {
                 Verdict::Drop
             } else {
@@ -531,7 +591,7 @@ fn decide_fate(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict 
             }
         }
         ACTION_RESET => {
-            note_flow(slot, pkt, side, now);
+            first_hit(slot, pkt, side, now);
             if chance(slot.threshold) {
                 Verdict::Reset {
                     fault_id: slot.fault_id,
@@ -561,31 +621,40 @@ fn decide_fate(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict 
     }
 }
 
-/// Tracks the flow and cuts it once it is past the slot's limit; a cut flow stays cut.
+/// Tracks the flow and cuts it once it is past the slot's limit; a cut flow stays cut. A
+/// flow the table has no room for is not tracked, and passes (see [`flow_state`]).
+///
+/// Bytes are added atomically (RX and TX of one flow run on different CPUs): each packet
+/// gets its own running total, so exactly the packets whose total is within the limit pass,
+/// whatever the CPUs. Both tests are monotonic (bytes only grow, age only grows), so the
+/// verdict needs no flag; `cut` is claimed by compare-and-swap so that one packet, on one
+/// CPU, announces FLOW_CUT.
 #[inline(always)]
 fn limit(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
-    let Some(state) = note_flow(slot, pkt, side, now) else {
+    let Some(state) = flow_state(slot, pkt, side, now) else {
         return Verdict::Pass;
     };
-    // SAFETY: the pointer came from the map. Two CPUs may race on one flow; the worst case
-    // is a byte count short by one packet, never a torn cut flag.
+    // SAFETY: the pointer came from the map and stays valid for the program's run (RCU);
+    // its fields are 8-byte aligned, as the atomics need. 64-bit operands: the target's
+    // minimum atomic width (32-bit ones would need ALU32).
     let over = unsafe {
-        (*state).bytes += pkt.payload_len as u64;
+        let payload = pkt.payload_len as u64;
         let over = match slot.action {
-            ACTION_LIMIT_BYTES => (*state).bytes > slot.param,
+            ACTION_LIMIT_BYTES => {
+                fetch_add(&raw mut (*state).bytes, payload) + payload > slot.param
+            }
             _ => now.saturating_sub((*state).first_ns) > slot.param,
         };
-        if over && (*state).cut == 0 {
-            (*state).cut = 1;
+        if over && compare_and_swap(&raw mut (*state).cut, 0, 1) == 0 {
             events::emit(EVENT_FLOW_CUT, slot.fault_id, pkt, now);
         }
-        (*state).cut != 0
+        over
     };
     match (over, slot.then) {
         (false, _) => Verdict::Pass,
         // RSTs are what kill the flow: among them, the ones this fault forged, which a
         // veth's other hook sees on their way back.
-        (true, THEN_RESET) if pkt.is_rst() => Verdict::Pass,
+        (true, THEN_RESET) if is_rst_now(pkt) => Verdict::Pass,
         (true, THEN_RESET) => Verdict::Reset {
             fault_id: slot.fault_id,
         },
@@ -593,36 +662,147 @@ fn limit(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
     }
 }
 
-/// Finds (or starts) the fault's state for the packet's flow; a new flow is reported once.
+/// Adds `v` to `*p` atomically; returns the value before (BPF_ATOMIC | BPF_ADD | BPF_FETCH,
+/// kernel 5.12+).
+///
+/// Assembly, because neither way through the compiler works: the BPF target's core has no
+/// `AtomicU64::fetch_add` ("atomic-cas": false), and LLVM, asked for the intrinsic, emits
+/// the fetching form only for `-mcpu=v3`, while rustc hands bpf-linker `--cpu generic`
+/// (v1: "Invalid usage of the XADD return value") and aya-build sets the RUSTFLAGS that
+/// could change it.
+///
+/// # Safety
+/// `p` points to a u64, 8-byte aligned, in a map value.
 #[inline(always)]
-fn note_flow(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Option<*mut FlowState> {
+unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let mut val = v;
+    // SAFETY: the caller's; the instruction touches `*p` only.
+    unsafe {
+        asm!(
+            "{val} = atomic_fetch_add((u64 *)({p} + 0), {val})",
+            p = in(reg) p,
+            val = inout(reg) val,
+            options(nostack),
+        );
+    }
+    val
+}
+
+/// Stores `new` in `*p` if it holds `old`, atomically; returns what `*p` held (BPF_ATOMIC |
+/// BPF_CMPXCHG, kernel 5.12+; r0 in and out, as the instruction wants). See [`fetch_add`].
+///
+/// # Safety
+/// As for [`fetch_add`].
+#[inline(always)]
+unsafe fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> u64 {
+    let mut r0 = old;
+    // SAFETY: the caller's; the instruction touches `*p` only.
+    unsafe {
+        asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") r0,
+            options(nostack),
+        );
+    }
+    r0
+}
+
+const EEXIST: i32 = 17;
+
+/// The limit's state for the packet's flow, started (and reported) when the flow is new.
+/// A SYN without ACK starts a new connection: its 4-tuple's state starts afresh, neither
+/// cut nor old (fixed client ports, port reuse under churn). `None` when the table is full:
+/// counted in `FLOWS_FULL` and announced (throttled to powers of two per CPU).
+#[inline(always)]
+fn flow_state(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Option<*mut FlowState> {
     let key = flow_key(slot, pkt, side);
-    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+    let syn = pkt.is_syn();
+    if !syn && let Some(state) = FLOWS.get_ptr_mut(&key) {
         return Some(state);
     }
     let mut fresh = MaybeUninit::<FlowState>::uninit();
     let p = fresh.as_mut_ptr();
     // SAFETY: every field is written before the value is read; volatile for the reason
-    // given in Effects::fresh.
     // given in Effects::fresh. Inserted through the pointer: a copy of known zeros would
     // become a memset again.
     let fresh = unsafe {
         write_volatile(&raw mut (*p).first_ns, now);
         write_volatile(&raw mut (*p).bytes, 0);
         write_volatile(&raw mut (*p).cut, 0);
-        write_volatile(&raw mut (*p)._pad, 0);
         &*p
     };
-    FLOWS.insert(&key, fresh, 0).ok()?;
-    events::emit(EVENT_FIRST_HIT, slot.fault_id, pkt, now);
+    // A SYN replaces the state whole (the old element is freed after an RCU grace period);
+    // otherwise only a CPU that finds no state starts it, so two CPUs racing on a new flow
+    // share one state and report it once.
+    let flags = if syn { BPF_ANY } else { BPF_NOEXIST } as u64;
+    match FLOWS.insert(&key, fresh, flags) {
+        Ok(()) => events::emit(EVENT_FIRST_HIT, slot.fault_id, pkt, now),
+        Err(e) if e == -EEXIST => {}
+        Err(_) => {
+            untracked(slot, pkt, now);
+            return None;
+        }
+    }
     FLOWS.get_ptr_mut(&key)
+}
+
+/// [`Packet::is_rst`], with the flags read afresh. Volatile: a plain read is merged with
+/// the one [`flow_state`] makes before its map calls, and the value, kept across them,
+/// spills to the stack: 8 bytes that took match_and_act's frame past a 32-byte step and
+/// the deepest call chain past 512 bytes on 6.1's verifier (see [`apply_slot`]).
+#[inline(always)]
+fn is_rst_now(pkt: &Packet) -> bool {
+    // SAFETY: a field of a live reference.
+    let flags = unsafe { core::ptr::read_volatile(&pkt.tcp_flags) };
+    flags & TCP_RST != 0
+}
+
+/// A flow the limits cannot track: counted, and announced on the 1st, 2nd, 4th, 8th…
+/// such packet of each CPU, so that a full table cannot flood the event ring.
+#[inline(always)]
+fn untracked(slot: &FaultSlot, pkt: &Packet, now: u64) {
+    let Some(full) = FLOWS_FULL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot: no other program writes it while this one runs.
+    let n = unsafe {
+        *full += 1;
+        *full
+    };
+    if n & (n - 1) == 0 {
+        events::emit(EVENT_FLOW_UNTRACKED, slot.fault_id, pkt, now);
+    }
+}
+
+/// Reports the packet's flow (FIRST_HIT) the first time the slot acts on it, for actions
+/// that keep no other state. Racing CPUs insert once (BPF_NOEXIST), so report once.
+#[inline(always)]
+fn first_hit(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) {
+    let key = flow_key(slot, pkt, side);
+    // SAFETY: a plain u64 value, only tested for presence.
+    if unsafe { SEEN.get(&key) }.is_some() {
+        return;
+    }
+    if SEEN.insert(&key, now, BPF_NOEXIST as u64).is_ok() {
+        events::emit(EVENT_FIRST_HIT, slot.fault_id, pkt, now);
+    }
 }
 
 #[inline(always)]
 fn flow_key(slot: &FaultSlot, pkt: &Packet, side: Side) -> FlowKey {
-    let (port, remote_port, local_addr, remote_addr) = match side {
-        Side::ToPort => (pkt.dst_port, pkt.src_port, pkt.dst_addr, pkt.src_addr),
-        Side::FromPort => (pkt.src_port, pkt.dst_port, pkt.src_addr, pkt.dst_addr),
+    // With both ports the faulted port, both directions of the flow would take either
+    // side: the lower address is the local one, so that they share one state.
+    let to_port = if pkt.src_port == pkt.dst_port {
+        addr_below(&pkt.dst_addr, &pkt.src_addr)
+    } else {
+        side == Side::ToPort
+    };
+    let (port, remote_port, local_addr, remote_addr) = if to_port {
+        (pkt.dst_port, pkt.src_port, pkt.dst_addr, pkt.src_addr)
+    } else {
+        (pkt.src_port, pkt.dst_port, pkt.src_addr, pkt.dst_addr)
     };
     FlowKey {
         fault_id: slot.fault_id,
@@ -634,6 +814,21 @@ fn flow_key(slot: &FaultSlot, pkt: &Packet, side: Side) -> FlowKey {
         local_addr,
         remote_addr,
     }
+}
+
+/// `a < b`, word by word (an order, not the numeric one: any fixed order will do).
+#[inline(always)]
+fn addr_below(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    a[3] < b[3]
 }
 
 #[inline(always)]

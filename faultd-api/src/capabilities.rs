@@ -20,5 +20,21 @@ pub fn table(caps: &proto::Capabilities) -> String {
     for a in &caps.actions {
         out += &format!("{:<12} {}  {}\n", a.action, mark(a.available), a.detail);
     }
+    if !caps.maps.is_empty() {
+        out += &format!(
+            "{:<16} {:<14} {:>11} {:>12}\n",
+            "MAP", "TYPE", "MAX ENTRIES", "KERNEL BYTES"
+        );
+    }
+    for m in &caps.maps {
+        out += &format!(
+            "{:<16} {:<14} {:>11} {:>12}\n",
+            m.name, m.r#type, m.max_entries, m.bytes
+        );
+    }
+    if !caps.maps.is_empty() {
+        let total: u64 = caps.maps.iter().map(|m| m.bytes).sum();
+        out += &format!("{:<16} {:<14} {:>11} {total:>12}\n", "total", "", "");
+    }
     out
 }

@@ -110,6 +110,11 @@ impl Named for EventKind {
         ),
         (EventKind::FlowCut, "flow-cut", "a limit cut a flow"),
         (
+            EventKind::FlowUntracked,
+            "flow-untracked",
+            "a limit's flow table (faultd --max-flows) was full: a new flow passes untracked",
+        ),
+        (
             EventKind::Gap,
             "gap",
             "events are missing here: the kernel's ring was full, or a reader was too slow",

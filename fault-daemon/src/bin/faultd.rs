@@ -21,9 +21,9 @@ use faultd::access::listen::{
 use faultd::access::{Gate, Policy};
 use faultd::api::{DEFAULT_MAX_STREAMS, Engine, FaultApi};
 use faultd::connections::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
-use faultd::datapath::Datapath;
+use faultd::datapath::{Datapath, MapSizes};
 use faultd::events::{EventHub, LossCounter};
-use faultd::faults::{DEFAULT_MAX_FAULTS, FaultTable, Limits};
+use faultd::faults::{DEFAULT_MAX_FAULTS, DEFAULT_MAX_FLOWS, FaultTable, Limits};
 use faultd::observe::Observe;
 use faultd::proto::fault_service_server::FaultServiceServer;
 use faultd::reconnect::{ReconnectServer, bind_retry_listener};
@@ -100,6 +100,11 @@ struct Args {
     /// Most faults installed at once (AddFault beyond: RESOURCE_EXHAUSTED).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FAULTS)]
     max_faults: usize,
+    /// Flows the limits (limit-bytes, limit-age) track at once, and flows whose first hit
+    /// is remembered; sizes the kernel's flow maps. A new flow beyond it passes untracked,
+    /// counted in `faultctl stats` (16..=1048576).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS)]
+    max_flows: u32,
     /// Longest TTL a fault may have (AddFault beyond: INVALID_ARGUMENT), e.g. 24h, 30m.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     max_ttl: Duration,
@@ -286,6 +291,7 @@ fn with_config(mut args: Args, m: &ArgMatches) -> anyhow::Result<(Args, ConfigFa
     let limits = file.limits;
     pick(m, "max_faults", &mut args.max_faults, limits.max_faults);
     pick(m, "max_ttl", &mut args.max_ttl, limits.max_ttl);
+    pick(m, "max_flows", &mut args.max_flows, limits.max_flows);
     pick(
         m,
         "max_connections",
@@ -334,6 +340,7 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
     let limits = Limits {
         max_faults: args.max_faults,
         max_ttl: args.max_ttl,
+        max_flows: args.max_flows,
     };
     limits.validate().map_err(anyhow::Error::msg)?;
     // Parses the certificates: a bad one fails here, before anything is attached.
@@ -367,7 +374,9 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         None => None,
     };
 
-    let Some(mut datapath) = load_and_attach(args.ifaces.clone(), &mut signals).await? else {
+    let sizes = MapSizes::for_limits(&limits);
+    let Some(mut datapath) = load_and_attach(args.ifaces.clone(), sizes, &mut signals).await?
+    else {
         return Ok(());
     };
     release_startup_memory();
@@ -576,6 +585,7 @@ fn release_startup_memory() {
 
 async fn load_and_attach(
     ifaces: Vec<String>,
+    sizes: MapSizes,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<Datapath>> {
     // Debug: a start-up error stays one line.
@@ -583,7 +593,7 @@ async fn load_and_attach(
     let phase = Arc::new(std::sync::Mutex::new(Startup::Loading));
     let phase_of_loading = phase.clone();
     let mut loading = tokio::task::spawn_blocking(move || {
-        let mut datapath = Datapath::load()?;
+        let mut datapath = Datapath::load_sized(&sizes)?;
         {
             let mut phase = phase_of_loading.lock().unwrap_or_else(|p| p.into_inner());
             if *phase == Startup::Stopped {
@@ -832,6 +842,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.max_ttl, Duration::from_secs(90));
         assert_eq!(args.max_faults, 10);
+        assert_eq!(args.max_flows, DEFAULT_MAX_FLOWS);
+        let args = Args::try_parse_from(["faultd", "--iface", "lo", "--max-flows", "4096"]);
+        assert_eq!(args.unwrap().max_flows, 4096);
         for zero in ["--max-connections", "--max-streams"] {
             assert!(Args::try_parse_from(["faultd", "--iface", "lo", zero, "0"]).is_err());
         }

@@ -53,6 +53,7 @@ mod harness;
 
 mod degrade;
 mod fixture;
+mod flows;
 mod matching;
 mod oracle;
 mod parsing;

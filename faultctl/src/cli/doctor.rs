@@ -20,9 +20,20 @@ pub struct Doctor {
     pub features: Vec<Support>,
     pub interfaces: Vec<AttachmentRow>,
     pub actions: Vec<Support>,
+    /// faultd's BPF maps: name, kernel type, max entries, kernel bytes now.
+    pub maps: Vec<MapRow>,
     /// The daemon's report, for the table faultd also logs at start-up.
     #[serde(skip)]
     caps: proto::Capabilities,
+}
+
+#[derive(Serialize)]
+pub struct MapRow {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub max_entries: u32,
+    pub bytes: u64,
 }
 
 /// A feature of the kernel, or an action, and whether it is available.
@@ -51,6 +62,16 @@ impl From<proto::Capabilities> for Doctor {
                 .actions
                 .iter()
                 .map(|a| support(&a.action, a.available, &a.detail))
+                .collect(),
+            maps: caps
+                .maps
+                .iter()
+                .map(|m| MapRow {
+                    name: m.name.clone(),
+                    kind: m.r#type.clone(),
+                    max_entries: m.max_entries,
+                    bytes: m.bytes,
+                })
                 .collect(),
             caps,
         }

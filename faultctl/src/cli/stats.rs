@@ -25,6 +25,11 @@ pub async fn run(client: &mut FaultServiceClient<Channel>, json: bool) -> anyhow
             .collect(),
         attachments: stats.attachments.iter().map(AttachmentRow::from).collect(),
         events: EventStats::from(stats.events.unwrap_or_default()),
+        flows: stats.flows.map(|f| FlowStats {
+            max_entries: f.max_entries,
+            tracked: f.entries,
+            untracked: f.untracked,
+        }),
     };
     output::print(&stats, json)
 }
@@ -34,6 +39,17 @@ pub struct Stats {
     pub faults: Vec<FaultStats>,
     pub attachments: Vec<AttachmentRow>,
     pub events: EventStats,
+    /// `None` from a faultd that does not report it.
+    pub flows: Option<FlowStats>,
+}
+
+/// The limits' flow table: its size (faultd --max-flows), the flows in it, and the packets
+/// of new flows that found it full and passed untracked.
+#[derive(Serialize)]
+pub struct FlowStats {
+    pub max_entries: u32,
+    pub tracked: u64,
+    pub untracked: u64,
 }
 
 /// Kernel events received, and lost on their way (each loss is also a gap in the stream).
@@ -94,6 +110,13 @@ impl Render for Stats {
              subscribers\n",
             e.received, e.lost_in_kernel, e.lost_to_slow_subscribers
         );
+        if let Some(f) = &self.flows {
+            out += &format!(
+                "flows: {} of {} tracked by limits, {} packets of new flows passed untracked \
+                 (table full)\n",
+                f.tracked, f.max_entries, f.untracked
+            );
+        }
         let mut table = output::table(&[
             "ID",
             "ACTION",
