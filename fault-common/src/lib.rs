@@ -130,6 +130,76 @@ pub const ROLE_INGRESS: u32 = 2;
 /// at one of the two only — drops at TC ingress, the rest at TC egress, nothing at XDP.
 pub const ROLE_LOOPBACK: u32 = 4;
 
+/// Words (u64) of the faulted-ports bitmap: one bit per (protocol, port), TCP's 65 536
+/// bits first, then UDP's (16 KiB in all). The programs test a packet's two ports here before
+/// anything else, so that traffic on ports without faults pays one array read, never a hash
+/// lookup. The daemon sets a port's bit before it writes the port's rule and clears it after
+/// the rule is gone, so a set bit is the only thing a rule needs to be seen.
+pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64;
+
+/// Where (protocol, port) lives in the faulted-ports bitmap: the word's index and the bit's
+/// mask in it; `None` for a protocol that never has faults.
+#[inline(always)]
+pub const fn faulted_port_bit(protocol: u8, port: u16) -> Option<(u32, u64)> {
+    let base = match protocol {
+        PROTO_TCP => 0,
+        PROTO_UDP => FAULTED_PORT_WORDS / 2,
+        _ => return None,
+    };
+    Some((base + (port as u32 >> 6), 1u64 << (port & 63)))
+}
+
+/// The hooks, as bits of [`hooks_for`]'s answer (and as `rules::Hook` numbers them, shifted).
+pub const HOOK_XDP: u8 = 1 << LOG_HOOK_XDP;
+pub const HOOK_TC_INGRESS: u8 = 1 << LOG_HOOK_TC_INGRESS;
+pub const HOOK_TC_EGRESS: u8 = 1 << LOG_HOOK_TC_EGRESS;
+
+/// Where an action runs: the one table the programs, `faultctl doctor` and the tests read.
+/// Each action acts at exactly one hook per direction of travel, so a packet is never acted
+/// on (or counted) twice.
+///
+/// Dropping is cheapest as early as possible: XDP on the way in, TC on the way out.
+/// Answering with a RST or rewriting a packet needs the socket buffer: TC both ways. A
+/// departure time only means something on the way out, where a qdisc holds packets; a paced
+/// rate on other interfaces than lo is policed at XDP on the way in (nothing can hold back
+/// what comes in) and paced at TC egress.
+///
+/// A loopback is different: every packet crosses its egress and then its ingress, so one of
+/// the two must act, never both. Rewrites and departure times act at egress (a RST forged
+/// there continues into the host). Drops act at TC ingress, after the sender's transmit has
+/// succeeded: dropped at egress, the sender's stack would see the local drop and send again
+/// at once, which is not how a packet lost on a wire looks (no retransmission timeout, no
+/// TCP_USER_TIMEOUT).
+#[inline(always)]
+pub const fn hooks_for(action: u8, then: u8, loopback: bool) -> u8 {
+    let place = match action {
+        ACTION_DELAY => Place::Departure,
+        ACTION_RATE if then == RATE_PACE && loopback => Place::Departure,
+        ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
+            Place::Rewrite
+        }
+        ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if then == THEN_RESET => Place::Rewrite,
+        _ => Place::Drop,
+    };
+    match (place, loopback) {
+        (Place::Drop, true) => HOOK_TC_INGRESS,
+        (_, true) | (Place::Departure, false) => HOOK_TC_EGRESS,
+        (Place::Rewrite, false) => HOOK_TC_INGRESS | HOOK_TC_EGRESS,
+        (Place::Drop, false) => HOOK_XDP | HOOK_TC_EGRESS,
+    }
+}
+
+/// Kinds of actions, by where they can act (see [`hooks_for`]).
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Place {
+    /// Drops (and watches): as early as possible.
+    Drop,
+    /// Rewrites or answers the packet: needs the socket buffer.
+    Rewrite,
+    /// Sets a departure time: egress only.
+    Departure,
+}
+
 /// Key of the rule map.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
@@ -277,6 +347,65 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// The hooks each action runs at, on a loopback and elsewhere: one hook per direction.
+    #[test]
+    fn where_each_action_runs() {
+        const XDP: u8 = HOOK_XDP;
+        const IN: u8 = HOOK_TC_INGRESS;
+        const OUT: u8 = HOOK_TC_EGRESS;
+        // (action, then, hooks on lo, hooks on other interfaces)
+        let table = [
+            (ACTION_DROP, 0, IN, XDP | OUT),
+            (ACTION_REFUSE_DROP, 0, IN, XDP | OUT),
+            (ACTION_RECORD, 0, IN, XDP | OUT),
+            (ACTION_LIMIT_BYTES, THEN_DROP, IN, XDP | OUT),
+            (ACTION_LIMIT_AGE, THEN_DROP, IN, XDP | OUT),
+            (ACTION_RATE, RATE_POLICE, IN, XDP | OUT),
+            (ACTION_RATE, RATE_PACE, OUT, XDP | OUT),
+            (ACTION_DELAY, 0, OUT, OUT),
+            (ACTION_RESET, 0, OUT, IN | OUT),
+            (ACTION_REFUSE_RST, 0, OUT, IN | OUT),
+            (ACTION_CORRUPT, 0, OUT, IN | OUT),
+            (ACTION_DUPLICATE, 0, OUT, IN | OUT),
+            (ACTION_STALL, 0, OUT, IN | OUT),
+            (ACTION_LIMIT_BYTES, THEN_RESET, OUT, IN | OUT),
+            (ACTION_LIMIT_AGE, THEN_RESET, OUT, IN | OUT),
+        ];
+        for (action, then, lo, other) in table {
+            assert_eq!(
+                hooks_for(action, then, true),
+                lo,
+                "action {action} then {then} on lo"
+            );
+            assert_eq!(
+                hooks_for(action, then, false),
+                other,
+                "action {action} then {then}"
+            );
+            // Never both ingress hooks: a packet crosses XDP and then TC ingress.
+            assert_ne!(
+                other & (XDP | IN),
+                XDP | IN,
+                "action {action} acts twice inbound"
+            );
+            // On lo a packet crosses egress then ingress: exactly one acts.
+            assert_eq!(lo.count_ones(), 1, "action {action} on lo");
+        }
+    }
+
+    #[test]
+    fn faulted_port_bits_are_distinct_and_inside_the_bitmap() {
+        assert_eq!(faulted_port_bit(PROTO_TCP, 0), Some((0, 1)));
+        assert_eq!(faulted_port_bit(PROTO_TCP, 65_535), Some((1023, 1 << 63)));
+        assert_eq!(faulted_port_bit(PROTO_UDP, 0), Some((1024, 1)));
+        assert_eq!(
+            faulted_port_bit(PROTO_UDP, 65_535),
+            Some((FAULTED_PORT_WORDS - 1, 1 << 63))
+        );
+        assert_eq!(faulted_port_bit(1, 80), None);
+        assert_eq!(faulted_port_bit(PROTO_TCP, 130), Some((2, 1 << 2)));
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

@@ -15,7 +15,9 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, include_bytes_aligned};
-use fault_common::{FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
+use fault_common::{
+    FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK, faulted_port_bit,
+};
 use tracing::{info, warn};
 
 use crate::ebpf_log::KernelLog;
@@ -86,6 +88,8 @@ pub struct Datapath {
     /// `None` only while dropping: the programs go first, then the qdiscs they needed.
     ebpf: Option<Ebpf>,
     rules: HashMap<MapData, PortKey, PortRule>,
+    /// One bit per (protocol, port) with a rule: the programs read it before RULES.
+    faulted_ports: aya::maps::Array<MapData, u64>,
     counters: PerCpuArray<MapData, FaultCounters>,
     /// Per-fault rate state, indexed like the counters.
     buckets: aya::maps::Array<MapData, u64>,
@@ -122,6 +126,8 @@ impl Datapath {
         };
         let rules =
             HashMap::try_from(take(&mut ebpf, "RULES")?).map_err(|e| kernel("map RULES", e))?;
+        let faulted_ports = aya::maps::Array::try_from(take(&mut ebpf, "FAULTED_PORTS")?)
+            .map_err(|e| kernel("map FAULTED_PORTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
             .map_err(|e| kernel("map COUNTERS", e))?;
         let buckets = aya::maps::Array::try_from(take(&mut ebpf, "BUCKETS")?)
@@ -137,6 +143,7 @@ impl Datapath {
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
+            faulted_ports,
             counters,
             buckets,
             ifaces,
@@ -244,16 +251,40 @@ impl Datapath {
     }
 }
 
-impl RuleSink for Datapath {
-    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
-        let result = match rule {
-            Some(rule) => self.rules.insert(key, rule, 0),
-            None => match self.rules.remove(&key) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                other => other,
-            },
+impl Datapath {
+    /// Sets or clears the key's bit in FAULTED_PORTS (faultd is its only writer).
+    fn mark_faulted(&mut self, key: PortKey, faulted: bool) -> Result<(), FaultError> {
+        let Some((word, mask)) = faulted_port_bit(key.protocol, key.port) else {
+            return Ok(());
         };
-        result.map_err(|e| FaultError::Datapath(format!("rule map: {e}")))
+        let map_error = |e| FaultError::Datapath(format!("faulted-ports map: {e}"));
+        let old = self.faulted_ports.get(&word, 0).map_err(map_error)?;
+        let new = if faulted { old | mask } else { old & !mask };
+        if new != old {
+            self.faulted_ports.set(word, new, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl RuleSink for Datapath {
+    /// The port's bit in FAULTED_PORTS is set before its rule is written and cleared after
+    /// its rule is removed: a rule in RULES is never hidden from the programs by its bit.
+    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+        let rule_error = |e| FaultError::Datapath(format!("rule map: {e}"));
+        match rule {
+            Some(rule) => {
+                self.mark_faulted(key, true)?;
+                self.rules.insert(key, rule, 0).map_err(rule_error)
+            }
+            None => {
+                match self.rules.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(rule_error(e)),
+                }
+                self.mark_faulted(key, false)
+            }
+        }
     }
 
     fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {

@@ -13,9 +13,10 @@ use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
     ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT,
-    EVENT_FLOW_CUT, EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot, FlowKey, FlowState,
-    MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP, PROTO_UDP,
-    PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    EVENT_FLOW_CUT, EVENT_SYN, EVENT_SYN_REFUSED, FAULTED_PORT_WORDS, FaultCounters, FaultSlot,
+    FlowKey, FlowState, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY,
+    PROTO_TCP, PROTO_UDP, PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    faulted_port_bit, hooks_for,
 };
 
 use crate::events;
@@ -26,6 +27,10 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[map]
 static RULES: HashMap<PortKey, PortRule> = HashMap::with_max_entries(MAX_PORT_RULES, 0);
+
+/// One bit per (protocol, port) with a rule in RULES: see fault_common::FAULTED_PORT_WORDS.
+#[map]
+static FAULTED_PORTS: Array<u64> = Array::with_max_entries(FAULTED_PORT_WORDS, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
@@ -120,47 +125,18 @@ impl Hook {
         }
     }
 
-    /// Where a slot acts. Dropping is cheapest as early as possible: XDP on the way in, TC
-    /// on the way out. Answering with a RST or rewriting a packet needs the socket buffer:
-    /// TC both ways. A departure time only means something on the way out, where a qdisc
-    /// holds packets.
-    ///
-    /// A loopback is different: every packet crosses its egress and then its ingress, so
-    /// one of the two must act, never both. Rewrites act at egress (a RST forged there
-    /// continues into the host). Drops act at TC ingress, after the sender's transmit has
-    /// succeeded: dropped at egress, the sender's stack would see the local drop and send
-    /// again at once, which is not how a packet lost on a wire looks (no retransmission
-    /// timeout, no TCP_USER_TIMEOUT).
-    fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
-        let place = match slot.action {
-            ACTION_DELAY => Place::Departure,
-            // Paced on the way out; on other interfaces than lo, what comes in cannot be
-            // held back, so it is policed at XDP (rate() tells the two apart).
-            ACTION_RATE if slot.then == RATE_PACE && loopback => Place::Departure,
-            ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
-                Place::Rewrite
-            }
-            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if slot.then == THEN_RESET => Place::Rewrite,
-            _ => Place::Drop,
-        };
-        match (place, loopback) {
-            (Place::Drop, true) => self == Hook::TcIngress,
-            (_, true) | (Place::Departure, false) => self == Hook::TcEgress,
-            (Place::Rewrite, false) => self != Hook::Xdp,
-            (Place::Drop, false) => self != Hook::TcIngress,
-        }
+    /// This hook's bit among [`hooks_for`]'s.
+    #[inline(always)]
+    fn bit(self) -> u8 {
+        1 << self as u32
     }
-}
 
-/// Kinds of actions, by where they can act.
-#[derive(Copy, Clone, PartialEq, Eq)]
-enum Place {
-    /// Drops (and watches): as early as possible.
-    Drop,
-    /// Rewrites or answers the packet: needs the socket buffer.
-    Rewrite,
-    /// Sets a departure time: egress only.
-    Departure,
+    /// Whether this hook carries out the slot's action (the table is `hooks_for`, shared
+    /// with `faultctl doctor`).
+    #[inline(always)]
+    fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
+        hooks_for(slot.action, slot.then, loopback) & self.bit() != 0
+    }
 }
 
 /// What the hook does with the packet.
@@ -185,13 +161,17 @@ pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
 }
 
 /// Looks up the faults on the packet's destination port, then on its source port, and
-/// applies them. Two hash lookups per packet whatever the number of faults installed; a
-/// packet on ports without faults costs nothing more.
+/// applies them. A packet on ports without faults costs two reads of the faulted-ports
+/// bitmap; one on a faulted port at most two hash lookups, whatever the number of faults.
 ///
 /// Not inlined: a BPF call gets a stack frame of its own, which its siblings (forging a
 /// RST, altering a packet) reuse; inlined together they overflow the 512-byte stack.
 #[inline(never)]
 pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
+    // The pass-through path: two array reads, no hash lookup, no scratch work.
+    if !port_faulted(pkt.protocol, pkt.dst_port) && !port_faulted(pkt.protocol, pkt.src_port) {
+        return Verdict::Pass;
+    }
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
     let mut touched = false;
@@ -225,6 +205,16 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         return Verdict::Pass;
     }
     Verdict::PassChanged
+}
+
+/// Whether (protocol, port) has a rule: its bit in FAULTED_PORTS, which the daemon sets
+/// before it writes the rule and clears after it removes it.
+#[inline(always)]
+fn port_faulted(protocol: u8, port: u16) -> bool {
+    let Some((word, mask)) = faulted_port_bit(protocol, port) else {
+        return false;
+    };
+    FAULTED_PORTS.get(word).is_some_and(|w| *w & mask != 0)
 }
 
 /// What one slot did with a packet it matched.
