@@ -123,7 +123,14 @@ pub const PEER_ANY: u8 = 0;
 pub const PEER_V4: u8 = 4;
 pub const PEER_V6: u8 = 6;
 
-/// Per-interface role bits (value of the `IFACES` map): which hooks act on the interface.
+/// Interfaces with an ifindex below this have their role in the `IFACES` array, indexed by
+/// ifindex: an array read costs a packet next to nothing, where a hash lookup cost about as
+/// much as running the program at all. Higher ifindexes (hosts with thousands of
+/// interfaces) are in the `IFACES_HIGH` hash map.
+pub const LOW_IFINDEXES: u32 = 4096;
+
+/// Per-interface role bits (value of the `IFACES` maps): which hooks act on the interface;
+/// 0 for an interface faultd does not hold.
 pub const ROLE_EGRESS: u32 = 1;
 pub const ROLE_INGRESS: u32 = 2;
 /// The interface is a loopback: what leaves it comes straight back in, so each action acts
@@ -131,22 +138,40 @@ pub const ROLE_INGRESS: u32 = 2;
 pub const ROLE_LOOPBACK: u32 = 4;
 
 /// Words (u64) of the faulted-ports bitmap: one bit per (protocol, port), TCP's 65 536
-/// bits first, then UDP's (16 KiB in all). The programs test a packet's two ports here before
-/// anything else, so that traffic on ports without faults pays one array read, never a hash
-/// lookup. The daemon sets a port's bit before it writes the port's rule and clears it after
-/// the rule is gone, so a set bit is the only thing a rule needs to be seen.
-pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64;
+/// bits first, then UDP's (16 KiB), then one summary word per protocol, TCP's then UDP's,
+/// with one bit per block of 1 024 ports that holds any faulted port. The programs test a
+/// packet's two ports in the summary first (one word, nearly always in cache), then, only
+/// when a block is marked, in the fine bits: traffic on ports without faults pays an array
+/// read, never a hash lookup. The daemon sets a port's bits before it writes the port's rule
+/// and clears them after the rule is gone, so a rule is never hidden from the programs.
+pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64 + 2;
 
-/// Where (protocol, port) lives in the faulted-ports bitmap: the word's index and the bit's
-/// mask in it; `None` for a protocol that never has faults.
+/// Where (protocol, port) lives in the faulted-ports bitmap.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PortBits {
+    /// The fine bit: the word's index and the bit's mask in it.
+    pub word: u32,
+    pub mask: u64,
+    /// The bit of the port's block of 1 024 in its protocol's summary word.
+    pub summary_word: u32,
+    pub summary_mask: u64,
+}
+
+/// The bits of (protocol, port) in the faulted-ports bitmap; `None` for a protocol that never
+/// has faults.
 #[inline(always)]
-pub const fn faulted_port_bit(protocol: u8, port: u16) -> Option<(u32, u64)> {
-    let base = match protocol {
+pub const fn faulted_port_bits(protocol: u8, port: u16) -> Option<PortBits> {
+    let which = match protocol {
         PROTO_TCP => 0,
-        PROTO_UDP => FAULTED_PORT_WORDS / 2,
+        PROTO_UDP => 1,
         _ => return None,
     };
-    Some((base + (port as u32 >> 6), 1u64 << (port & 63)))
+    Some(PortBits {
+        word: which * 1024 + (port as u32 >> 6),
+        mask: 1u64 << (port & 63),
+        summary_word: 2048 + which,
+        summary_mask: 1u64 << (port >> 10),
+    })
 }
 
 /// The hooks, as bits of [`hooks_for`]'s answer (and as `rules::Hook` numbers them, shifted).
@@ -396,15 +421,31 @@ mod tests {
 
     #[test]
     fn faulted_port_bits_are_distinct_and_inside_the_bitmap() {
-        assert_eq!(faulted_port_bit(PROTO_TCP, 0), Some((0, 1)));
-        assert_eq!(faulted_port_bit(PROTO_TCP, 65_535), Some((1023, 1 << 63)));
-        assert_eq!(faulted_port_bit(PROTO_UDP, 0), Some((1024, 1)));
+        let bits = |p, port| {
+            let b = faulted_port_bits(p, port).unwrap();
+            (b.word, b.mask, b.summary_word, b.summary_mask)
+        };
+        assert_eq!(bits(PROTO_TCP, 0), (0, 1, 2048, 1));
+        assert_eq!(bits(PROTO_TCP, 130), (2, 1 << 2, 2048, 1));
+        assert_eq!(bits(PROTO_TCP, 1024), (16, 1, 2048, 1 << 1));
+        assert_eq!(bits(PROTO_TCP, 65_535), (1023, 1 << 63, 2048, 1 << 63));
+        assert_eq!(bits(PROTO_UDP, 0), (1024, 1, 2049, 1));
         assert_eq!(
-            faulted_port_bit(PROTO_UDP, 65_535),
-            Some((FAULTED_PORT_WORDS - 1, 1 << 63))
+            bits(PROTO_UDP, 65_535),
+            (2047, 1 << 63, FAULTED_PORT_WORDS - 1, 1 << 63)
         );
-        assert_eq!(faulted_port_bit(1, 80), None);
-        assert_eq!(faulted_port_bit(PROTO_TCP, 130), Some((2, 1 << 2)));
+        assert_eq!(faulted_port_bits(1, 80), None);
+        // Every port has its own fine bit, and its block's summary bit covers it.
+        let mut seen = [0u64; 2048];
+        for p in [PROTO_TCP, PROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let b = faulted_port_bits(p, port).unwrap();
+                assert_eq!(seen[b.word as usize] & b.mask, 0);
+                seen[b.word as usize] |= b.mask;
+                assert_eq!(b.summary_mask, 1 << ((b.word % 1024) / 16));
+            }
+        }
+        assert!(seen.iter().all(|w| *w == u64::MAX));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, include_bytes_aligned};
 use fault_common::{
-    FaultCounters, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK, faulted_port_bit,
+    FAULTED_PORT_WORDS, FaultCounters, LOW_IFINDEXES, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS,
+    ROLE_LOOPBACK, faulted_port_bits,
 };
 use tracing::{info, warn};
 
@@ -72,6 +73,8 @@ pub struct Attachment {
     pub xdp_mode: &'static str,
     /// "tcx" or "netlink".
     pub tc_mode: &'static str,
+    /// A loopback: each action acts at one of its TC hooks (fault_common::hooks_for).
+    pub loopback: bool,
 }
 
 struct Held {
@@ -90,10 +93,14 @@ pub struct Datapath {
     rules: HashMap<MapData, PortKey, PortRule>,
     /// One bit per (protocol, port) with a rule: the programs read it before RULES.
     faulted_ports: aya::maps::Array<MapData, u64>,
+    /// What faultd wrote into FAULTED_PORTS (all zeros at load).
+    faulted_words: Vec<u64>,
     counters: PerCpuArray<MapData, FaultCounters>,
     /// Per-fault rate state, indexed like the counters.
     buckets: aya::maps::Array<MapData, u64>,
-    ifaces: HashMap<MapData, u32, u32>,
+    /// Roles of interfaces by ifindex: below LOW_IFINDEXES in the array, others in the hash.
+    ifaces: aya::maps::Array<MapData, u32>,
+    ifaces_high: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     /// The programs' own log: its level and the reader of its records.
     log: KernelLog,
@@ -132,8 +139,10 @@ impl Datapath {
             .map_err(|e| kernel("map COUNTERS", e))?;
         let buckets = aya::maps::Array::try_from(take(&mut ebpf, "BUCKETS")?)
             .map_err(|e| kernel("map BUCKETS", e))?;
-        let ifaces =
-            HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
+        let ifaces = aya::maps::Array::try_from(take(&mut ebpf, "IFACES")?)
+            .map_err(|e| kernel("map IFACES", e))?;
+        let ifaces_high = HashMap::try_from(take(&mut ebpf, "IFACES_HIGH")?)
+            .map_err(|e| kernel("map IFACES_HIGH", e))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| kernel("map EVENTS", e))?;
         let log = KernelLog::init(&mut ebpf).map_err(|e| kernel("the programs' log", e))?;
@@ -144,9 +153,11 @@ impl Datapath {
             ebpf: Some(ebpf),
             rules,
             faulted_ports,
+            faulted_words: vec![0; FAULTED_PORT_WORDS as usize],
             counters,
             buckets,
             ifaces,
+            ifaces_high,
             events: Some(events),
             log,
             events_lost: Some(events_lost),
@@ -211,6 +222,7 @@ impl Datapath {
             ifindex,
             xdp_mode,
             tc_mode,
+            loopback: is_loopback(iface),
         };
         info!(iface, xdp_mode, tc_mode, "attached");
         self.held.push(Held {
@@ -224,9 +236,12 @@ impl Datapath {
 
     /// Tells the programs which hooks act on interface `ifindex` (`ROLE_*` bits).
     pub fn set_role(&mut self, ifindex: u32, role: u32) -> Result<(), DatapathError> {
-        self.ifaces
-            .insert(ifindex, role, 0)
-            .map_err(|e| kernel("writing map IFACES", e))
+        if ifindex < LOW_IFINDEXES {
+            self.ifaces.set(ifindex, role, 0)
+        } else {
+            self.ifaces_high.insert(ifindex, role, 0)
+        }
+        .map_err(|e| kernel("writing map IFACES", e))
     }
 
     /// The ring buffer the programs write events to (once; the reader owns it).
@@ -252,17 +267,42 @@ impl Datapath {
 }
 
 impl Datapath {
-    /// Sets or clears the key's bit in FAULTED_PORTS (faultd is its only writer).
+    /// Sets or clears the key's bit in FAULTED_PORTS, and its block's summary bit (set with
+    /// the first faulted port of the block, cleared with the last). faultd is the only
+    /// writer, so it keeps the words it wrote and writes only those that change.
     fn mark_faulted(&mut self, key: PortKey, faulted: bool) -> Result<(), FaultError> {
-        let Some((word, mask)) = faulted_port_bit(key.protocol, key.port) else {
+        let Some(bits) = faulted_port_bits(key.protocol, key.port) else {
             return Ok(());
         };
-        let map_error = |e| FaultError::Datapath(format!("faulted-ports map: {e}"));
-        let old = self.faulted_ports.get(&word, 0).map_err(map_error)?;
-        let new = if faulted { old | mask } else { old & !mask };
-        if new != old {
-            self.faulted_ports.set(word, new, 0).map_err(map_error)?;
+        let fine = self.faulted_words[bits.word as usize];
+        let fine = if faulted {
+            fine | bits.mask
+        } else {
+            fine & !bits.mask
+        };
+        // The block's 16 fine words.
+        let first = (bits.word & !15) as usize;
+        let block_faulted = (first..first + 16)
+            .any(|w| if w == bits.word as usize { fine } else { self.faulted_words[w] } != 0);
+        let summary = self.faulted_words[bits.summary_word as usize];
+        let summary = if block_faulted {
+            summary | bits.summary_mask
+        } else {
+            summary & !bits.summary_mask
+        };
+        // Fine bit first: a packet that finds the summary bit finds the port's bit too.
+        self.write_faulted_word(bits.word, fine)?;
+        self.write_faulted_word(bits.summary_word, summary)
+    }
+
+    fn write_faulted_word(&mut self, word: u32, value: u64) -> Result<(), FaultError> {
+        if self.faulted_words[word as usize] == value {
+            return Ok(());
         }
+        self.faulted_ports
+            .set(word, value, 0)
+            .map_err(|e| FaultError::Datapath(format!("faulted-ports map: {e}")))?;
+        self.faulted_words[word as usize] = value;
         Ok(())
     }
 }
