@@ -162,6 +162,8 @@ pub struct Compare {
     /// 1-byte request/response transactions per second: no faultd, faultd.
     pub rr_bare: Vec<f64>,
     pub rr_faultd: Vec<f64>,
+    /// The same with only the no-op program attached (TCX, lo egress).
+    pub rr_noop: Vec<f64>,
 }
 
 pub use soak::parse_duration as parse_soak_duration;
@@ -438,12 +440,15 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             request_response::transactions_per_sec(ns, MEASURED_PORT, cfg.rr)
                 .context("request/response")
         };
-        if round % 2 == 0 {
-            compare.rr_bare.push(rr(&ns_bare)?);
-            compare.rr_faultd.push(rr(&daemons[compare_index].0)?);
-        } else {
-            compare.rr_faultd.push(rr(&daemons[compare_index].0)?);
-            compare.rr_bare.push(rr(&ns_bare)?);
+        // And beside them the namespace with the no-op program: what any program costs.
+        let mut rr_order = [0usize, 1, 2];
+        rr_order.rotate_left(round % 3);
+        for k in rr_order {
+            match k {
+                0 => compare.rr_bare.push(rr(&ns_bare)?),
+                1 => compare.rr_faultd.push(rr(&daemons[compare_index].0)?),
+                _ => compare.rr_noop.push(rr(&ns_noop)?),
+            }
         }
         // Throughput: short slices of every setup in turn, added up per setup.
         let mut tallies = vec![throughput::Tally::default(); setups.len()];
@@ -481,7 +486,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
         eprintln!(
             "bench: round {}/{}: slowest program {}, no-op {noop:.0} ns; Gbit/s: no faultd \
              {bare:.1}, faultd with {} faults {:.1}, iptables {:.1}, proxy {:.1}; \
-             request/response/s: no faultd {:.0}, faultd {:.0}",
+             request/response/s: no faultd {:.0}, faultd {:.0}, no-op program {:.0}",
             round + 1,
             cfg.reps,
             costs.join(", "),
@@ -491,6 +496,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             compare.proxy.last().unwrap(),
             compare.rr_bare.last().unwrap(),
             compare.rr_faultd.last().unwrap(),
+            compare.rr_noop.last().unwrap(),
         );
     }
     Ok((levels, compare))

@@ -503,11 +503,15 @@ pub fn markdown(r: &Results, plot: &str) -> String {
          GSO packets): one connection on port 5201 writes one byte, the other end echoes it, \
          for {:.1} s per setup and round, no faultd and faultd with {cmp} faults in turn. \
          Transactions per second, median over rounds: no faultd {:.0}, faultd {:.0}; the share: \
-         {:.1} % (the median of each round's ratio).\n",
+         {:.1} % (the median of each round's ratio). Beside them, measured alike in the same \
+         rounds, the namespace with only the no-op program attached: {:.0} ({:.1} %), what \
+         running any program there costs.\n",
         r.rr_secs,
         h.rr_bare,
         h.rr_faultd,
         h.rr_ratio * 100.0,
+        median(&r.compare.rr_noop),
+        ratio(&r.compare.rr_noop, &r.compare.rr_bare) * 100.0,
     );
 
     // 3.
