@@ -130,12 +130,107 @@ pub const PEER_ANY: u8 = 0;
 pub const PEER_V4: u8 = 4;
 pub const PEER_V6: u8 = 6;
 
-/// Per-interface role bits (value of the `IFACES` map): which hooks act on the interface.
+/// Interfaces with an ifindex below this have their role in the `IFACES` array, indexed by
+/// ifindex: an array read costs a packet next to nothing, where a hash lookup cost about as
+/// much as running the program at all. Higher ifindexes (hosts with thousands of
+/// interfaces) are in the `IFACES_HIGH` hash map.
+pub const LOW_IFINDEXES: u32 = 4096;
+
+/// Per-interface role bits (value of the `IFACES` maps): which hooks act on the interface;
+/// 0 for an interface faultd does not hold.
 pub const ROLE_EGRESS: u32 = 1;
 pub const ROLE_INGRESS: u32 = 2;
 /// The interface is a loopback: what leaves it comes straight back in, so each action acts
 /// at one of the two only — drops at TC ingress, the rest at TC egress, nothing at XDP.
 pub const ROLE_LOOPBACK: u32 = 4;
+
+/// Words (u64) of the faulted-ports bitmap: one bit per (protocol, port), TCP's 65 536
+/// bits first, then UDP's (16 KiB), then one summary word per protocol, TCP's then UDP's,
+/// with one bit per block of 1 024 ports that holds any faulted port. The programs test a
+/// packet's two ports in the summary first (one word, nearly always in cache), then, only
+/// when a block is marked, in the fine bits: traffic on ports without faults pays an array
+/// read, never a hash lookup. The daemon sets a port's bits before it writes the port's rule
+/// and clears them after the rule is gone, so a rule is never hidden from the programs.
+pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64 + 2;
+
+/// Where (protocol, port) lives in the faulted-ports bitmap.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PortBits {
+    /// The fine bit: the word's index and the bit's mask in it.
+    pub word: u32,
+    pub mask: u64,
+    /// The bit of the port's block of 1 024 in its protocol's summary word.
+    pub summary_word: u32,
+    pub summary_mask: u64,
+}
+
+/// The bits of (protocol, port) in the faulted-ports bitmap; `None` for a protocol that never
+/// has faults.
+#[inline(always)]
+pub const fn faulted_port_bits(protocol: u8, port: u16) -> Option<PortBits> {
+    let which = match protocol {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        _ => return None,
+    };
+    Some(PortBits {
+        word: which * 1024 + (port as u32 >> 6),
+        mask: 1u64 << (port & 63),
+        summary_word: 2048 + which,
+        summary_mask: 1u64 << (port >> 10),
+    })
+}
+
+/// The hooks, as bits of [`hooks_for`]'s answer (and as `rules::Hook` numbers them, shifted).
+pub const HOOK_XDP: u8 = 1 << LOG_HOOK_XDP;
+pub const HOOK_TC_INGRESS: u8 = 1 << LOG_HOOK_TC_INGRESS;
+pub const HOOK_TC_EGRESS: u8 = 1 << LOG_HOOK_TC_EGRESS;
+
+/// Where an action runs: the one table the programs, `faultctl doctor` and the tests read.
+/// Each action acts at exactly one hook per direction of travel, so a packet is never acted
+/// on (or counted) twice.
+///
+/// Dropping is cheapest as early as possible: XDP on the way in, TC on the way out.
+/// Answering with a RST or rewriting a packet needs the socket buffer: TC both ways. A
+/// departure time only means something on the way out, where a qdisc holds packets; a paced
+/// rate on other interfaces than lo is policed at XDP on the way in (nothing can hold back
+/// what comes in) and paced at TC egress.
+///
+/// A loopback is different: every packet crosses its egress and then its ingress, so one of
+/// the two must act, never both. Rewrites and departure times act at egress (a RST forged
+/// there continues into the host). Drops act at TC ingress, after the sender's transmit has
+/// succeeded: dropped at egress, the sender's stack would see the local drop and send again
+/// at once, which is not how a packet lost on a wire looks (no retransmission timeout, no
+/// TCP_USER_TIMEOUT).
+#[inline(always)]
+pub const fn hooks_for(action: u8, then: u8, loopback: bool) -> u8 {
+    let place = match action {
+        ACTION_DELAY => Place::Departure,
+        ACTION_RATE if then == RATE_PACE && loopback => Place::Departure,
+        ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
+            Place::Rewrite
+        }
+        ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if then == THEN_RESET => Place::Rewrite,
+        _ => Place::Drop,
+    };
+    match (place, loopback) {
+        (Place::Drop, true) => HOOK_TC_INGRESS,
+        (_, true) | (Place::Departure, false) => HOOK_TC_EGRESS,
+        (Place::Rewrite, false) => HOOK_TC_INGRESS | HOOK_TC_EGRESS,
+        (Place::Drop, false) => HOOK_XDP | HOOK_TC_EGRESS,
+    }
+}
+
+/// Kinds of actions, by where they can act (see [`hooks_for`]).
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Place {
+    /// Drops (and watches): as early as possible.
+    Drop,
+    /// Rewrites or answers the packet: needs the socket buffer.
+    Rewrite,
+    /// Sets a departure time: egress only.
+    Departure,
+}
 
 /// Key of the rule map.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -286,6 +381,81 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// The hooks each action runs at, on a loopback and elsewhere: one hook per direction.
+    #[test]
+    fn where_each_action_runs() {
+        const XDP: u8 = HOOK_XDP;
+        const IN: u8 = HOOK_TC_INGRESS;
+        const OUT: u8 = HOOK_TC_EGRESS;
+        // (action, then, hooks on lo, hooks on other interfaces)
+        let table = [
+            (ACTION_DROP, 0, IN, XDP | OUT),
+            (ACTION_REFUSE_DROP, 0, IN, XDP | OUT),
+            (ACTION_RECORD, 0, IN, XDP | OUT),
+            (ACTION_LIMIT_BYTES, THEN_DROP, IN, XDP | OUT),
+            (ACTION_LIMIT_AGE, THEN_DROP, IN, XDP | OUT),
+            (ACTION_RATE, RATE_POLICE, IN, XDP | OUT),
+            (ACTION_RATE, RATE_PACE, OUT, XDP | OUT),
+            (ACTION_DELAY, 0, OUT, OUT),
+            (ACTION_RESET, 0, OUT, IN | OUT),
+            (ACTION_REFUSE_RST, 0, OUT, IN | OUT),
+            (ACTION_CORRUPT, 0, OUT, IN | OUT),
+            (ACTION_DUPLICATE, 0, OUT, IN | OUT),
+            (ACTION_STALL, 0, OUT, IN | OUT),
+            (ACTION_LIMIT_BYTES, THEN_RESET, OUT, IN | OUT),
+            (ACTION_LIMIT_AGE, THEN_RESET, OUT, IN | OUT),
+        ];
+        for (action, then, lo, other) in table {
+            assert_eq!(
+                hooks_for(action, then, true),
+                lo,
+                "action {action} then {then} on lo"
+            );
+            assert_eq!(
+                hooks_for(action, then, false),
+                other,
+                "action {action} then {then}"
+            );
+            // Never both ingress hooks: a packet crosses XDP and then TC ingress.
+            assert_ne!(
+                other & (XDP | IN),
+                XDP | IN,
+                "action {action} acts twice inbound"
+            );
+            // On lo a packet crosses egress then ingress: exactly one acts.
+            assert_eq!(lo.count_ones(), 1, "action {action} on lo");
+        }
+    }
+
+    #[test]
+    fn faulted_port_bits_are_distinct_and_inside_the_bitmap() {
+        let bits = |p, port| {
+            let b = faulted_port_bits(p, port).unwrap();
+            (b.word, b.mask, b.summary_word, b.summary_mask)
+        };
+        assert_eq!(bits(PROTO_TCP, 0), (0, 1, 2048, 1));
+        assert_eq!(bits(PROTO_TCP, 130), (2, 1 << 2, 2048, 1));
+        assert_eq!(bits(PROTO_TCP, 1024), (16, 1, 2048, 1 << 1));
+        assert_eq!(bits(PROTO_TCP, 65_535), (1023, 1 << 63, 2048, 1 << 63));
+        assert_eq!(bits(PROTO_UDP, 0), (1024, 1, 2049, 1));
+        assert_eq!(
+            bits(PROTO_UDP, 65_535),
+            (2047, 1 << 63, FAULTED_PORT_WORDS - 1, 1 << 63)
+        );
+        assert_eq!(faulted_port_bits(1, 80), None);
+        // Every port has its own fine bit, and its block's summary bit covers it.
+        let mut seen = [0u64; 2048];
+        for p in [PROTO_TCP, PROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let b = faulted_port_bits(p, port).unwrap();
+                assert_eq!(seen[b.word as usize] & b.mask, 0);
+                seen[b.word as usize] |= b.mask;
+                assert_eq!(b.summary_mask, 1 << ((b.word % 1024) / 16));
+            }
+        }
+        assert!(seen.iter().all(|w| *w == u64::MAX));
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

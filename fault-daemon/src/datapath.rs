@@ -16,7 +16,8 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use fault_common::{
-    FaultCounters, FlowKey, FlowState, PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK,
+    FAULTED_PORT_WORDS, FaultCounters, FlowKey, FlowState, LOW_IFINDEXES, PortKey, PortRule,
+    ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK, faulted_port_bits,
 };
 use tracing::{info, warn};
 
@@ -72,6 +73,8 @@ pub struct Attachment {
     pub xdp_mode: &'static str,
     /// "tcx" or "netlink".
     pub tc_mode: &'static str,
+    /// A loopback: each action acts at one of its TC hooks (fault_common::hooks_for).
+    pub loopback: bool,
 }
 
 struct Held {
@@ -155,10 +158,16 @@ pub struct Datapath {
     /// Per-CPU count of packets whose flow found `flows` full.
     flows_full: PerCpuArray<MapData, u64>,
     sizes: MapSizes,
+    /// One bit per (protocol, port) with a rule: the programs read it before RULES.
+    faulted_ports: aya::maps::Array<MapData, u64>,
+    /// What faultd wrote into FAULTED_PORTS (all zeros at load).
+    faulted_words: Vec<u64>,
     counters: PerCpuArray<MapData, FaultCounters>,
     /// Per-fault rate state, indexed like the counters.
     buckets: aya::maps::Array<MapData, u64>,
-    ifaces: HashMap<MapData, u32, u32>,
+    /// Roles of interfaces by ifindex: below LOW_IFINDEXES in the array, others in the hash.
+    ifaces: aya::maps::Array<MapData, u32>,
+    ifaces_high: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     /// The programs' own log: its level and the reader of its records.
     log: KernelLog,
@@ -201,12 +210,16 @@ impl Datapath {
         };
         let rules =
             HashMap::try_from(take(&mut ebpf, "RULES")?).map_err(|e| kernel("map RULES", e))?;
+        let faulted_ports = aya::maps::Array::try_from(take(&mut ebpf, "FAULTED_PORTS")?)
+            .map_err(|e| kernel("map FAULTED_PORTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
             .map_err(|e| kernel("map COUNTERS", e))?;
         let buckets = aya::maps::Array::try_from(take(&mut ebpf, "BUCKETS")?)
             .map_err(|e| kernel("map BUCKETS", e))?;
-        let ifaces =
-            HashMap::try_from(take(&mut ebpf, "IFACES")?).map_err(|e| kernel("map IFACES", e))?;
+        let ifaces = aya::maps::Array::try_from(take(&mut ebpf, "IFACES")?)
+            .map_err(|e| kernel("map IFACES", e))?;
+        let ifaces_high = HashMap::try_from(take(&mut ebpf, "IFACES_HIGH")?)
+            .map_err(|e| kernel("map IFACES_HIGH", e))?;
         let flows =
             HashMap::try_from(take(&mut ebpf, "FLOWS")?).map_err(|e| kernel("map FLOWS", e))?;
         let seen =
@@ -226,9 +239,12 @@ impl Datapath {
             seen,
             flows_full,
             sizes: *sizes,
+            faulted_ports,
+            faulted_words: vec![0; FAULTED_PORT_WORDS as usize],
             counters,
             buckets,
             ifaces,
+            ifaces_high,
             events: Some(events),
             log,
             events_lost: Some(events_lost),
@@ -293,6 +309,7 @@ impl Datapath {
             ifindex,
             xdp_mode,
             tc_mode,
+            loopback: is_loopback(iface),
         };
         info!(iface, xdp_mode, tc_mode, "attached");
         self.held.push(Held {
@@ -306,9 +323,12 @@ impl Datapath {
 
     /// Tells the programs which hooks act on interface `ifindex` (`ROLE_*` bits).
     pub fn set_role(&mut self, ifindex: u32, role: u32) -> Result<(), DatapathError> {
-        self.ifaces
-            .insert(ifindex, role, 0)
-            .map_err(|e| kernel("writing map IFACES", e))
+        if ifindex < LOW_IFINDEXES {
+            self.ifaces.set(ifindex, role, 0)
+        } else {
+            self.ifaces_high.insert(ifindex, role, 0)
+        }
+        .map_err(|e| kernel("writing map IFACES", e))
     }
 
     /// The ring buffer the programs write events to (once; the reader owns it).
@@ -406,16 +426,65 @@ fn map_kind_name(debug: &str) -> String {
         .replace("ring_buf", "ringbuf")
 }
 
-impl RuleSink for Datapath {
-    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
-        let result = match rule {
-            Some(rule) => self.rules.insert(key, rule, 0),
-            None => match self.rules.remove(&key) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                other => other,
-            },
+impl Datapath {
+    /// Sets or clears the key's bit in FAULTED_PORTS, and its block's summary bit (set with
+    /// the first faulted port of the block, cleared with the last). faultd is the only
+    /// writer, so it keeps the words it wrote and writes only those that change.
+    fn mark_faulted(&mut self, key: PortKey, faulted: bool) -> Result<(), FaultError> {
+        let Some(bits) = faulted_port_bits(key.protocol, key.port) else {
+            return Ok(());
         };
-        result.map_err(|e| FaultError::Datapath(format!("rule map: {e}")))
+        let fine = self.faulted_words[bits.word as usize];
+        let fine = if faulted {
+            fine | bits.mask
+        } else {
+            fine & !bits.mask
+        };
+        // The block's 16 fine words.
+        let first = (bits.word & !15) as usize;
+        let block_faulted = (first..first + 16)
+            .any(|w| if w == bits.word as usize { fine } else { self.faulted_words[w] } != 0);
+        let summary = self.faulted_words[bits.summary_word as usize];
+        let summary = if block_faulted {
+            summary | bits.summary_mask
+        } else {
+            summary & !bits.summary_mask
+        };
+        // Fine bit first: a packet that finds the summary bit finds the port's bit too.
+        self.write_faulted_word(bits.word, fine)?;
+        self.write_faulted_word(bits.summary_word, summary)
+    }
+
+    fn write_faulted_word(&mut self, word: u32, value: u64) -> Result<(), FaultError> {
+        if self.faulted_words[word as usize] == value {
+            return Ok(());
+        }
+        self.faulted_ports
+            .set(word, value, 0)
+            .map_err(|e| FaultError::Datapath(format!("faulted-ports map: {e}")))?;
+        self.faulted_words[word as usize] = value;
+        Ok(())
+    }
+}
+
+impl RuleSink for Datapath {
+    /// The port's bit in FAULTED_PORTS is set before its rule is written and cleared after
+    /// its rule is removed: a rule in RULES is never hidden from the programs by its bit.
+    fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
+        let rule_error = |e| FaultError::Datapath(format!("rule map: {e}"));
+        match rule {
+            Some(rule) => {
+                self.mark_faulted(key, true)?;
+                self.rules.insert(key, rule, 0).map_err(rule_error)
+            }
+            None => {
+                match self.rules.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(rule_error(e)),
+                }
+                self.mark_faulted(key, false)
+            }
+        }
     }
 
     fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {

@@ -327,6 +327,11 @@ pub const MAX_DELAY: Duration = Duration::from_nanos(DELAY_HORIZON_NS);
 /// Highest rate accepted: 100 Gbit/s in bytes.
 pub const MAX_RATE_BYTES: u64 = 12_500_000_000;
 
+/// Lowest paced rate: 64 kbit/s in bytes. A 64 KiB (GSO) packet then waits 8.2 s for its
+/// turn, inside fq's 10 s horizon ([`DELAY_HORIZON_NS`]); slower, fq would drop it and every
+/// packet behind it. Policing has no horizon and goes lower.
+pub const MIN_PACED_RATE_BYTES: u64 = 8_000;
+
 /// Burst a policer lets through at once: 10 ms worth of the rate, at least two full-size
 /// (64 KiB GSO) packets so that a policed TCP flow is not starved by its own segments.
 fn police_burst(bytes_per_sec: u64) -> u32 {
@@ -596,6 +601,20 @@ impl FaultSpec {
                 return Err(FaultError::invalid(
                     "action.rate.bytes_per_sec",
                     "0 bit/s is not a rate above 0",
+                ));
+            }
+            Action::Rate {
+                bytes_per_sec,
+                mode: RateMode::Pace,
+            } if bytes_per_sec < MIN_PACED_RATE_BYTES => {
+                return Err(FaultError::invalid(
+                    "action.rate.bits_per_second",
+                    format!(
+                        "{} bit/s is below 64kbit, the lowest rate faultd paces: fq drops a \
+                         packet held past its 10 s horizon, and one 64 KiB packet takes longer \
+                         than that at a lower rate",
+                        bytes_per_sec * 8
+                    ),
                 ));
             }
             Action::Rate { bytes_per_sec, .. } if bytes_per_sec > MAX_RATE_BYTES => {
@@ -2261,5 +2280,29 @@ pub mod tests {
             let err = Peer::parse(bad, "target.peer").unwrap_err();
             assert!(err.to_string().starts_with("target.peer:"), "{err}");
         }
+    }
+
+    /// Below 64 kbit/s a paced 64 KiB packet would wait past fq's horizon: refused, naming
+    /// the field and the lowest rate. Policing has no horizon: 8 kbit/s is fine there.
+    #[test]
+    fn paced_rates_below_the_lowest_are_refused() {
+        let rate = |bytes_per_sec, mode| {
+            let mut s = drop_spec(80, Protocol::Tcp);
+            s.action = Action::Rate {
+                bytes_per_sec,
+                mode,
+            };
+            s.validate()
+        };
+        let err = rate(1_000, RateMode::Pace).unwrap_err().to_string();
+        assert!(
+            err.contains("action.rate.bits_per_second") && err.contains("64kbit"),
+            "{err}"
+        );
+        assert!(rate(MIN_PACED_RATE_BYTES - 1, RateMode::Pace).is_err());
+        rate(MIN_PACED_RATE_BYTES, RateMode::Pace).unwrap();
+        rate(1_000, RateMode::Police).unwrap();
+        // The lowest paced rate keeps a 64 KiB packet inside the horizon.
+        assert!(65_536 * 1_000_000_000 / MIN_PACED_RATE_BYTES < DELAY_HORIZON_NS);
     }
 }

@@ -684,6 +684,79 @@ fn doctor_reports_the_kernel_and_the_actions() {
     assert!(table.contains("delay") && table.contains("fq"), "{table}");
 }
 
+/// Paced, one 64 KiB packet below 64 kbit/s would wait past fq's 10 s horizon, and fq
+/// would drop it and what follows: such a rate is refused, naming the field and the lowest
+/// rate, and changes nothing. Without fq the rate is policed, which has no horizon.
+#[test]
+fn a_paced_rate_below_the_lowest_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("slo");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let slow = ["rate", "--port", "5112", "--limit", "8kbit"];
+    match kernel_fq() {
+        Ok(()) => {
+            let out = ns.faultctl(&slow);
+            let err = stderr_text(&out);
+            assert!(!out.status.success(), "8kbit paced was accepted");
+            assert!(
+                err.contains("action.rate.bits_per_second") && err.contains("64kbit"),
+                "{err}"
+            );
+            assert_eq!(ns.faults_json().as_array().unwrap().len(), 0);
+            ns.faultctl_ok(&["rate", "--port", "5112", "--limit", "64kbit"]);
+        }
+        Err(why) => {
+            eprintln!("no fq ({why}): the rate is policed, which goes lower");
+            ns.faultctl_ok(&slow);
+            let params = ns.faults_json()[0]["params"].as_str().unwrap().to_string();
+            assert!(params.contains("mode=police"), "{params}");
+        }
+    }
+}
+
+/// On a loopback every packet crosses egress and then ingress, and each action acts at one
+/// of the two: drops at TC ingress, rewrites (and departure times) at TC egress, never XDP,
+/// which faultd does not attach there. doctor tells the hooks the programs act by.
+#[test]
+fn doctor_on_a_loopback_names_the_hooks_that_act_there() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("dlo");
+    let _daemon = Daemon::start(&ns, &["lo"]);
+    let caps: Value = serde_json::from_str(&ns.faultctl_ok(&["doctor", "--json"])).unwrap();
+    let detail = |name: &str| -> String {
+        caps["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["detail"].as_str())
+            .unwrap_or_else(|| panic!("no {name} in actions: {caps}"))
+            .to_string()
+    };
+    for drop in ["drop", "loss"] {
+        assert!(
+            detail(drop).ends_with("lo: TC ingress"),
+            "{drop}: {}",
+            detail(drop)
+        );
+    }
+    for rewrite in ["reset", "corrupt", "duplicate", "stall"] {
+        let d = detail(rewrite);
+        assert!(d.ends_with("lo: TC egress"), "{rewrite}: {d}");
+    }
+    assert_eq!(
+        detail("refuse"),
+        "rst: lo: TC egress | drop: lo: TC ingress"
+    );
+    for name in ["drop", "reset", "corrupt", "rate"] {
+        assert!(!detail(name).contains("XDP"), "{name}: {}", detail(name));
+    }
+}
+
 #[test]
 fn an_fq_left_by_a_killed_faultd_is_removed_by_the_next() {
     if !require_root() {

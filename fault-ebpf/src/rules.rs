@@ -15,9 +15,10 @@ use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
     ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT,
-    EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN, EVENT_SYN_REFUSED, FaultCounters, FaultSlot,
-    FlowKey, FlowState, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY,
-    PROTO_TCP, PROTO_UDP, PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN, EVENT_SYN_REFUSED, FAULTED_PORT_WORDS,
+    FaultCounters, FaultSlot, FlowKey, FlowState, LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT,
+    MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP, PROTO_UDP, PortBits, PortKey, PortRule,
+    RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET, faulted_port_bits, hooks_for,
 };
 
 use crate::events;
@@ -43,12 +44,20 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 static RULES: HashMap<PortKey, PortRule> =
     HashMap::with_max_entries(MAX_PORT_RULES, BPF_F_NO_PREALLOC);
 
+/// One bit per (protocol, port) with a rule in RULES: see fault_common::FAULTED_PORT_WORDS.
+#[map]
+static FAULTED_PORTS: Array<u64> = Array::with_max_entries(FAULTED_PORT_WORDS, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
 
-/// ifindex → ROLE_* bits; interfaces not listed are left alone.
+/// ifindex → ROLE_* bits, for ifindexes below LOW_IFINDEXES; 0 (no role): left alone.
 #[map]
-static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+static IFACES: Array<u32> = Array::with_max_entries(LOW_IFINDEXES, 0);
+
+/// The same for higher ifindexes; interfaces not listed are left alone.
+#[map]
+static IFACES_HIGH: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// Per-(fault, flow) state of the limits (limit-bytes, limit-age): first packet time,
 /// bytes, whether the limit cut it. A plain hash, never LRU: the kernel evicts LRU entries
@@ -150,47 +159,18 @@ impl Hook {
         }
     }
 
-    /// Where a slot acts. Dropping is cheapest as early as possible: XDP on the way in, TC
-    /// on the way out. Answering with a RST or rewriting a packet needs the socket buffer:
-    /// TC both ways. A departure time only means something on the way out, where a qdisc
-    /// holds packets.
-    ///
-    /// A loopback is different: every packet crosses its egress and then its ingress, so
-    /// one of the two must act, never both. Rewrites act at egress (a RST forged there
-    /// continues into the host). Drops act at TC ingress, after the sender's transmit has
-    /// succeeded: dropped at egress, the sender's stack would see the local drop and send
-    /// again at once, which is not how a packet lost on a wire looks (no retransmission
-    /// timeout, no TCP_USER_TIMEOUT).
-    fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
-        let place = match slot.action {
-            ACTION_DELAY => Place::Departure,
-            // Paced on the way out; on other interfaces than lo, what comes in cannot be
-            // held back, so it is policed at XDP (rate() tells the two apart).
-            ACTION_RATE if slot.then == RATE_PACE && loopback => Place::Departure,
-            ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
-                Place::Rewrite
-            }
-            ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if slot.then == THEN_RESET => Place::Rewrite,
-            _ => Place::Drop,
-        };
-        match (place, loopback) {
-            (Place::Drop, true) => self == Hook::TcIngress,
-            (_, true) | (Place::Departure, false) => self == Hook::TcEgress,
-            (Place::Rewrite, false) => self != Hook::Xdp,
-            (Place::Drop, false) => self != Hook::TcIngress,
-        }
+    /// This hook's bit among [`hooks_for`]'s.
+    #[inline(always)]
+    fn bit(self) -> u8 {
+        1 << self as u32
     }
-}
 
-/// Kinds of actions, by where they can act.
-#[derive(Copy, Clone, PartialEq, Eq)]
-enum Place {
-    /// Drops (and watches): as early as possible.
-    Drop,
-    /// Rewrites or answers the packet: needs the socket buffer.
-    Rewrite,
-    /// Sets a departure time: egress only.
-    Departure,
+    /// Whether this hook carries out the slot's action (the table is `hooks_for`, shared
+    /// with `faultctl doctor`).
+    #[inline(always)]
+    fn carries(self, slot: &FaultSlot, loopback: bool) -> bool {
+        hooks_for(slot.action, slot.then, loopback) & self.bit() != 0
+    }
 }
 
 /// What the hook does with the packet.
@@ -209,19 +189,27 @@ pub enum Verdict {
 /// The interface's `ROLE_*` bits when this hook acts on its traffic at all.
 #[inline(always)]
 pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
-    // SAFETY: the value is a plain u32 the daemon writes whole.
-    let role = *unsafe { IFACES.get(&ifindex) }?;
+    let role = if ifindex < LOW_IFINDEXES {
+        *IFACES.get(ifindex)?
+    } else {
+        // SAFETY: the value is a plain u32 the daemon writes whole.
+        *unsafe { IFACES_HIGH.get(&ifindex) }?
+    };
     (role & hook.role() != 0).then_some(role)
 }
 
 /// Looks up the faults on the packet's destination port, then on its source port, and
-/// applies them. Two hash lookups per packet whatever the number of faults installed; a
-/// packet on ports without faults costs nothing more.
+/// applies them. A packet on ports without faults costs two reads of the faulted-ports
+/// bitmap; one on a faulted port at most two hash lookups, whatever the number of faults.
 ///
 /// Not inlined: a BPF call gets a stack frame of its own, which its siblings (forging a
 /// RST, altering a packet) reuse; inlined together they overflow the 512-byte stack.
 #[inline(never)]
 pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
+    // The pass-through path: two array reads, no hash lookup, no scratch work.
+    if !ports_faulted(pkt.protocol, pkt.dst_port, pkt.src_port) {
+        return Verdict::Pass;
+    }
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
     // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
     let mut touched = false;
@@ -265,6 +253,30 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         return Verdict::Pass;
     }
     Verdict::PassChanged
+}
+
+/// Whether the packet's protocol has a rule on either of its ports: their bits in
+/// FAULTED_PORTS, which the daemon sets before it writes a rule and clears after it removes
+/// it. The summary word first: on a port far from any fault, one read that is in cache.
+#[inline(always)]
+fn ports_faulted(protocol: u8, dst_port: u16, src_port: u16) -> bool {
+    let (Some(dst), Some(src)) = (
+        faulted_port_bits(protocol, dst_port),
+        faulted_port_bits(protocol, src_port),
+    ) else {
+        return false;
+    };
+    let Some(summary) = FAULTED_PORTS.get(dst.summary_word) else {
+        return false;
+    };
+    let summary = *summary;
+    let set = |bits: PortBits| {
+        summary & bits.summary_mask != 0
+            && FAULTED_PORTS
+                .get(bits.word)
+                .is_some_and(|w| *w & bits.mask != 0)
+    };
+    set(dst) || set(src)
 }
 
 /// What one slot did with a packet it matched.

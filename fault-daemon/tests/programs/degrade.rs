@@ -372,7 +372,8 @@ fn rate_police_passes_the_burst_then_drops_until_time_refills_it() {
 fn rate_pace_spaces_departures_by_the_packet_time() {
     let Some(mut b) = Bench::new() else { return };
     b.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS | ROLE_LOOPBACK);
-    const RATE: u64 = 1000;
+    // The lowest paced rate faultd accepts: a packet's time is longest there.
+    const RATE: u64 = faultd::faults::MIN_PACED_RATE_BYTES;
     let fault = b.add(spec(
         Action::Rate {
             bytes_per_sec: RATE,
@@ -443,7 +444,8 @@ fn rate_pace_spaces_departures_by_the_packet_time() {
 #[test]
 fn rate_pace_and_delay_compose() {
     let Some(mut b) = Bench::new() else { return };
-    const RATE: u64 = 1000;
+    // The lowest paced rate faultd accepts: a packet's time is longest there.
+    const RATE: u64 = faultd::faults::MIN_PACED_RATE_BYTES;
     const LATENCY: u64 = 30 * MS;
     b.add(spec(
         Action::Rate {

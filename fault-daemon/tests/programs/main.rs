@@ -30,8 +30,8 @@
 //! Verdicts: XDP_DROP = 1, XDP_PASS = 2; TC_ACT_OK = 0, TC_ACT_SHOT = 2, TC_ACT_REDIRECT = 7
 //! (a forged RST sent back; under BPF_PROG_TEST_RUN the redirect goes nowhere, and
 //! `data_out` holds the rewritten frame). `drop` is carried
-//! by XDP (on the way in) and TC egress, never by TC ingress (fault-ebpf/src/rules.rs,
-//! `Hook::carries`): a packet that crosses XDP and then TC ingress is acted on and counted
+//! by XDP (on the way in) and TC egress, never by TC ingress (`fault_common::hooks_for`,
+//! the one table the programs and `faultctl doctor` read): a packet that crosses XDP and then TC ingress is acted on and counted
 //! once.
 //!
 //! These tests need root. Without it each one says so and returns; with it, any failure to
@@ -57,4 +57,5 @@ mod flows;
 mod matching;
 mod oracle;
 mod parsing;
+mod passthru;
 mod reset;

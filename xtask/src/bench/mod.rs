@@ -22,6 +22,7 @@ mod netns;
 mod packet_cost;
 mod plot;
 mod report;
+mod request_response;
 mod soak;
 mod throughput;
 
@@ -59,6 +60,8 @@ pub struct Config {
     /// Each round measures each setup's throughput over `slices` transfers of `slice`.
     pub slices: usize,
     pub slice: Duration,
+    /// Each round measures request/response transactions for this long per setup.
+    pub rr: Duration,
     pub apply_adds: usize,
     pub faultctl_reps: usize,
     pub churn: Duration,
@@ -80,6 +83,7 @@ impl Config {
                 round_trips: 2_000,
                 slices: 2,
                 slice: Duration::from_millis(150),
+                rr: Duration::from_millis(200),
                 apply_adds: 50,
                 faultctl_reps: 3,
                 churn: Duration::from_secs(2),
@@ -95,6 +99,7 @@ impl Config {
                 round_trips: 20_000,
                 slices: 6,
                 slice: Duration::from_millis(250),
+                rr: Duration::from_secs(1),
                 apply_adds: 1_000,
                 faultctl_reps: 20,
                 churn: Duration::from_secs(20),
@@ -116,6 +121,8 @@ pub struct Results {
     /// Seconds of transfer per setup and round, in `slices` slices.
     pub transfer_secs: f64,
     pub slices: usize,
+    /// Seconds of request/response per setup and round.
+    pub rr_secs: f64,
     pub levels: Vec<Level>,
     pub compare: Compare,
     pub apply: apply_latency::ApplyResult,
@@ -134,6 +141,8 @@ pub struct Level {
     pub add_secs: f64,
     /// Per program: ns per run, and runs, of each repetition.
     pub cost_ns: BTreeMap<String, Vec<f64>>,
+    /// Per program: ns per run above the no-op program's in the same round.
+    pub over_noop_ns: BTreeMap<String, Vec<f64>>,
     pub runs: BTreeMap<String, Vec<u64>>,
     /// ns per run of a program that does nothing, measured the same way beside them.
     pub baseline_ns: Vec<f64>,
@@ -150,6 +159,11 @@ pub struct Compare {
     pub faultd: Vec<f64>,
     pub iptables: Vec<f64>,
     pub proxy: Vec<f64>,
+    /// 1-byte request/response transactions per second: no faultd, faultd.
+    pub rr_bare: Vec<f64>,
+    pub rr_faultd: Vec<f64>,
+    /// The same with only the no-op program attached (TCX, lo egress).
+    pub rr_noop: Vec<f64>,
 }
 
 pub use soak::parse_duration as parse_soak_duration;
@@ -240,6 +254,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         round_trips: cfg.round_trips,
         transfer_secs: cfg.slice.as_secs_f64() * cfg.slices as f64,
         slices: cfg.slices,
+        rr_secs: cfg.rr.as_secs_f64(),
         levels,
         compare,
         apply,
@@ -323,6 +338,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             added: level,
             add_secs,
             cost_ns: BTreeMap::new(),
+            over_noop_ns: BTreeMap::new(),
             runs: BTreeMap::new(),
             baseline_ns: Vec::new(),
             faultd_gbps: Vec::new(),
@@ -405,6 +421,35 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
                 }
             }
         }
+        for level in levels.iter_mut() {
+            let Level {
+                cost_ns,
+                over_noop_ns,
+                ..
+            } = level;
+            for (name, costs) in cost_ns.iter() {
+                let this_round = costs.last().copied().unwrap_or(f64::NAN);
+                over_noop_ns
+                    .entry(name.clone())
+                    .or_default()
+                    .push(this_round - noop);
+            }
+        }
+        // Request/response: no faultd and faultd at the compare level, in turn.
+        let rr = |ns: &netns::Netns| {
+            request_response::transactions_per_sec(ns, MEASURED_PORT, cfg.rr)
+                .context("request/response")
+        };
+        // And beside them the namespace with the no-op program: what any program costs.
+        let mut rr_order = [0usize, 1, 2];
+        rr_order.rotate_left(round % 3);
+        for k in rr_order {
+            match k {
+                0 => compare.rr_bare.push(rr(&ns_bare)?),
+                1 => compare.rr_faultd.push(rr(&daemons[compare_index].0)?),
+                _ => compare.rr_noop.push(rr(&ns_noop)?),
+            }
+        }
         // Throughput: short slices of every setup in turn, added up per setup.
         let mut tallies = vec![throughput::Tally::default(); setups.len()];
         let mut order: Vec<usize> = (0..setups.len()).collect();
@@ -440,7 +485,8 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             .collect();
         eprintln!(
             "bench: round {}/{}: slowest program {}, no-op {noop:.0} ns; Gbit/s: no faultd \
-             {bare:.1}, faultd with {} faults {:.1}, iptables {:.1}, proxy {:.1}",
+             {bare:.1}, faultd with {} faults {:.1}, iptables {:.1}, proxy {:.1}; \
+             request/response/s: no faultd {:.0}, faultd {:.0}, no-op program {:.0}",
             round + 1,
             cfg.reps,
             costs.join(", "),
@@ -448,6 +494,9 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             compare.faultd.last().unwrap(),
             compare.iptables.last().unwrap(),
             compare.proxy.last().unwrap(),
+            compare.rr_bare.last().unwrap(),
+            compare.rr_faultd.last().unwrap(),
+            compare.rr_noop.last().unwrap(),
         );
     }
     Ok((levels, compare))
