@@ -53,7 +53,10 @@ mod harness;
 
 mod degrade;
 mod fixture;
+mod hostile;
+mod marks;
 mod matching;
 mod oracle;
 mod parsing;
 mod reset;
+mod shapes;
