@@ -187,6 +187,8 @@ fn attach_to_lo(
     name: &str,
     at: TcAttachType,
 ) -> aya::programs::tc::SchedClassifierLinkId {
+    // Before TCX (6.6) a TC program hangs off a clsact qdisc, which dies with the namespace.
+    let _ = aya::programs::tc::qdisc_add_clsact("lo");
     let prog: &mut SchedClassifier =
         b.dp.ebpf_mut()
             .program_mut(name)
