@@ -60,10 +60,6 @@ pub const RATE_PACE: u8 = 1;
 /// beyond which it drops packets instead of holding them.
 pub const DELAY_HORIZON_NS: u64 = 10_000_000_000;
 
-/// `skb->mark` bit carried by the copy a duplicate fault makes, so that the programs let the
-/// copy pass instead of duplicating it again. The programs clear it before the copy goes on.
-pub const DUPLICATE_MARK: u32 = 0x4000_0000;
-
 /// How a limit cuts a flow.
 pub const THEN_DROP: u8 = 0;
 pub const THEN_RESET: u8 = 1;
@@ -118,6 +114,10 @@ pub const LOG_PARSE_TRUNCATED: u32 = 2;
 pub const LOG_PARSE_IHL: u32 = 3;
 pub const LOG_PARSE_FRAGMENT: u32 = 4;
 pub const LOG_PARSE_NOT_TCP_UDP: u32 = 5;
+/// More IPv6 extension headers than the programs follow (detail: the next header type).
+pub const LOG_PARSE_EXT_CHAIN: u32 = 6;
+/// A TCP data offset short of the 20-byte header (detail: the length it gives, in bytes).
+pub const LOG_PARSE_TCP_OFFSET: u32 = 7;
 
 /// Directions, relative to the faulted port: bit set = the slot applies.
 /// `TO_PORT`: the packet's destination port is the faulted port (client → server).
@@ -143,6 +143,9 @@ pub const ROLE_INGRESS: u32 = 2;
 /// The interface is a loopback: what leaves it comes straight back in, so each action acts
 /// at one of the two only — drops at TC ingress, the rest at TC egress, nothing at XDP.
 pub const ROLE_LOOPBACK: u32 = 4;
+/// The interface has no link-layer header (tun, WireGuard, other ARPHRD_NONE / raw-IP
+/// devices): packets start at the IP header, and at TC `skb->protocol` says which IP.
+pub const ROLE_L3: u32 = 8;
 
 /// Words (u64) of the faulted-ports bitmap: one bit per (protocol, port), TCP's 65 536
 /// bits first, then UDP's (16 KiB), then one summary word per protocol, TCP's then UDP's,

@@ -17,7 +17,7 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use fault_common::{
     FAULTED_PORT_WORDS, FaultCounters, FlowKey, FlowState, LOW_IFINDEXES, PortKey, PortRule,
-    ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK, faulted_port_bits,
+    ROLE_EGRESS, ROLE_INGRESS, ROLE_L3, ROLE_LOOPBACK, faulted_port_bits,
 };
 use tracing::{info, warn};
 
@@ -266,8 +266,17 @@ impl Datapath {
         let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
         // On a loopback TC carries every action (rules::Hook::carries in fault-ebpf), and
         // generic XDP there would only cost throughput (it linearizes 64 KiB packets).
+        let l3 = has_no_link_header(iface);
         let xdp_mode = if is_loopback(iface) {
             "none"
+        } else if l3 {
+            // A tun device in TUN mode runs a native XDP program on no packet at all (only
+            // TAP mode builds XDP buffers); generic XDP sees each packet from its IP header.
+            match xdp.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(_) => "generic",
+                Err(e) if is_busy(&e) => return Err(DatapathError::XdpBusy(iface.into())),
+                Err(e) => return Err(kernel(format!("attaching XDP to {iface}"), e)),
+            }
         } else {
             match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(_) => "driver",
@@ -298,11 +307,14 @@ impl Datapath {
 
         // On loopback a packet crosses egress and then ingress; the programs act on each
         // packet at one of the two (fault-ebpf rules::Hook::carries).
-        let role = if is_loopback(iface) {
+        let mut role = if is_loopback(iface) {
             ROLE_EGRESS | ROLE_INGRESS | ROLE_LOOPBACK
         } else {
             ROLE_EGRESS | ROLE_INGRESS
         };
+        if l3 {
+            role |= ROLE_L3;
+        }
         self.set_role(ifindex, role)?;
         let attachment = Attachment {
             iface: iface.into(),
@@ -329,6 +341,15 @@ impl Datapath {
             self.ifaces_high.insert(ifindex, role, 0)
         }
         .map_err(|e| kernel("writing map IFACES", e))
+    }
+
+    /// The `ROLE_*` bits the programs have for interface `ifindex`, if any.
+    pub fn role(&self, ifindex: u32) -> Option<u32> {
+        if ifindex < LOW_IFINDEXES {
+            self.ifaces.get(&ifindex, 0).ok().filter(|&role| role != 0)
+        } else {
+            self.ifaces_high.get(&ifindex, 0).ok()
+        }
     }
 
     /// The ring buffer the programs write events to (once; the reader owns it).
@@ -635,7 +656,41 @@ fn ifindex(iface: &str) -> Result<u32, DatapathError> {
 }
 
 fn is_loopback(iface: &str) -> bool {
-    fs::read_to_string(format!("/sys/class/net/{iface}/type")).is_ok_and(|t| t.trim() == "772")
+    link_type(iface) == Some(772)
+}
+
+/// Devices whose packets start at the IP header (the programs parse them from there):
+/// ARPHRD_NONE (tun in TUN mode, WireGuard), RAWIP, PPP and IP-in-IP/SIT/GRE tunnels.
+fn has_no_link_header(iface: &str) -> bool {
+    matches!(
+        link_type(iface),
+        Some(65534 | 519 | 512 | 768 | 769 | 776 | 778)
+    )
+}
+
+/// The interface's ARPHRD_* hardware type, asked of the kernel (SIOCGIFHWADDR) in the
+/// caller's network namespace; /sys/class/net shows the namespace that mounted it.
+fn link_type(iface: &str) -> Option<u32> {
+    let name = iface.as_bytes();
+    // SAFETY: a zeroed ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    // SAFETY: SIOCGIFHWADDR wrote the hardware address member.
+    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_hwaddr.sa_family } as u32)
 }
 
 /// Takes an exclusive, non-blocking flock that the kernel releases when faultd exits or dies.

@@ -16,10 +16,10 @@ use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
     ACTION_RESET, ACTION_STALL, LOG_HOOK_TC_EGRESS, LOG_HOOK_TC_INGRESS, LOG_HOOK_XDP,
-    LOG_PARSE_FRAGMENT, LOG_PARSE_IHL, LOG_PARSE_NOT_IP, LOG_PARSE_NOT_TCP_UDP,
-    LOG_PARSE_TRUNCATED, LOG_SLOT_ALTERED, LOG_SLOT_DROPPED, LOG_SLOT_RESET,
-    LOG_SLOT_SKIPPED_DIRECTION, LOG_SLOT_SKIPPED_HOOK, LOG_SLOT_SKIPPED_KIND,
-    LOG_SLOT_SKIPPED_PEER, LOG_SLOT_UNTOUCHED,
+    LOG_PARSE_EXT_CHAIN, LOG_PARSE_FRAGMENT, LOG_PARSE_IHL, LOG_PARSE_NOT_IP,
+    LOG_PARSE_NOT_TCP_UDP, LOG_PARSE_TCP_OFFSET, LOG_PARSE_TRUNCATED, LOG_SLOT_ALTERED,
+    LOG_SLOT_DROPPED, LOG_SLOT_RESET, LOG_SLOT_SKIPPED_DIRECTION, LOG_SLOT_SKIPPED_HOOK,
+    LOG_SLOT_SKIPPED_KIND, LOG_SLOT_SKIPPED_PEER, LOG_SLOT_UNTOUCHED,
 };
 
 use crate::proto;
@@ -209,8 +209,12 @@ fn render(record: &str) -> Option<String> {
                 LOG_PARSE_NOT_IP => format!("not IPv4/IPv6 (ethertype {detail:#06x})"),
                 LOG_PARSE_TRUNCATED => format!("truncated: a header runs past byte {detail}"),
                 LOG_PARSE_IHL => format!("bad IPv4 header length {detail}"),
-                LOG_PARSE_FRAGMENT => format!("IPv4 fragment at offset {} (no ports)", detail * 8),
+                LOG_PARSE_FRAGMENT => format!("IP fragment at offset {} (no ports)", detail * 8),
                 LOG_PARSE_NOT_TCP_UDP => format!("not TCP or UDP (IP protocol {detail})"),
+                LOG_PARSE_EXT_CHAIN => {
+                    format!("IPv6 extension chain too long (next header {detail})")
+                }
+                LOG_PARSE_TCP_OFFSET => format!("bad TCP header length {detail}"),
                 other => format!("reason {other}"),
             };
             Some(format!("{}: frame skipped, {reason}", hook_name(hook)))

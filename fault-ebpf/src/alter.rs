@@ -11,8 +11,9 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
-use fault_common::{DELAY_HORIZON_NS, DUPLICATE_MARK, PROTO_UDP};
+use fault_common::{DELAY_HORIZON_NS, PROTO_UDP};
 
+use crate::copies;
 use crate::packet::Packet;
 use crate::rules::{Effects, Hook};
 
@@ -37,20 +38,8 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, fx: &Effects, hook: Hook, ifindex: u
     }
     // Last, so that the copy carries every other change too.
     if fx.duplicate != 0 {
-        let _ = duplicate(ctx, hook, ifindex);
+        let _ = duplicate(ctx, pkt, hook, ifindex);
     }
-}
-
-/// Whether the packet is the copy a duplicate fault made; the mark is taken off it.
-#[inline(always)]
-pub fn take_duplicate_mark(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid for the program's run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & DUPLICATE_MARK == 0 {
-        return false;
-    }
-    ctx.set_mark(mark & !DUPLICATE_MARK);
-    true
 }
 
 fn csum_flags(pkt: &Packet) -> u64 {
@@ -116,19 +105,18 @@ fn set_departure(ctx: &TcContext, fx: &Effects) {
     unsafe { (*skb).tstamp = departure };
 }
 
-/// Sends a copy of the packet the same way it is going; the copy carries a mark so that
-/// the programs let it pass when it comes by.
+/// Sends a copy of the packet the same way it is going. The copy is recognised when it
+/// comes by the programs again (crate::copies), so it is not copied again; its mark is the
+/// original's, untouched.
 #[inline(always)]
-fn duplicate(ctx: &TcContext, hook: Hook, ifindex: u32) -> Result<(), i64> {
-    // SAFETY: the context pointer is valid for the program's run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(mark | DUPLICATE_MARK);
-    let flags = if hook == Hook::TcIngress {
-        BPF_F_INGRESS as u64
-    } else {
-        0
-    };
-    let sent = ctx.clone_redirect(ifindex, flags);
-    ctx.set_mark(mark);
+fn duplicate(ctx: &TcContext, pkt: &Packet, hook: Hook, ifindex: u32) -> Result<(), i64> {
+    if hook != Hook::TcIngress {
+        return copies::sending_out(|| ctx.clone_redirect(ifindex, 0));
+    }
+    copies::note_ingress_copy(ctx, pkt);
+    let sent = ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64);
+    if sent.is_err() {
+        copies::take_ingress_copy(ctx, pkt);
+    }
     sent
 }

@@ -5,6 +5,7 @@
 #![feature(asm_experimental_arch)]
 
 mod alter;
+mod copies;
 mod events;
 mod log;
 mod packet;
@@ -20,7 +21,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use fault_common::{EVENT_RST_SENT, ROLE_LOOPBACK};
+use fault_common::{EVENT_RST_SENT, ROLE_L3, ROLE_LOOPBACK};
 use packet::Packet;
 use rules::{Hook, Verdict};
 
@@ -36,12 +37,19 @@ pub fn faultd_xdp(ctx: XdpContext) -> u32 {
 /// XDP never receives `Reset`: the rules give RST actions to the TC hooks.
 fn try_xdp(ctx: &XdpContext) -> Verdict {
     // On a loopback TC acts on everything (see rules::Hook::carries).
-    match rules::role_at(Hook::Xdp, ctx.ingress_ifindex() as u32) {
-        Some(role) if role & ROLE_LOOPBACK == 0 => {}
+    let role = match rules::role_at(Hook::Xdp, ctx.ingress_ifindex() as u32) {
+        Some(role) if role & ROLE_LOOPBACK == 0 => role,
         _ => return Verdict::Pass,
-    }
+    };
+    // Generic XDP on a device without a link header starts at the IP header.
+    let link = if role & ROLE_L3 != 0 {
+        packet::LINK_L3_BY_VERSION
+    } else {
+        packet::LINK_ETHERNET
+    };
+    let len = (ctx.data_end() - ctx.data()) as u32;
     let mut pkt = MaybeUninit::<Packet>::uninit();
-    let parsed = packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr());
+    let parsed = packet::parse(ctx.data(), ctx.data_end(), link, len, pkt.as_mut_ptr());
     if parsed != packet::PARSED {
         log::parse_failed(Hook::Xdp, parsed);
         return Verdict::Pass;
@@ -74,18 +82,39 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
-    // A copy made by a duplicate fault has been through the faults already.
-    if alter::take_duplicate_mark(ctx) {
+    // A copy a duplicate fault is sending out has been through the faults already.
+    if hook == Hook::TcEgress && copies::is_egress_copy() {
         return TC_ACT_OK;
     }
+    // On a device without a link header the data starts at the IP header, and
+    // skb->protocol (network order) says which.
+    let link = if role & ROLE_L3 != 0 {
+        // SAFETY: the context pointer is valid for the program's run.
+        match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
+            p @ (packet::ETH_P_IP | packet::ETH_P_IPV6) => p as u32,
+            _ => packet::LINK_NOT_IP,
+        }
+    } else {
+        packet::LINK_ETHERNET
+    };
     let mut pkt = MaybeUninit::<Packet>::uninit();
-    let parsed = packet::parse(ctx.data(), ctx.data_end(), pkt.as_mut_ptr());
+    let parsed = packet::parse(
+        ctx.data(),
+        ctx.data_end(),
+        link,
+        ctx.len(),
+        pkt.as_mut_ptr(),
+    );
     if parsed != packet::PARSED {
         log::parse_failed(hook, parsed);
         return TC_ACT_OK;
     }
     // SAFETY: parse wrote every field.
     let pkt = unsafe { pkt.assume_init_ref() };
+    // A copy a duplicate fault sent in, back from the receive backlog.
+    if hook == Hook::TcIngress && copies::take_ingress_copy(ctx, pkt) {
+        return TC_ACT_OK;
+    }
     let seen = rules::Seen {
         hook,
         loopback: role & ROLE_LOOPBACK != 0,

@@ -1,19 +1,48 @@
-//! Header parsing shared by every hook: Ethernet, IPv4/IPv6, TCP/UDP.
+//! Header parsing shared by every hook: Ethernet (with up to two VLAN tags) or no link
+//! header at all (tun, WireGuard), IPv4/IPv6 (options, extension headers, the Fragment
+//! header, BIG TCP and jumbogram lengths), TCP/UDP.
+//!
+//! Lengths are taken from the headers and held to what the packet really has: a header
+//! that says more than the packet carries is believed only as far as the packet goes, and
+//! one that says less than its own header (IHL < 5, TCP data offset < 5) makes the packet
+//! one the faults leave alone.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
+use core::ptr::{read_volatile, write_volatile};
 
 use fault_common::{PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+/// 802.1Q and 802.1ad (QinQ) tag protocol ids.
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Tags followed in front of the IP header: one 802.1Q tag, or a QinQ pair.
+const MAX_VLAN_TAGS: usize = 2;
+const VLAN_HLEN: usize = 4;
+const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-/// IPv6 extension headers we step over to find TCP/UDP: hop-by-hop, routing, destination
-/// options. Fragments are not followed (only the first fragment has the ports).
+/// IPv6 extension headers stepped over to find TCP/UDP: hop-by-hop, routing, destination
+/// options, and the Fragment header (only a first fragment, offset 0, has the ports).
 const IPV6_EXT_HOP: u8 = 0;
 const IPV6_EXT_ROUTING: u8 = 43;
+const IPV6_EXT_FRAGMENT: u8 = 44;
 const IPV6_EXT_DEST: u8 = 60;
-const MAX_IPV6_EXT: usize = 4;
+/// At most this many extension headers are followed (each read is a bounds check the
+/// verifier walks); a packet with a longer chain is left alone, as docs/reference.md says.
+pub const MAX_IPV6_EXT: usize = 8;
+/// RFC 2675: the Jumbo Payload option, first in a hop-by-hop header, when the IPv6 payload
+/// length is 0.
+const IPV6_OPT_JUMBO: u8 = 0xC2;
+
+/// How a hook's packets begin: `LINK_ETHERNET`, or no link header, with the IP version
+/// given (`ETH_P_IP`/`ETH_P_IPV6`, from `skb->protocol` at TC) or read from the first
+/// nibble (`LINK_L3_BY_VERSION`, at XDP).
+pub const LINK_ETHERNET: u32 = 0;
+pub const LINK_L3_BY_VERSION: u32 = 1;
+/// No link header, and not IP: nothing to parse.
+pub const LINK_NOT_IP: u32 = 0xffff;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -35,7 +64,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack: u32,
-    /// Offsets from the start of the frame of the L4 header and of its payload.
+    /// Offsets from the start of the frame of the IP header, of the L4 header and of its
+    /// payload.
+    pub l3_offset: u32,
     pub l4_offset: u32,
     pub payload_offset: u32,
 }
@@ -75,8 +106,9 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
 /// with a detail (ethertype, offset, protocol…) above it, for the kernel-side log.
 pub const PARSED: u32 = 0;
 use fault_common::{
-    LOG_PARSE_FRAGMENT as SKIP_FRAGMENT, LOG_PARSE_IHL as SKIP_IHL,
-    LOG_PARSE_NOT_IP as SKIP_NOT_IP, LOG_PARSE_NOT_TCP_UDP as SKIP_NOT_TCP_UDP,
+    LOG_PARSE_EXT_CHAIN as SKIP_EXT_CHAIN, LOG_PARSE_FRAGMENT as SKIP_FRAGMENT,
+    LOG_PARSE_IHL as SKIP_IHL, LOG_PARSE_NOT_IP as SKIP_NOT_IP,
+    LOG_PARSE_NOT_TCP_UDP as SKIP_NOT_TCP_UDP, LOG_PARSE_TCP_OFFSET as SKIP_TCP_OFFSET,
     LOG_PARSE_TRUNCATED as SKIP_TRUNCATED,
 };
 
@@ -86,44 +118,72 @@ fn need<T: Copy>(data: usize, data_end: usize, offset: usize) -> Result<T, u32> 
     read(data, data_end, offset).ok_or(SKIP_TRUNCATED | (offset as u32) << 8)
 }
 
-/// Parses an Ethernet frame into `*out`; [`PARSED`] when it is TCP or UDP over IP, and then
-/// every field of `*out` is written; else a `SKIP_*` reason (see [`PARSED`]).
+/// Parses a frame into `*out`; [`PARSED`] when it is TCP or UDP over IP, and then every
+/// field of `*out` is written; else a `SKIP_*` reason (see [`PARSED`]). `link` says how the
+/// frame begins (`LINK_*`, or the IP ethertype of an L3 device); `len` is the packet's whole
+/// length (`skb->len` at TC: a GSO packet is longer than its linear data).
 ///
 /// Not inlined, and writing in place rather than returning a `Packet`: its stack frame is
 /// then small, which matters because kernels before 6.6 (Debian's 6.1) add the frames of
 /// subprograms that do not call each other when they check the 512-byte stack limit.
 /// The reason is a plain number, and only turned into words by crate::log, out of here.
 #[inline(never)]
-pub fn parse(data: usize, data_end: usize, out: *mut Packet) -> u32 {
+pub fn parse(data: usize, data_end: usize, link: u32, len: u32, out: *mut Packet) -> u32 {
     // SAFETY: `out` points to a Packet-sized slot of the caller's stack.
-    match unsafe { parse_into(data, data_end, &mut *out) } {
+    match unsafe { parse_into(data, data_end, link, len, &mut *out) } {
         Ok(()) => PARSED,
         Err(why) => why,
     }
 }
 
 #[inline(always)]
-fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), u32> {
-    let ether_type = u16::from_be(need::<u16>(data, data_end, 12)?);
+fn parse_into(
+    data: usize,
+    data_end: usize,
+    link: u32,
+    len: u32,
+    pkt: &mut Packet,
+) -> Result<(), u32> {
+    let (ether_type, l3) = match link {
+        LINK_ETHERNET => link_header(data, data_end)?,
+        // Two bytes: LLVM turns a one-byte bounds check into `data < data_end`, from which
+        // the verifier learns nothing.
+        LINK_L3_BY_VERSION => match need::<[u8; 2]>(data, data_end, 0)?[0] >> 4 {
+            4 => (ETH_P_IP, 0),
+            6 => (ETH_P_IPV6, 0),
+            v => return Err(SKIP_NOT_IP | (v as u32) << 8),
+        },
+        ether_type => (ether_type as u16, 0),
+    };
+    // 0, 14, 18 or 22: forgotten, so that the verifier walks what follows once, not once
+    // for each (see `forget`).
+    let l3 = forget(l3 as u16) as usize & 0x1f;
+    // What the packet has from its IP header on: the most any IP length may claim.
+    let ip_len = len.saturating_sub(l3 as u32);
     let (l4, l4_total) = match ether_type {
-        ETH_P_IP => parse_ipv4(data, data_end, pkt)?,
-        ETH_P_IPV6 => parse_ipv6(data, data_end, pkt)?,
+        ETH_P_IP => parse_ipv4(data, data_end, l3, ip_len, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(data, data_end, l3, ip_len, pkt)?,
         _ => return Err(SKIP_NOT_IP | (ether_type as u32) << 8),
     };
     if pkt.protocol != PROTO_TCP && pkt.protocol != PROTO_UDP {
         return Err(SKIP_NOT_TCP_UDP | (pkt.protocol as u32) << 8);
     }
+    pkt.l3_offset = l3 as u32;
     pkt.l4_offset = l4 as u32;
     // Each header is read whole with one bounds check: the verifier tracks one range per
     // packet pointer, and separate reads at variable offsets lose it.
     if pkt.protocol == PROTO_TCP {
         let tcp: [u8; 20] = need(data, data_end, l4)?;
+        let header_len = ((tcp[12] >> 4) as u32) * 4;
+        // A data offset short of the fixed header would put the "payload" inside it.
+        if header_len < 20 {
+            return Err(SKIP_TCP_OFFSET | header_len << 8);
+        }
         pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
         pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
         pkt.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         pkt.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
         pkt.tcp_flags = tcp[13];
-        let header_len = ((tcp[12] >> 4) as u32) * 4;
         pkt.payload_len = l4_total.saturating_sub(header_len);
         pkt.payload_offset = l4 as u32 + header_len;
     } else {
@@ -139,48 +199,156 @@ fn parse_into(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), u32>
     Ok(())
 }
 
-/// Fills in family, protocol and addresses; returns the L4 offset and the L4 length
-/// (header + payload).
+/// The ethertype after the Ethernet header and up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad
+/// tags, and where the header it names begins.
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(usize, u32), u32> {
-    let version_ihl: u8 = need(data, data_end, ETH_HLEN)?;
-    let header_len = ((version_ihl & 0x0f) as usize) * 4;
-    if header_len < 20 {
-        return Err(SKIP_IHL | (header_len as u32) << 8);
+fn link_header(data: usize, data_end: usize) -> Result<(u16, usize), u32> {
+    let mut ether_type = u16::from_be(need::<u16>(data, data_end, 12)?);
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // The tag: TCI, then the ethertype of what follows.
+        let tag: [u8; 4] = need(data, data_end, offset)?;
+        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
+        offset += VLAN_HLEN;
+    }
+    Ok((ether_type, offset))
+}
+
+/// Fills in family, protocol and addresses; returns the L4 offset and the L4 length
+/// (header + payload). `avail` is what the packet has from the IP header on.
+#[inline(always)]
+fn parse_ipv4(
+    data: usize,
+    data_end: usize,
+    l3: usize,
+    avail: u32,
+    pkt: &mut Packet,
+) -> Result<(usize, u32), u32> {
+    let ip: [u8; IPV4_HLEN] = need(data, data_end, l3)?;
+    let header_len = ((ip[0] & 0x0f) as u32) * 4;
+    if header_len < IPV4_HLEN as u32 {
+        return Err(SKIP_IHL | header_len << 8);
     }
     // Only the first fragment carries the ports.
-    let frag: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 6)?);
-    if frag & 0x1fff != 0 {
-        return Err(SKIP_FRAGMENT | ((frag & 0x1fff) as u32) << 8);
+    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    if frag != 0 {
+        return Err(SKIP_FRAGMENT | (frag as u32) << 8);
     }
-    let total: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 2)?);
+    // BIG TCP sends IPv4 packets over 64 KiB with a total length of 0.
+    let mut total = u16::from_be_bytes([ip[2], ip[3]]) as u32;
+    if total == 0 || total > avail {
+        total = avail;
+    }
     pkt.family = PEER_V4;
-    pkt.protocol = need(data, data_end, ETH_HLEN + 9)?;
-    pkt.src_addr = [need(data, data_end, ETH_HLEN + 12)?, 0, 0, 0];
-    pkt.dst_addr = [need(data, data_end, ETH_HLEN + 16)?, 0, 0, 0];
-    Ok((
-        ETH_HLEN + header_len,
-        (total as u32).saturating_sub(header_len as u32),
-    ))
+    pkt.protocol = ip[9];
+    pkt.src_addr = [
+        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        0,
+        0,
+        0,
+    ];
+    pkt.dst_addr = [
+        u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        0,
+        0,
+        0,
+    ];
+    Ok((l3 + header_len as usize, total.saturating_sub(header_len)))
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(usize, u32), u32> {
-    let payload: u16 = u16::from_be(need(data, data_end, ETH_HLEN + 4)?);
-    let mut next: u8 = need(data, data_end, ETH_HLEN + 6)?;
-    pkt.src_addr = need(data, data_end, ETH_HLEN + 8)?;
-    pkt.dst_addr = need(data, data_end, ETH_HLEN + 24)?;
-    let mut offset = ETH_HLEN + IPV6_HLEN;
+fn parse_ipv6(
+    data: usize,
+    data_end: usize,
+    l3: usize,
+    avail: u32,
+    pkt: &mut Packet,
+) -> Result<(usize, u32), u32> {
+    let ip: [u8; IPV6_HLEN] = need(data, data_end, l3)?;
+    let payload = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+    let mut next = ip[6];
+    pkt.src_addr = addr_words(&ip, 8);
+    pkt.dst_addr = addr_words(&ip, 24);
+    // Payload length 0: a jumbogram (RFC 2675: its length in a Jumbo Payload option, first
+    // in the hop-by-hop header) or a BIG TCP packet (no option: the packet's own length).
+    let after_header = avail.saturating_sub(IPV6_HLEN as u32);
+    let mut total = payload;
+    if total == 0 {
+        total = after_header;
+        if next == IPV6_EXT_HOP {
+            let hop: [u8; 8] = need(data, data_end, l3 + IPV6_HLEN)?;
+            if hop[2] == IPV6_OPT_JUMBO && hop[3] == 4 {
+                total = u32::from_be_bytes([hop[4], hop[5], hop[6], hop[7]]);
+            }
+        }
+    }
+    if total > after_header {
+        total = after_header;
+    }
+    let mut offset = l3 + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT {
-        if next != IPV6_EXT_HOP && next != IPV6_EXT_ROUTING && next != IPV6_EXT_DEST {
+        if !is_ipv6_ext(next) {
             break;
         }
-        let hdr: [u8; 2] = need(data, data_end, offset)?;
+        let hdr: [u8; 8] = need(data, data_end, offset)?;
+        if next == IPV6_EXT_FRAGMENT {
+            // Only the first fragment has the ports. The byte after the next header is
+            // reserved (zero) in a Fragment header: then (0 + 1) * 8 below is its length;
+            // a packet that says otherwise is left alone.
+            let frag = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+            if frag != 0 || hdr[1] != 0 {
+                return Err(SKIP_FRAGMENT | (frag as u32) << 8);
+            }
+        }
         next = hdr[0];
-        offset += (hdr[1] as usize + 1) * 8;
+        // Forgotten at each step: a Fragment header's path knows its length byte is 0,
+        // the others' do not, and without this the paths would double at every header.
+        offset = forget((offset + (hdr[1] as usize + 1) * 8) as u16) as usize & 0x7fff;
     }
-    let ext_len = (offset - ETH_HLEN - IPV6_HLEN) as u32;
+    if is_ipv6_ext(next) {
+        return Err(SKIP_EXT_CHAIN | (next as u32) << 8);
+    }
+    // At most 31 + 40 + 8 * 2048 (masked to 15 bits at each step); forgotten like l3, so
+    // that the loop's exits meet.
+    let offset = forget(offset as u16) as usize & 0x7fff;
+    let ext_len = (offset as u32).saturating_sub(l3 as u32 + IPV6_HLEN as u32);
     pkt.family = PEER_V6;
     pkt.protocol = next;
-    Ok((offset, (payload as u32).saturating_sub(ext_len)))
+    Ok((offset, total.saturating_sub(ext_len)))
+}
+
+/// `v`, as a number the verifier knows nothing about. The verifier follows every constant
+/// and range it can; paths that differ only in such a number (how many VLAN tags, how many
+/// extension headers) never meet, and the work of checking what follows multiplies with
+/// each. A store to the stack at an offset that is not a multiple of 8 is not followed: the
+/// number read back is any u16, and the caller bounds it again with a mask.
+#[inline(always)]
+fn forget(v: u16) -> u16 {
+    let mut slot = MaybeUninit::<u64>::uninit();
+    // SAFETY: two bytes inside an 8-byte stack slot, written before they are read.
+    unsafe {
+        let at = slot.as_mut_ptr().cast::<u16>().add(1);
+        write_volatile(at, v);
+        read_volatile(at)
+    }
+}
+
+/// An IPv6 address as four words in network byte order, as the rules compare them.
+#[inline(always)]
+fn addr_words(ip: &[u8; IPV6_HLEN], at: usize) -> [u32; 4] {
+    let word = |i: usize| {
+        let k = at + 4 * i;
+        u32::from_ne_bytes([ip[k], ip[k + 1], ip[k + 2], ip[k + 3]])
+    };
+    [word(0), word(1), word(2), word(3)]
+}
+
+fn is_ipv6_ext(next: u8) -> bool {
+    next == IPV6_EXT_HOP
+        || next == IPV6_EXT_ROUTING
+        || next == IPV6_EXT_FRAGMENT
+        || next == IPV6_EXT_DEST
 }

@@ -5,24 +5,35 @@
 //! `rcv_nxt`, so it is accepted at once); otherwise the RST has sequence 0 and acknowledges
 //! the segment (sequence + payload + SYN + FIN), with ACK set.
 //!
-//! The packet is shrunk to the bare headers (no options, no payload) and rewritten whole,
-//! with full, correct IPv4 and TCP checksums computed here rather than left to offload.
+//! The packet is shrunk to the bare headers (no IP options or extension headers, no TCP
+//! options, no payload) and its IP and TCP headers rewritten whole, with full, correct
+//! IPv4 and TCP checksums computed here rather than left to offload. What comes before the
+//! IP header stays: the Ethernet header with its addresses swapped and any VLAN tags as
+//! they were, or nothing on a device without a link header.
+//!
+//! IPv4 options and IPv6 extension headers are taken out first, from the middle of the
+//! packet (`bpf_skb_adjust_room`): shrinking from the tail alone cannot go below the end of
+//! the TCP checksum of a CHECKSUM_PARTIAL packet (locally generated TCP), which sits past
+//! the bare headers' length while they are in front of it.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::bpf_skb_change_tail,
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::{bpf_skb_adjust_room, bpf_skb_change_tail},
     programs::TcContext,
 };
 use fault_common::{PEER_V4, PROTO_TCP};
 
 use crate::packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-const ETH: usize = 14;
 const IPV4: usize = 20;
 const IPV6: usize = 40;
 const TCP: usize = 20;
-const V4_LEN: usize = ETH + IPV4 + TCP;
-const V6_LEN: usize = ETH + IPV6 + TCP;
+const V4_LEN: usize = IPV4 + TCP;
+const V6_LEN: usize = IPV6 + TCP;
+/// `bpf_skb_adjust_room` mode: room at the network layer, right after the fixed IP header.
+const BPF_ADJ_ROOM_NET: u32 = 0;
+/// An IP header starts at least this far into an Ethernet frame; before it, nothing.
+const ETH_HLEN: u32 = 14;
 
 /// How the forged RST reaches the packet's sender.
 pub enum Way {
@@ -40,15 +51,24 @@ pub enum Way {
 /// Not inlined, so that its frame reuses the stack the rule walk used (see rules::decide).
 #[inline(never)]
 pub fn send_rst(ctx: &TcContext, pkt: &Packet, ifindex: u32, way: Way) -> Result<i32, i64> {
-    let macs: [u8; 12] = ctx.load(0)?;
+    let l3 = pkt.l3_offset as usize;
+    let fixed = if pkt.family == PEER_V4 { IPV4 } else { IPV6 };
+    let extra = pkt.l4_offset as usize - l3 - fixed;
+    if extra > 0 {
+        shrink_network_header(ctx, extra)?;
+    }
+    if pkt.l3_offset >= ETH_HLEN {
+        let macs: [u8; 12] = ctx.load(0)?;
+        ctx.store(0, &swapped(&macs), 0)?;
+    }
     if pkt.family == PEER_V4 {
-        let frame = v4_frame(pkt, &macs);
-        resize(ctx, V4_LEN)?;
-        ctx.store(0, &frame, 0)?;
+        let headers = v4_headers(pkt);
+        resize(ctx, l3 + V4_LEN)?;
+        ctx.store(l3, &headers, 0)?;
     } else {
-        let frame = v6_frame(pkt, &macs);
-        resize(ctx, V6_LEN)?;
-        ctx.store(0, &frame, 0)?;
+        let headers = v6_headers(pkt);
+        resize(ctx, l3 + V6_LEN)?;
+        ctx.store(l3, &headers, 0)?;
     }
     let flags = match way {
         Way::Onward => return Ok(TC_ACT_OK),
@@ -61,6 +81,31 @@ pub fn send_rst(ctx: &TcContext, pkt: &Packet, ifindex: u32, way: Way) -> Result
         return Err(rc);
     }
     Ok(TC_ACT_REDIRECT)
+}
+
+/// Takes `len` bytes of IPv4 options or IPv6 extension headers out from behind the fixed
+/// IP header. The kernel refuses when `skb->protocol` is not IP (a VLAN tag left in the
+/// data, as the inner tag of QinQ): such a packet is dropped without its RST.
+#[inline(always)]
+fn shrink_network_header(ctx: &TcContext, len: usize) -> Result<(), i64> {
+    // SAFETY: the context pointer is valid for the program's run.
+    let rc = unsafe {
+        bpf_skb_adjust_room(
+            ctx.skb.skb,
+            -(len as i32),
+            BPF_ADJ_ROOM_NET,
+            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+        )
+    };
+    if rc != 0 { Err(rc) } else { Ok(()) }
+}
+
+#[inline(always)]
+fn swapped(macs: &[u8; 12]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[0..6].copy_from_slice(&macs[6..12]);
+    out[6..12].copy_from_slice(&macs[0..6]);
+    out
 }
 
 #[inline(always)]
@@ -97,14 +142,6 @@ fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Ethernet header with the addresses swapped.
-#[inline(always)]
-fn put_eth(buf: &mut [u8], macs: &[u8; 12], ether_type: u16) {
-    buf[0..6].copy_from_slice(&macs[6..12]);
-    buf[6..12].copy_from_slice(&macs[0..6]);
-    put_u16(buf, 12, ether_type);
-}
-
 /// TCP header with the ports swapped; checksum left zero.
 #[inline(always)]
 fn put_tcp(buf: &mut [u8], at: usize, pkt: &Packet) {
@@ -119,10 +156,9 @@ fn put_tcp(buf: &mut [u8], at: usize, pkt: &Packet) {
 }
 
 #[inline(always)]
-fn v4_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V4_LEN] {
+fn v4_headers(pkt: &Packet) -> [u8; V4_LEN] {
     let mut f = [0u8; V4_LEN];
-    put_eth(&mut f, macs, 0x0800);
-    let ip = ETH;
+    let ip = 0;
     f[ip] = 0x45;
     put_u16(&mut f, ip + 2, (IPV4 + TCP) as u16);
     put_u16(&mut f, ip + 6, 0x4000); // don't fragment
@@ -133,7 +169,7 @@ fn v4_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V4_LEN] {
     let ip_sum = sum_words(0, &f, ip, IPV4);
     put_u16(&mut f, ip + 10, !fold(ip_sum));
 
-    let tcp = ETH + IPV4;
+    let tcp = IPV4;
     put_tcp(&mut f, tcp, pkt);
     // Pseudo-header: addresses, protocol, TCP length.
     let mut sum = sum_words(0, &f, ip + 12, 8);
@@ -144,10 +180,9 @@ fn v4_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V4_LEN] {
 }
 
 #[inline(always)]
-fn v6_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V6_LEN] {
+fn v6_headers(pkt: &Packet) -> [u8; V6_LEN] {
     let mut f = [0u8; V6_LEN];
-    put_eth(&mut f, macs, 0x86DD);
-    let ip = ETH;
+    let ip = 0;
     f[ip] = 0x60;
     put_u16(&mut f, ip + 4, TCP as u16);
     f[ip + 6] = PROTO_TCP;
@@ -156,7 +191,7 @@ fn v6_frame(pkt: &Packet, macs: &[u8; 12]) -> [u8; V6_LEN] {
         f[ip + 8 + 4 * i..ip + 12 + 4 * i].copy_from_slice(&pkt.dst_addr[i].to_ne_bytes());
         f[ip + 24 + 4 * i..ip + 28 + 4 * i].copy_from_slice(&pkt.src_addr[i].to_ne_bytes());
     }
-    let tcp = ETH + IPV6;
+    let tcp = IPV6;
     put_tcp(&mut f, tcp, pkt);
     let mut sum = sum_words(0, &f, ip + 8, 32);
     sum += PROTO_TCP as u32 + TCP as u32;

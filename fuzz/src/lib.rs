@@ -6,6 +6,8 @@
 //! [`RuleSink`] instead of BPF maps. Nothing may panic; a refusal must name a field of the
 //! request; and an accepted fault must compile to entries that decode back to it.
 
+pub mod frames;
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 

@@ -1,5 +1,7 @@
-//! `cargo xtask fuzz`: the seed corpus checked, then a bounded cargo-fuzz run of the
-//! `add_fault_request` target (part of `cargo xtask test`).
+//! `cargo xtask fuzz`: the seed corpora checked, then a bounded cargo-fuzz run of each
+//! target, sharing one time budget (part of `cargo xtask test`): `add_fault_request`
+//! (AddFault requests through validation and compilation) and `bpf_frames` (frames through
+//! the eBPF programs under BPF_PROG_TEST_RUN; needs root).
 //!
 //! The fuzz crate (`fuzz/`) is a workspace of its own, built into `target/fuzz/`: its seed
 //! test with the stable toolchain, the fuzz target by cargo-fuzz with nightly and
@@ -16,11 +18,12 @@ use anyhow::{Context as _, bail};
 
 use crate::workspace_root;
 
-pub const TARGET: &str = "add_fault_request";
+pub const TARGETS: [&str; 2] = ["add_fault_request", "bpf_frames"];
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// How long the fuzzer runs (libFuzzer's -max_total_time), in seconds.
+    /// How long the fuzzers run in all, in seconds, shared evenly between the targets
+    /// (each gets libFuzzer's -max_total_time of its share).
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// Extra libFuzzer options, e.g. `-- -fork=2` for two fuzzing processes.
@@ -37,34 +40,43 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "--target-dir",
         "target/fuzz",
     ])?;
-    let scratch = root.join("target/fuzz/corpus").join(TARGET);
-    std::fs::create_dir_all(&scratch)?;
     let fuzz_dir = ["--fuzz-dir", "fuzz", "--target-dir", "target/fuzz"];
     let status = cargo_fuzz(&root)
         .arg("build")
         .args(fuzz_dir)
-        .arg(TARGET)
         .status()
         .context("cargo fuzz build")?;
     if !status.success() {
         bail!("cargo fuzz build failed ({status})");
     }
-    let log_path = root.join("target/fuzz").join(format!("{TARGET}.log"));
+    let share = (opts.seconds / TARGETS.len() as u64).max(1);
+    for target in TARGETS {
+        fuzz_one(&root, target, share, &opts.libfuzzer)?;
+    }
+    Ok(())
+}
+
+/// One target for `seconds`; its new inputs go to `target/fuzz/corpus/<target>`.
+fn fuzz_one(root: &Path, target: &str, seconds: u64, libfuzzer: &[String]) -> anyhow::Result<()> {
+    let scratch = root.join("target/fuzz/corpus").join(target);
+    std::fs::create_dir_all(&scratch)?;
+    let fuzz_dir = ["--fuzz-dir", "fuzz", "--target-dir", "target/fuzz"];
+    let log_path = root.join("target/fuzz").join(format!("{target}.log"));
     eprintln!(
-        "xtask: fuzzing {TARGET} for {} s (log: {})",
-        opts.seconds,
+        "xtask: fuzzing {target} for {} s (log: {})",
+        seconds,
         log_path.display()
     );
     let log = File::create(&log_path)?;
-    let status = cargo_fuzz(&root)
+    let status = cargo_fuzz(root)
         .arg("run")
         .args(fuzz_dir)
-        .arg(TARGET)
+        .arg(target)
         .arg(&scratch)
-        .arg(Path::new("fuzz/corpus").join(TARGET))
+        .arg(Path::new("fuzz/corpus").join(target))
         .arg("--")
-        .arg(format!("-max_total_time={}", opts.seconds))
-        .args(&opts.libfuzzer)
+        .arg(format!("-max_total_time={seconds}"))
+        .args(libfuzzer)
         .stdout(log.try_clone()?)
         .stderr(log)
         .status()
@@ -74,7 +86,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(80)..].join("\n");
         bail!(
-            "cargo fuzz run {TARGET} failed ({status}):\n{tail}\n(whole log: {})",
+            "cargo fuzz run {target} failed ({status}):\n{tail}\n(whole log: {})",
             log_path.display()
         );
     }
@@ -86,7 +98,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .unwrap_or("(no summary line)");
     let corpus = std::fs::read_dir(&scratch).map_or(0, |d| d.count());
     eprintln!(
-        "xtask: fuzz {TARGET}: {done}; no failure; {corpus} inputs in {}",
+        "xtask: fuzz {target}: {done}; no failure; {corpus} inputs in {}",
         scratch.display()
     );
     Ok(())

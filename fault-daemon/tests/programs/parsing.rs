@@ -102,7 +102,7 @@ fn unclassifiable_and_truncated_frames_pass() {
             ethertype(&v4, 0x88b5),
             "unknown ethertype over an IPv4 body",
         ),
-        (ethertype(&v4, 0x8100), "VLAN-tagged (not followed)"),
+        (ethertype(&v4, 0x8100), "VLAN tag over a non-IP ethertype"),
         (ethertype(&v4[..ETH_HLEN], 0x88b5), "Ethernet header only"),
         (v4[..l4_v4].to_vec(), "IPv4 header, no L4"),
         (v4[..l4_v4 + 3].to_vec(), "IPv4, TCP ports cut"),

@@ -91,6 +91,12 @@ pub enum Ipv6Ext {
     /// Type 0 with zero segments left: ignored by receivers, so it does not change the
     /// final destination.
     Routing,
+    /// A Fragment header: `offset` in 8-byte units, `more` = the M bit (identification
+    /// 0x1234). Only the first fragment (offset 0) carries the L4 header.
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +124,8 @@ pub struct FrameBuilder {
     ipv4_options: Vec<u8>,
     ipv6_flow_label: u32,
     ipv6_ext: Vec<(Ipv6Ext, u8)>,
+    /// VLAN ids, outermost first: one is an 802.1Q tag, two are 802.1ad (QinQ).
+    vlans: Vec<u16>,
     l4_checksum: Option<u16>,
     pad_to: usize,
 }
@@ -143,6 +151,7 @@ impl FrameBuilder {
             ipv4_options: Vec::new(),
             ipv6_flow_label: 0,
             ipv6_ext: Vec::new(),
+            vlans: Vec::new(),
             l4_checksum: None,
             pad_to: 0,
         }
@@ -223,6 +232,14 @@ impl FrameBuilder {
     /// filled with one PadN option).
     pub fn ipv6_ext(mut self, kind: Ipv6Ext, len_units: u8) -> Self {
         self.ipv6_ext.push((kind, len_units));
+        self
+    }
+
+    /// VLAN tags, outermost first: one id makes an 802.1Q tag (TPID 0x8100), two make an
+    /// 802.1ad QinQ pair (outer TPID 0x88a8, inner 0x8100), as etherparse writes them.
+    pub fn vlans(mut self, ids: &[u16]) -> Self {
+        assert!(ids.len() <= 2, "etherparse writes one or two VLAN tags");
+        self.vlans = ids.to_vec();
         self
     }
 
@@ -329,6 +346,16 @@ impl FrameBuilder {
         let mut exts = Ipv6Extensions::default();
         let mut after_routing = false;
         for &(kind, units) in &self.ipv6_ext {
+            if let Ipv6Ext::Fragment { offset, more } = kind {
+                assert!(exts.fragment.is_none(), "one Fragment header");
+                exts.fragment = Some(etherparse::Ipv6FragmentHeader::new(
+                    ip_number::TCP,
+                    IpFragOffset::try_new(offset).expect("13-bit offset"),
+                    more,
+                    0x1234,
+                ));
+                continue;
+            }
             let len = 6 + 8 * usize::from(units);
             let mut data = vec![0u8; len];
             if kind != Ipv6Ext::Routing {
@@ -370,7 +397,16 @@ impl FrameBuilder {
     /// The finished frame: Ethernet + IP (+ options or extension headers) + TCP/UDP +
     /// payload.
     pub fn build(&self) -> Vec<u8> {
-        let step = PacketBuilder::ethernet2(self.src_mac, self.dst_mac).ip(self.ip_headers());
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let vlan_id = |id: u16| etherparse::VlanId::try_new(id).expect("12-bit VLAN id");
+        let step = match self.vlans[..] {
+            [] => eth.ip(self.ip_headers()),
+            [id] => eth.single_vlan(vlan_id(id)).ip(self.ip_headers()),
+            [outer, inner] => eth
+                .double_vlan(vlan_id(outer), vlan_id(inner))
+                .ip(self.ip_headers()),
+            _ => unreachable!("checked in vlans()"),
+        };
         let mut frame = Vec::new();
         match &self.transport {
             Transport::Tcp(t) => step.tcp_header(t.clone()).write(&mut frame, &self.payload),
@@ -509,7 +545,8 @@ pub fn parse_frame(frame: &[u8]) -> Result<Parsed, String> {
     };
     let l4_len = l4_len.ok_or("IP length fields shorter than the headers")?;
     let transport = h.transport.ok_or("no TCP or UDP header")?;
-    let l4_offset = ETH_HLEN + ip_len;
+    let tags: usize = h.link_exts.iter().map(|e| e.header_len()).sum();
+    let l4_offset = ETH_HLEN + tags + ip_len;
     let payload_at = l4_offset + transport.header_len();
     let end = l4_offset + l4_len;
     if payload_at > end || end > frame.len() {

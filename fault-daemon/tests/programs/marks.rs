@@ -1,0 +1,273 @@
+//! `skb->mark` belongs to others (Cilium, Calico, fwmark routing): the programs neither
+//! read nor write it. The copies a duplicate fault sends are recognised without a mark: a
+//! copy sent out re-enters the egress program at once, on the same CPU, inside
+//! bpf_clone_redirect, while a per-CPU flag says "copying"; a copy sent in comes back
+//! through the receive backlog later and is recognised by its fingerprint (rules of
+//! fault-ebpf/src/copies.rs).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use faultd::datapath::{TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM};
+use faultd::faults::{Action, Direction, Protocol};
+
+use super::fixture::*;
+use super::packets::tcp_flags::*;
+use super::packets::*;
+
+/// Marks with the bits others use, 0x40000000 (faultd's old duplicate bit) among them.
+const MARKS: [u32; 6] = [
+    0,
+    0x4000_0000,
+    0x4000_0005,
+    0xc000_0000,
+    0xffff_ffff,
+    0x0000_0e00,
+];
+
+/// Packets on ports without faults leave byte for byte and mark for mark as they came,
+/// whatever their mark, at both TC hooks, with faults installed on other ports.
+#[test]
+fn foreign_marks_on_ports_without_faults_are_left_alone() {
+    let Some(mut b) = Bench::new() else { return };
+    b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    b.add(spec(
+        Action::Stall,
+        2380,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    ));
+    for (client, server) in flows(9000) {
+        for frame in [tcp(&client, &server), udp(&server, &client)] {
+            for hook in [Hook::TcIngress, Hook::TcEgress] {
+                for mark in MARKS {
+                    let (run, ctx) = b.run_skb(hook, &frame, &SkBuff::new().with_mark(mark));
+                    let what = format!("{hook:?} mark {mark:#x}\n{}", hex(&frame));
+                    assert_eq!(run.verdict, Verdict::Pass, "{what}");
+                    assert_eq!(run.out, frame, "{what}");
+                    assert_eq!(
+                        ctx.mark, mark,
+                        "the mark must come out as it went in: {what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A mark, whatever its bits, does not exempt a packet from the faults of its port: it is
+/// dropped, or stalled with its mark kept.
+#[test]
+fn foreign_marks_do_not_exempt_packets_from_faults() {
+    let Some(mut b) = Bench::new() else { return };
+    let dropped = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
+    b.add(spec(
+        Action::Stall,
+        2380,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    ));
+    for mark in MARKS {
+        for (client, server) in flows(2379) {
+            let frame = tcp(&client, &server);
+            let (run, _) = b.run_skb(Hook::TcEgress, &frame, &SkBuff::new().with_mark(mark));
+            assert_eq!(run.verdict, Verdict::Drop, "mark {mark:#x}: {client}");
+        }
+        for (client, server) in flows(2380) {
+            let frame = FrameBuilder::tcp(sock(&client), sock(&server))
+                .flags(ACK | PSH)
+                .window(4321)
+                .payload(b"x")
+                .build();
+            for hook in [Hook::TcIngress, Hook::TcEgress] {
+                let (run, ctx) = b.run_skb(hook, &frame, &SkBuff::new().with_mark(mark));
+                let what = format!("{hook:?} mark {mark:#x} {client}");
+                assert_eq!(run.verdict, Verdict::Pass, "{what}");
+                let p = parse_frame(&run.out).expect("a frame");
+                assert_eq!(p.tcp().unwrap().window_size, 0, "stalled: {what}");
+                assert_eq!(ctx.mark, mark, "{what}");
+            }
+        }
+    }
+    assert_eq!(b.counters(&dropped).acted_packets, (MARKS.len() * 2) as u64);
+}
+
+/// A packet socket on loopback that reads at most `cap` frames (a copy that is copied
+/// again would otherwise never let the socket go quiet).
+struct Capture(OwnedFd);
+
+const PACKET_OUTGOING: u8 = 4;
+
+impl Capture {
+    fn on_loopback() -> Self {
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                all.into(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: zeroed sockaddr_ll and timeval are valid; sizes are the structs'.
+        unsafe {
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = all;
+            sll.sll_ifindex = TEST_RUN_IFINDEX as i32;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            let rc = libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+            assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        }
+        Self(fd)
+    }
+
+    /// (sll_pkttype, bytes) of every frame until 200 ms pass without one, at most `cap`.
+    fn drain(&self, cap: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while frames.len() < cap {
+            let mut buf = vec![0u8; 65_536];
+            // SAFETY: valid buffers of the sizes passed.
+            let (n, sll) = unsafe {
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = size_of::<libc::sockaddr_ll>() as u32;
+                let n = libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut sll).cast(),
+                    &mut len,
+                );
+                (n, sll)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    _ => panic!("recvfrom: {e}"),
+                }
+            }
+            buf.truncate(n as usize);
+            frames.push((sll.sll_pkttype, buf));
+        }
+        frames
+    }
+}
+
+/// Attaches one of the TC programs of `b` to this namespace's `lo` (TCX), so that what
+/// bpf_clone_redirect sends there meets the program again, as on an interface faultd holds.
+fn attach_to_lo(
+    b: &mut Bench,
+    name: &str,
+    at: TcAttachType,
+) -> aya::programs::tc::SchedClassifierLinkId {
+    // Before TCX (6.6) a TC program hangs off a clsact qdisc, which dies with the namespace.
+    let _ = aya::programs::tc::qdisc_add_clsact("lo");
+    let prog: &mut SchedClassifier =
+        b.dp.ebpf_mut()
+            .program_mut(name)
+            .unwrap()
+            .try_into()
+            .unwrap();
+    prog.attach("lo", at)
+        .unwrap_or_else(|e| panic!("attaching {name} to lo: {e}"))
+}
+
+fn detach(b: &mut Bench, name: &str, link: aya::programs::tc::SchedClassifierLinkId) {
+    let prog: &mut SchedClassifier =
+        b.dp.ebpf_mut()
+            .program_mut(name)
+            .unwrap()
+            .try_into()
+            .unwrap();
+    prog.detach(link).expect("detaching");
+}
+
+/// `duplicate 100 %` with the programs attached where the copy goes: the copy meets the
+/// program again and passes (one copy, not a chain of copies), with no mark involved —
+/// the original's mark, 0x40000000 included, comes out as it went in. Egress: the copy is
+/// sent out of `lo` once (and comes back in). Ingress: the copy is received once.
+#[test]
+fn duplicate_copies_are_recognised_without_a_mark() {
+    if !is_root() {
+        return;
+    }
+    let ns = super::harness::Netns::new("pmark");
+    ns.run(|| {
+        let mut b = Bench::new().expect("root");
+        let fault = b.add(spec(
+            Action::Duplicate { probability: 1.0 },
+            8700,
+            Protocol::Any,
+            Direction::Both,
+            None,
+        ));
+        let capture = Capture::on_loopback();
+        assert_eq!(capture.drain(10), [], "a fresh namespace's lo is quiet");
+        let frames = [
+            tcp("10.0.0.1:40000", "10.0.0.2:8700"),
+            udp("[fd00::2]:8700", "[fd00::1]:40000"),
+        ];
+        let mut runs = 0;
+        for (name, at, hook) in [
+            (TC_EGRESS_PROGRAM, TcAttachType::Egress, Hook::TcEgress),
+            (TC_INGRESS_PROGRAM, TcAttachType::Ingress, Hook::TcIngress),
+        ] {
+            let link = attach_to_lo(&mut b, name, at);
+            for frame in &frames {
+                for mark in [0x4000_0000, 0x5] {
+                    let what = format!("{hook:?} mark {mark:#x}\n{}", hex(frame));
+                    let (run, ctx) = b.run_skb(hook, frame, &SkBuff::new().with_mark(mark));
+                    runs += 1;
+                    assert_eq!(run.verdict, Verdict::Pass, "{what}");
+                    assert_eq!(run.out, *frame, "{what}");
+                    assert_eq!(ctx.mark, mark, "the original keeps its mark: {what}");
+                    let copies = capture.drain(20);
+                    eprintln!(
+                        "{hook:?}: copies seen on lo with sll_pkttype {:?}",
+                        copies.iter().map(|c| c.0).collect::<Vec<_>>()
+                    );
+                    for (_, copy) in &copies {
+                        assert_eq!(copy, frame, "the copy is the frame: {what}");
+                    }
+                    let outgoing = copies.iter().filter(|c| c.0 == PACKET_OUTGOING).count();
+                    let received = copies.len() - outgoing;
+                    match hook {
+                        // Sent out once; lo hands it back in once.
+                        Hook::TcEgress => assert_eq!((outgoing, received), (1, 1), "{what}"),
+                        _ => assert_eq!((outgoing, received), (0, 1), "{what}"),
+                    }
+                }
+            }
+            detach(&mut b, name, link);
+        }
+        // Counted once per original: the copies were not acted on again.
+        assert_eq!(b.counters(&fault).acted_packets, runs);
+    });
+}
