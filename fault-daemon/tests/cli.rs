@@ -39,14 +39,17 @@ const STATS_COLUMNS: &[&str] = &[
     "LABEL",
 ];
 
-/// `faultctl stats` on one interface: its attachment line, the events line, the table.
-fn stats_parts(text: &str) -> (&str, &str, &str) {
+/// `faultctl stats` on one interface: its attachment line, the events line, the flow-table
+/// line, the table.
+fn stats_parts(text: &str) -> (&str, &str, &str, &str) {
     let (attachment, rest) = text.split_once('\n').expect("an attachment line");
-    let (events, table) = rest
+    let (events, rest) = rest
         .split_once('\n')
-        .expect("an events line, then the table");
+        .expect("an events line, then the flows line");
     assert!(events.starts_with("events: "), "{text}");
-    (attachment, events, table)
+    let (flows, table) = rest.split_once('\n').expect("a flows line, then the table");
+    assert!(flows.starts_with("flows: "), "{text}");
+    (attachment, events, flows, table)
 }
 
 /// The rows of a table printed with a header of `columns` (left-aligned cells, so each
@@ -209,7 +212,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
     );
 
     let before = faultctl_raw(&ns, &["stats"]);
-    let (_, _, table) = stats_parts(&before);
+    let (_, _, _, table) = stats_parts(&before);
     let rows = table_rows(table, STATS_COLUMNS);
     assert_eq!(&row_of(&rows, &dns)[4..8], ["0", "0", "0", "0"], "{before}");
 
@@ -236,7 +239,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
     let text = faultctl_raw(&ns, &["stats"]);
     eprintln!("faultctl stats:\n{text}");
     let json: Value = serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
-    let (attachment, events, table) = stats_parts(&text);
+    let (attachment, events, flows, table) = stats_parts(&text);
     let e = &json["events"];
     assert_eq!(
         events,
@@ -244,6 +247,15 @@ fn list_stats_and_clear_tables_show_real_faults() {
             "events: {} received, {} lost in the kernel (ring full), 0 not delivered to slow \
              subscribers",
             e["received"], e["lost_in_kernel"]
+        )
+    );
+    let f = &json["flows"];
+    assert_eq!(
+        flows,
+        format!(
+            "flows: {} of {} tracked by limits, {} packets of new flows passed untracked \
+             (table full)",
+            f["tracked"], f["max_entries"], f["untracked"]
         )
     );
     let a = &json["attachments"][0];
@@ -303,7 +315,7 @@ fn list_stats_and_clear_tables_show_real_faults() {
         "{text}"
     );
     let text = faultctl_raw(&ns, &["stats"]);
-    let (_, _, table) = stats_parts(&text);
+    let (_, _, _, table) = stats_parts(&text);
     assert_eq!(
         table_rows(table, STATS_COLUMNS),
         Vec::<Vec<String>>::new(),

@@ -211,7 +211,8 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         return Verdict::Pass;
     }
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
-    // SAFETY: values are replaced whole by the daemon (hash-map updates are atomic).
+    // SAFETY: a map value, valid for the program's run. Not safe from a concurrent update
+    // recycling the element for another port: see RULES (issue #9, defect 8).
     let mut touched = false;
     // Both ports the same (NTP's 123 ↔ 123, mDNS, IKE): one rule, walked once, each slot
     // taking the packet as going to the port or from it, whichever its direction covers.
