@@ -686,7 +686,7 @@ fn link_type(iface: &str) -> Option<u32> {
         return None;
     }
     // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req) };
     // SAFETY: our descriptor.
     unsafe { libc::close(fd) };
     // SAFETY: SIOCGIFHWADDR wrote the hardware address member.
