@@ -47,10 +47,10 @@ const NO_SKIPS_IN_VM: &[(&str, &str)] = &[(
     "degrade",
     "the VM has sch_fq, so delay, paced rate and the qdisc tests must run there",
 )];
-/// Programs from this machine the tests call (iproute2, util-linux's `setpriv`, and
-/// prometheus's `promtool`, which checks faultd's metrics), copied into the VM in place of
-/// busybox's smaller versions.
-const PROGRAMS: &[&str] = &["ip", "tc", "setpriv", "promtool"];
+/// Programs from this machine the tests call (iproute2, util-linux's `setpriv`,
+/// prometheus's `promtool`, which checks faultd's metrics, and the many-node test's etcd),
+/// copied into the VM in place of busybox's smaller versions.
+const PROGRAMS: &[&str] = &["ip", "tc", "setpriv", "promtool", "etcd", "etcdctl"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
