@@ -5,6 +5,7 @@ use std::time::Duration;
 use fault_common::{FaultCounters, ROLE_EGRESS, ROLE_INGRESS, ROLE_LOOPBACK};
 use faultd::faults::{Action, Direction, FaultSpec, Protocol, RateMode};
 
+use super::capture::{Capture, PACKET_OUTGOING};
 use super::fixture::*;
 use super::packets::tcp_flags::*;
 use super::packets::*;
@@ -945,97 +946,6 @@ fn loss_and_delay_compose_at_tc_egress() {
     );
 }
 
-/// A packet socket on loopback (ifindex 1 of the caller's namespace), all protocols.
-struct Capture(std::os::fd::OwnedFd);
-
-/// `sll_pkttype` values (linux/if_packet.h).
-const PACKET_OUTGOING: u8 = 4;
-
-impl Capture {
-    fn on_loopback() -> Self {
-        use std::os::fd::FromRawFd;
-        let all = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                all.into(),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        use std::os::fd::AsRawFd;
-        // SAFETY: a zeroed sockaddr_ll is valid; the sizes passed are the structs'.
-        unsafe {
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = all;
-            sll.sll_ifindex = TEST_RUN_IFINDEX as i32;
-            let rc = libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let timeout = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            let rc = libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-        }
-        Self(fd)
-    }
-
-    /// Every frame seen until 100 ms pass without one: (sll_pkttype, bytes).
-    fn drain(&self) -> Vec<(u8, Vec<u8>)> {
-        use std::os::fd::AsRawFd;
-        let mut frames = Vec::new();
-        loop {
-            let mut buf = vec![0u8; 65_536];
-            // SAFETY: valid buffers of the sizes passed.
-            let (n, sll) = unsafe {
-                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                let n = libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&raw mut sll).cast(),
-                    &mut len,
-                );
-                (n, sll)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                assert!(
-                    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)),
-                    "recvfrom: {e}"
-                );
-                if e.raw_os_error() == Some(libc::EAGAIN) {
-                    return frames;
-                }
-                continue;
-            }
-            buf.truncate(n as usize);
-            frames.push((sll.sll_pkttype, buf));
-        }
-    }
-}
-
 /// `duplicate 100 %`: the original passes unchanged with its mark as it was, and a real copy
 /// goes out through `bpf_clone_redirect` — under BPF_PROG_TEST_RUN to the loopback device
 /// of the caller's namespace, so the test runs in a namespace of its own and watches that
@@ -1057,7 +967,11 @@ fn duplicate_sends_a_real_copy_and_passes_the_original() {
             None,
         ));
         let capture = Capture::on_loopback();
-        assert_eq!(capture.drain(), [], "a fresh namespace's lo is quiet");
+        assert_eq!(
+            capture.drain(usize::MAX),
+            [],
+            "a fresh namespace's lo is quiet"
+        );
         let frames = [
             tcp("10.0.0.1:40000", "10.0.0.2:8700"),
             udp("[fd00::2]:8700", "[fd00::1]:40000"),
@@ -1071,7 +985,7 @@ fn duplicate_sends_a_real_copy_and_passes_the_original() {
                 assert_eq!(run.out, *frame, "{what}");
                 assert_eq!(ctx.mark, 0x5, "the original keeps its mark: {what}");
                 acted.push(frame.as_slice());
-                let copies = capture.drain();
+                let copies = capture.drain(usize::MAX);
                 eprintln!(
                     "duplicate at {hook:?}: copies seen on lo with sll_pkttype {:?}",
                     copies.iter().map(|c| c.0).collect::<Vec<_>>()
@@ -1096,7 +1010,7 @@ fn duplicate_sends_a_real_copy_and_passes_the_original() {
         for frame in &frames {
             assert_eq!(b.verdict(Hook::Xdp, frame), Verdict::Pass);
         }
-        assert_eq!(capture.drain(), []);
+        assert_eq!(capture.drain(usize::MAX), []);
         assert_eq!(b.counters(&fault), c);
     });
 }

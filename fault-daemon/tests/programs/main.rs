@@ -51,6 +51,7 @@ mod packets;
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod capture;
 mod degrade;
 mod fixture;
 mod flows;
