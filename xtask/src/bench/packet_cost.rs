@@ -102,6 +102,21 @@ pub fn measure(
     Ok(costs)
 }
 
+/// The server side of a ping-pong: accepts one connection on `listener` and sends back each
+/// `size`-byte message it reads (TCP_NODELAY), until the client closes.
+pub fn echo_messages(listener: &TcpListener, size: usize) -> anyhow::Result<()> {
+    let mut conn = accept_within(listener)?;
+    conn.set_nodelay(true)?;
+    let mut buf = vec![0u8; size];
+    loop {
+        match conn.read_exact(&mut buf) {
+            Ok(()) => conn.write_all(&buf)?,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// `round_trips` request/response exchanges of 64 bytes over one TCP connection on
 /// loopback (TCP_NODELAY: about two packets per exchange).
 pub fn ping_pong(ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<()> {
@@ -109,18 +124,7 @@ pub fn ping_pong(ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<()
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("binding port {port}"))?;
         std::thread::scope(|s| {
-            let server = s.spawn(|| -> anyhow::Result<()> {
-                let mut conn = accept_within(&listener)?;
-                conn.set_nodelay(true)?;
-                let mut buf = [0u8; 64];
-                loop {
-                    match conn.read_exact(&mut buf) {
-                        Ok(()) => conn.write_all(&buf)?,
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            });
+            let server = s.spawn(|| echo_messages(&listener, 64));
             let mut conn = connect_within(port)?;
             conn.set_nodelay(true)?;
             let mut buf = [7u8; 64];

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::netns::Netns;
-use super::throughput::{accept_within, connect_within};
+use super::packet_cost::echo_messages;
+use super::throughput::connect_within;
 
 /// Transactions per second of one connection on `port` in `ns`, over `duration`: the client
 /// writes one byte, the server echoes it, the client reads it back (TCP_NODELAY both ends).
@@ -19,18 +20,7 @@ pub fn transactions_per_sec(ns: &Netns, port: u16, duration: Duration) -> anyhow
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("binding port {port}"))?;
         std::thread::scope(|s| {
-            let server = s.spawn(|| -> anyhow::Result<()> {
-                let mut conn = accept_within(&listener)?;
-                conn.set_nodelay(true)?;
-                let mut byte = [0u8; 1];
-                loop {
-                    match conn.read(&mut byte) {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => conn.write_all(&byte)?,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            });
+            let server = s.spawn(|| echo_messages(&listener, 1));
             let mut conn = connect_within(port)?;
             conn.set_nodelay(true)?;
             let mut byte = [7u8; 1];
