@@ -796,7 +796,7 @@ fn wire_field(domain: &str) -> &str {
 }
 
 /// `e` with the field of an invalid request named as the request spells it.
-fn in_wire_terms(e: FaultError) -> FaultError {
+pub fn in_wire_terms(e: FaultError) -> FaultError {
     match e {
         FaultError::Invalid { field, reason } => FaultError::Invalid {
             field: wire_field(&field).to_string(),

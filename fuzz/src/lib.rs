@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use fault_common::{FaultCounters, PortKey, PortRule};
-use faultd::api::{fault_to_proto, spec_from_proto};
+use faultd::api::{fault_to_proto, in_wire_terms, spec_from_proto};
 use faultd::faults::{FaultError, FaultSpec, FaultTable, RuleSink, decode_rules};
 use faultd::proto::{self, AddFaultRequest};
 use prost::Message as _;
@@ -70,16 +70,20 @@ pub fn check(data: &[u8]) -> Outcome {
     let spec = match converted {
         Ok(spec) => spec,
         Err(FaultError::Invalid { field, reason }) => {
-            let top = field.split('.').next().unwrap_or_default();
-            assert!(
-                WIRE_FIELDS.contains(&top) && !reason.is_empty(),
-                "refusal names no request field: {field:?}: {reason:?}"
-            );
+            assert_names_a_request_field(&field, &reason);
             return Outcome::Invalid(field);
         }
         Err(e) => panic!("spec_from_proto refused with something other than Invalid: {e:?}"),
     };
     install_and_read_back(&spec)
+}
+
+fn assert_names_a_request_field(field: &str, reason: &str) {
+    let top = field.split('.').next().unwrap_or_default();
+    assert!(
+        WIRE_FIELDS.contains(&top) && !reason.is_empty(),
+        "refusal names no request field: {field:?}: {reason:?}"
+    );
 }
 
 fn install_and_read_back(spec: &FaultSpec) -> Outcome {
@@ -96,6 +100,20 @@ fn install_and_read_back(spec: &FaultSpec) -> Outcome {
                     "a refusal changed state"
                 );
                 return Outcome::Protected;
+            }
+            // The table's own limits (`--max-ttl`) are checked when it installs: a refusal
+            // that names a request field and changes nothing, like spec_from_proto's.
+            // The API names the field as the request spells it (`ttl` → `ttl_ms`).
+            Err(e @ FaultError::Invalid { .. }) if faults.is_empty() => {
+                let FaultError::Invalid { field, reason } = in_wire_terms(e) else {
+                    unreachable!("in_wire_terms keeps the kind of error")
+                };
+                assert_names_a_request_field(&field, &reason);
+                assert!(
+                    sink.rules.is_empty() && table.is_empty(),
+                    "a refusal changed state"
+                );
+                return Outcome::Invalid(field);
             }
             Err(e) => panic!("a spec spec_from_proto accepted was refused: {e}\n{spec:?}"),
         }

@@ -52,3 +52,17 @@ fn the_checks_see_refusals() {
     assert_eq!(check(&protected.encode_to_vec()), Outcome::Protected);
     assert_eq!(check(&[0xff, 0xff, 0xff]), Outcome::NotARequest);
 }
+
+/// Every input in the corpus — the seeds and the crashes the fuzzer once found — holds.
+#[test]
+fn every_corpus_input_holds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/add_fault_request");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let outcome = check(&std::fs::read(&path).unwrap());
+        eprintln!("{}: {outcome:?}", path.display());
+        ran += 1;
+    }
+    assert!(ran > 0, "no corpus in {}", dir.display());
+}
