@@ -49,7 +49,8 @@ static RULES: HashMap<PortKey, PortRule> =
 static FAULTED_PORTS: Array<u64> = Array::with_max_entries(FAULTED_PORT_WORDS, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
+pub(crate) static COUNTERS: PerCpuArray<FaultCounters> =
+    PerCpuArray::with_max_entries(MAX_FAULTS, 0);
 
 /// ifindex → ROLE_* bits, for ifindexes below LOW_IFINDEXES; 0 (no role): left alone.
 #[map]
@@ -491,6 +492,9 @@ fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
     let direction = covers != 0;
     let peer = (covers & DIR_TO_PORT != 0 && peer_matches(slot, pkt, Side::ToPort))
         || (covers & DIR_FROM_PORT != 0 && peer_matches(slot, pkt, Side::FromPort));
+    // A port tuple: the other end's port must be the slot's too (either direction; with
+    // both ports the same, the other end's port is the faulted port).
+    let peer = peer && (slot.remote_port == 0 || slot.remote_port == remote_port(pkt, at));
     if !direction {
         return log::SLOT_SKIPPED_DIRECTION;
     }
@@ -842,6 +846,15 @@ fn addr_below(a: &[u32; 4], b: &[u32; 4]) -> bool {
         return a[2] < b[2];
     }
     a[3] < b[3]
+}
+
+/// The port at the other end of the packet from the faulted port.
+#[inline(always)]
+fn remote_port(pkt: &Packet, at: &Where) -> u16 {
+    match at.side {
+        Side::ToPort => pkt.src_port,
+        Side::FromPort => pkt.dst_port,
+    }
 }
 
 #[inline(always)]

@@ -283,6 +283,7 @@ mod tests {
                 protocol: Protocol::Udp as i32,
                 direction: Direction::ToPort as i32,
                 peer: "198.18.0.0/15".into(),
+                ..Default::default()
             }
         );
         assert_eq!(spec.ttl_ms, Some(30_000));
