@@ -65,7 +65,12 @@ fn a_range_drops_each_of_its_ports_and_not_the_ports_beside_it() {
         for flow in flows(port) {
             for to_port in [true, false] {
                 let (src, dst) = oriented(&flow, to_port);
-                b.expect(&ALL_HOOKS, &tcp(src, dst), Verdict::Pass, "beside the range");
+                b.expect(
+                    &ALL_HOOKS,
+                    &tcp(src, dst),
+                    Verdict::Pass,
+                    "beside the range",
+                );
             }
         }
         // UDP on the range's ports: the range is TCP only.
@@ -100,8 +105,18 @@ fn a_tuple_drops_the_flow_between_its_two_ports_either_way() {
             dropped.push(build(&port, &remote));
             for other in [43209, 43211, 2381] {
                 let remote = format!("{a}:{other}");
-                b.expect(&ALL_HOOKS, &build(&remote, &port), Verdict::Pass, "other port");
-                b.expect(&ALL_HOOKS, &build(&port, &remote), Verdict::Pass, "other port");
+                b.expect(
+                    &ALL_HOOKS,
+                    &build(&remote, &port),
+                    Verdict::Pass,
+                    "other port",
+                );
+                b.expect(
+                    &ALL_HOOKS,
+                    &build(&port, &remote),
+                    Verdict::Pass,
+                    "other port",
+                );
             }
         }
     }
@@ -121,7 +136,12 @@ fn a_one_way_tuple_spares_the_other_order() {
     for (a, c) in [("10.0.0.1", "10.0.0.2"), ("[fd00::1]", "[fd00::2]")] {
         let (remote, port) = (format!("{a}:43210"), format!("{c}:2380"));
         b.expect(&DROP_HOOKS, &tcp(&remote, &port), Verdict::Drop, "its way");
-        b.expect(&ALL_HOOKS, &tcp(&port, &remote), Verdict::Pass, "other order");
+        b.expect(
+            &ALL_HOOKS,
+            &tcp(&port, &remote),
+            Verdict::Pass,
+            "other order",
+        );
     }
 }
 
@@ -188,7 +208,11 @@ fn a_partition_cuts_its_address_pairs_and_not_one_bit_outside() {
 #[test]
 fn a_one_way_partition_cuts_one_direction_only() {
     let Some(mut b) = Bench::new() else { return };
-    b.add(drop_partition(&["10.0.0.2", "fd00::2"], &["10.0.0.3", "fd00::3"], true));
+    b.add(drop_partition(
+        &["10.0.0.2", "fd00::2"],
+        &["10.0.0.3", "fd00::3"],
+        true,
+    ));
     for (a, c) in [("10.0.0.2", "10.0.0.3"), ("[fd00::2]", "[fd00::3]")] {
         for build in [tcp, udp] {
             let (x, y) = (format!("{a}:40000"), format!("{c}:80"));
@@ -261,7 +285,12 @@ fn a_reset_partition_answers_tcp_and_drops_the_rest() {
     for hook in RESET_HOOKS {
         assert_eq!(b.run(hook, &data).verdict, Verdict::Redirect, "{hook:?}");
     }
-    b.expect(&[Hook::Xdp], &data, Verdict::Pass, "XDP leaves resets to TC");
+    b.expect(
+        &[Hook::Xdp],
+        &data,
+        Verdict::Pass,
+        "XDP leaves resets to TC",
+    );
     let dgram = udp("10.0.0.3:53", "10.0.0.2:40000");
     b.expect(&RESET_HOOKS, &dgram, Verdict::Drop, "udp under reset");
     let rst = super::packets::FrameBuilder::tcp(
@@ -287,7 +316,12 @@ fn a_partition_acts_before_the_ports_faults() {
     ));
     let cut = b.add(drop_partition(&["10.0.0.2"], &["10.0.0.3"], false));
     let frame = tcp("10.0.0.2:40000", "10.0.0.3:80");
-    b.expect(&[Hook::TcEgress], &frame, Verdict::Drop, "the partition first");
+    b.expect(
+        &[Hook::TcEgress],
+        &frame,
+        Verdict::Drop,
+        "the partition first",
+    );
     assert_eq!(b.counters(&reset), counters(&[], &[]));
     assert_eq!(
         b.counters(&cut),
