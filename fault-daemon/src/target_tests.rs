@@ -270,3 +270,102 @@ fn a_failed_partition_write_leaves_the_table_as_it_was() {
         .unwrap();
     assert_eq!(sink.partitions.slots[0].fault_id, f.id, "slot 0 was freed");
 }
+
+mod wire {
+    use crate::api::spec_from_proto;
+    use crate::faults::FaultError;
+    use faultd_api::proto;
+
+    fn drop_request(target: proto::Target) -> proto::FaultSpec {
+        proto::FaultSpec {
+            target: Some(target),
+            action: Some(proto::Action {
+                kind: Some(proto::action::Kind::Drop(proto::Drop { probability: None })),
+            }),
+            ttl_ms: None,
+            label: String::new(),
+        }
+    }
+
+    fn field_of(target: proto::Target) -> String {
+        match spec_from_proto(drop_request(target)).unwrap_err() {
+            FaultError::Invalid { field, .. } => field,
+            other => panic!("not an Invalid error: {other}"),
+        }
+    }
+
+    fn port(port: u32) -> proto::Target {
+        proto::Target {
+            port,
+            ..Default::default()
+        }
+    }
+
+    fn partition(between: &[&str], and: &[&str]) -> proto::Target {
+        proto::Target {
+            between: between.iter().map(|s| s.to_string()).collect(),
+            and_peers: and.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Each bad value is refused naming the request's field.
+    #[test]
+    fn bad_richer_targets_name_the_wire_field() {
+        let t = |f: fn(&mut proto::Target)| {
+            let mut t = port(2379);
+            f(&mut t);
+            field_of(t)
+        };
+        assert_eq!(t(|t| t.port_end = 70_000), "target.port_end");
+        assert_eq!(t(|t| t.port_end = 2378), "target.port_end");
+        assert_eq!(t(|t| t.remote_port = 65_536), "target.remote_port");
+        assert_eq!(t(|t| t.one_way = true), "target.one_way");
+        assert_eq!(
+            field_of(partition(&["banana"], &["10.0.0.1"])),
+            "target.between"
+        );
+        assert_eq!(field_of(partition(&["10.0.0.1"], &[])), "target.and_peers");
+        assert_eq!(field_of(partition(&[], &["10.0.0.1"])), "target.between");
+        assert_eq!(
+            field_of(partition(&["10.0.0.1"], &["10.0.0.1/33"])),
+            "target.and_peers"
+        );
+        let mut p = partition(&["10.0.0.1"], &["10.0.0.2"]);
+        p.port = 80;
+        assert_eq!(field_of(p), "target.port");
+        let mut p = partition(&["10.0.0.1"], &["10.0.0.2"]);
+        p.peer = "10.0.0.3".into();
+        assert_eq!(field_of(p), "target.peer");
+    }
+
+    /// Good ones decode into the domain's target; an unspecified protocol is `any` for a
+    /// partition (it cuts whatever flows), `tcp` for a port.
+    #[test]
+    fn richer_targets_decode_and_come_back_the_same() {
+        let mut t = port(2379);
+        t.port_end = 2381;
+        t.remote_port = 43210;
+        let spec = spec_from_proto(drop_request(t)).unwrap();
+        assert_eq!(spec.target.ports(), 2379..=2381);
+        assert_eq!(spec.target.remote_port, Some(43210));
+        let mut p = partition(&["127.0.0.2", "fd00::/8"], &["127.0.0.3"]);
+        p.one_way = true;
+        let spec = spec_from_proto(drop_request(p)).unwrap();
+        assert_eq!(spec.target.protocol, crate::faults::Protocol::Any);
+        let partition = spec.target.partition.as_ref().unwrap();
+        assert!(partition.one_way);
+        assert_eq!(partition.between.len(), 2);
+        let fault = crate::faults::Fault {
+            id: 1,
+            spec: spec.clone(),
+            created: std::time::SystemTime::UNIX_EPOCH,
+            expires: None,
+            counter: 0,
+            owner: Default::default(),
+            session: None,
+        };
+        let back = crate::api::fault_to_proto(&fault).spec.unwrap();
+        assert_eq!(spec_from_proto(back).unwrap(), spec);
+    }
+}
