@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, lpm_trie::Key},
 };
 use fault_common::{
-    ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_TCP, PARTITION_UDP, PROTO_TCP,
-    PROTO_UDP, PartitionSlot, PartitionState, hooks_for, partitions_cutting,
+    ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_TCP, PARTITION_UDP, PEER_V4,
+    PROTO_TCP, PROTO_UDP, PartitionSlot, PartitionState, hooks_for, partitions_cutting,
 };
 
 use crate::packet::Packet;
@@ -56,7 +56,7 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         PROTO_UDP => PARTITION_UDP,
         _ => return Verdict::Pass,
     };
-    let (src, dst) = if pkt.family == 4 {
+    let (src, dst) = if pkt.family == PEER_V4 {
         (word_v4(pkt.src_addr[0]), word_v4(pkt.dst_addr[0]))
     } else {
         (word_v6(&pkt.src_addr), word_v6(&pkt.dst_addr))
