@@ -410,6 +410,22 @@ pub struct PartitionSlot {
     pub _pad: [u8; 6],
 }
 
+/// Words (u64) of the partitions' address filter: one bit per value of an address's low 16
+/// bits (IPv4's last two bytes, IPv6's last two), set for every address some partition's
+/// prefix holds (all bits for a prefix of /16 or shorter, /112 for IPv6). A packet whose
+/// source or destination has its bit clear is in no partition: two array reads, and the
+/// tries are not looked up. The daemon sets bits before it adds a prefix to the tries and
+/// clears them after the prefix is gone.
+pub const PARTITION_FILTER_WORDS: u32 = 65_536 / 64;
+
+/// The word and mask of an address in the partition filter, from the address's last 32-bit
+/// word as the packet carries it (network byte order).
+#[inline(always)]
+pub const fn partition_filter_bit(last_word_be: u32) -> (u32, u64) {
+    let low = u32::from_be(last_word_be) & 0xffff;
+    (low >> 6, 1u64 << (low & 63))
+}
+
 pub const PARTITION_TCP: u8 = 1;
 pub const PARTITION_UDP: u8 = 2;
 

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use fault_common::{
-    ACTION_DROP, ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_TCP,
-    PARTITION_UDP, PartitionSlot, PartitionState,
+    ACTION_DROP, ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_FILTER_WORDS,
+    PARTITION_TCP, PARTITION_UDP, PartitionSlot, PartitionState, partition_filter_bit,
 };
 
 use crate::faults::{Action, Fault, FaultError, Peer, Protocol};
@@ -153,6 +153,8 @@ pub struct CompiledPartitions {
     /// Prefix (masked address, length) → partition word, per family.
     pub v4: BTreeMap<([u8; 4], u8), u64>,
     pub v6: BTreeMap<([u8; 16], u8), u64>,
+    /// The address filter (fault_common::PARTITION_FILTER_WORDS words).
+    pub filter: Vec<u64>,
 }
 
 impl Default for CompiledPartitions {
@@ -162,7 +164,22 @@ impl Default for CompiledPartitions {
             slots: [PartitionSlot::default(); MAX_PARTITIONS as usize],
             v4: BTreeMap::new(),
             v6: BTreeMap::new(),
+            filter: vec![0; PARTITION_FILTER_WORDS as usize],
         }
+    }
+}
+
+/// Sets the filter bits of every address of the prefix: the values its addresses' low 16
+/// bits take (all of them once the prefix leaves 16 bits or more free).
+fn set_filter(filter: &mut [u64], host_bits: u32, low: u32) {
+    if host_bits >= 16 {
+        filter.fill(u64::MAX);
+        return;
+    }
+    let base = low & 0xffff & !((1u32 << host_bits) - 1);
+    for v in base..base + (1u32 << host_bits) {
+        let (word, mask) = partition_filter_bit(v.to_be());
+        filter[word as usize] |= mask;
     }
 }
 
@@ -277,9 +294,19 @@ impl PartitionTable {
         }
         for ((addr, prefix), word) in words {
             match addr {
-                IpAddr::V4(a) => out.v4.insert((a.octets(), prefix), word),
-                IpAddr::V6(a) => out.v6.insert((a.octets(), prefix), word),
-            };
+                IpAddr::V4(a) => {
+                    set_filter(&mut out.filter, 32 - u32::from(prefix), u32::from(a));
+                    out.v4.insert((a.octets(), prefix), word);
+                }
+                IpAddr::V6(a) => {
+                    set_filter(
+                        &mut out.filter,
+                        128 - u32::from(prefix),
+                        u128::from(a) as u32,
+                    );
+                    out.v6.insert((a.octets(), prefix), word);
+                }
+            }
         }
         out
     }
@@ -326,6 +353,24 @@ mod tests {
     }
 
     #[test]
+    fn the_filter_holds_every_address_of_each_prefix_and_no_other() {
+        let count = |f: &[u64]| f.iter().map(|w| w.count_ones()).sum::<u32>();
+        let bit = |f: &[u64], low: u32| {
+            let (w, m) = partition_filter_bit(low.to_be());
+            f[w as usize] & m != 0
+        };
+        let mut f = vec![0; PARTITION_FILTER_WORDS as usize];
+        set_filter(&mut f, 0, u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(count(&f), 1);
+        assert!(bit(&f, 2) && !bit(&f, 1) && !bit(&f, 3));
+        set_filter(&mut f, 8, u32::from(std::net::Ipv4Addr::new(10, 0, 7, 9)));
+        assert_eq!(count(&f), 1 + 256);
+        assert!(bit(&f, 0x0700) && bit(&f, 0x07ff) && !bit(&f, 0x0800) && !bit(&f, 0x06ff));
+        set_filter(&mut f, 16, 0);
+        assert_eq!(count(&f), 65_536);
+    }
+
+    #[test]
     fn containment_follows_the_prefix_bits() {
         assert!(contains(&peer("10.0.0.0/24"), &peer("10.0.0.255")));
         assert!(!contains(&peer("10.0.0.0/24"), &peer("10.0.1.0")));
@@ -342,6 +387,7 @@ pub struct PartitionMaps {
     slots: aya::maps::Array<aya::maps::MapData, PartitionSlot>,
     v4: LpmTrie<aya::maps::MapData, u32, u64>,
     v6: LpmTrie<aya::maps::MapData, [u32; 4], u64>,
+    filter: aya::maps::Array<aya::maps::MapData, u64>,
     written: CompiledPartitions,
 }
 
@@ -359,6 +405,7 @@ impl PartitionMaps {
             slots: aya::maps::Array::try_from(take("PARTITION_SLOTS")?)?,
             v4: LpmTrie::try_from(take("PARTITION_V4")?)?,
             v6: LpmTrie::try_from(take("PARTITION_V6")?)?,
+            filter: aya::maps::Array::try_from(take("PARTITION_FILTER")?)?,
             written: CompiledPartitions::default(),
         })
     }
@@ -377,6 +424,15 @@ impl PartitionMaps {
         };
         self.state.set(0, both, 0).map_err(|e| fail("state", e))?;
         self.written.state = both;
+        // The filter lets through every address of the old and the new prefixes while the
+        // tries change, and only the new ones after.
+        let union: Vec<u64> = old
+            .filter
+            .iter()
+            .zip(&new.filter)
+            .map(|(a, b)| a | b)
+            .collect();
+        self.write_filter(&union).map_err(|e| fail("filter", e))?;
         for (i, slot) in new.slots.iter().enumerate() {
             if *slot != old.slots[i] {
                 self.slots
@@ -414,7 +470,21 @@ impl PartitionMaps {
         self.state
             .set(0, new.state, 0)
             .map_err(|e| fail("state", e))?;
+        self.written.state = new.state;
+        self.write_filter(&new.filter)
+            .map_err(|e| fail("filter", e))?;
         self.written = new.clone();
+        Ok(())
+    }
+
+    /// Writes the filter words that differ from what was written.
+    fn write_filter(&mut self, filter: &[u64]) -> Result<(), aya::maps::MapError> {
+        for (i, &w) in filter.iter().enumerate() {
+            if self.written.filter[i] != w {
+                self.filter.set(i as u32, w, 0)?;
+                self.written.filter[i] = w;
+            }
+        }
         Ok(())
     }
 }

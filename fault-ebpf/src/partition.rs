@@ -16,8 +16,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, lpm_trie::Key},
 };
 use fault_common::{
-    ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_TCP, PARTITION_UDP, PEER_V4,
-    PROTO_TCP, PROTO_UDP, PartitionSlot, PartitionState, hooks_for, partitions_cutting,
+    ACTION_RESET, MAX_PARTITION_PREFIXES, MAX_PARTITIONS, PARTITION_FILTER_WORDS, PARTITION_TCP,
+    PARTITION_UDP, PEER_V4, PROTO_TCP, PROTO_UDP, PartitionSlot, PartitionState, hooks_for,
+    partition_filter_bit, partitions_cutting,
 };
 
 use crate::packet::Packet;
@@ -30,6 +31,10 @@ static PARTITION_STATE: Array<PartitionState> = Array::with_max_entries(1, 0);
 /// Partition i's fault: id, counters, action.
 #[map]
 static PARTITION_SLOTS: Array<PartitionSlot> = Array::with_max_entries(MAX_PARTITIONS, 0);
+
+/// The address filter: see fault_common::PARTITION_FILTER_WORDS.
+#[map]
+static PARTITION_FILTER: Array<u64> = Array::with_max_entries(PARTITION_FILTER_WORDS, 0);
 
 /// IPv4 prefix (address in network byte order, as in the packet) → partition word.
 #[map]
@@ -56,6 +61,12 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         PROTO_UDP => PARTITION_UDP,
         _ => return Verdict::Pass,
     };
+    // Both ends must be in some partition; most packets' are not, and cost two array
+    // reads here rather than two trie lookups.
+    let last = if pkt.family == PEER_V4 { 0 } else { 3 };
+    if !filtered(pkt.src_addr[last]) || !filtered(pkt.dst_addr[last]) {
+        return Verdict::Pass;
+    }
     let (src, dst) = if pkt.family == PEER_V4 {
         (word_v4(pkt.src_addr[0]), word_v4(pkt.dst_addr[0]))
     } else {
@@ -91,6 +102,13 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
     };
     count(counters, seen.len, true);
     verdict
+}
+
+/// Whether the address's bit is set in the partition filter.
+#[inline(always)]
+fn filtered(last_word: u32) -> bool {
+    let (word, mask) = partition_filter_bit(last_word);
+    PARTITION_FILTER.get(word).is_some_and(|w| *w & mask != 0)
 }
 
 #[inline(always)]
