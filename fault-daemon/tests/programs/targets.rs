@@ -331,3 +331,42 @@ fn a_partition_acts_before_the_ports_faults() {
     let other = tcp("10.0.0.4:40000", "10.0.0.3:80");
     assert_eq!(b.run(Hook::TcEgress, &other).verdict, Verdict::Redirect);
 }
+
+/// Overlaps on one port: a tuple, a range and a single-port fault are slots of the same
+/// per-port list, in the order they were added. The older tuple's reset acts before the
+/// range's drop on the tuple's flow; other flows of the port meet the range's drop first.
+#[test]
+fn on_one_port_the_older_fault_acts_first_whatever_its_target() {
+    let Some(mut b) = Bench::new() else { return };
+    let mut tuple_reset = spec(
+        Action::Reset { probability: 1.0 },
+        2380,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    );
+    tuple_reset.target.remote_port = Some(43210);
+    let tuple = b.add(tuple_reset);
+    let range = b.add(range(2379, 2381, Protocol::Tcp));
+    let single = b.add(spec(
+        Action::Reset { probability: 1.0 },
+        2380,
+        Protocol::Tcp,
+        Direction::Both,
+        None,
+    ));
+    let on_tuple = tcp("10.0.0.1:43210", "10.0.0.2:2380");
+    let other = tcp("10.0.0.1:43211", "10.0.0.2:2380");
+    assert_eq!(
+        b.run(Hook::TcEgress, &on_tuple).verdict,
+        Verdict::Redirect,
+        "the tuple's reset first"
+    );
+    assert_eq!(b.counters(&range), counters(&[], &[]));
+    b.expect(&[Hook::TcEgress], &other, Verdict::Drop, "the range's drop");
+    assert_eq!(b.counters(&single), counters(&[], &[]), "never reached");
+    assert_eq!(
+        b.counters(&tuple),
+        counters(&[on_tuple.as_slice()], &[on_tuple.as_slice()])
+    );
+}
