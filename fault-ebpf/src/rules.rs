@@ -492,9 +492,6 @@ fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
     let direction = covers != 0;
     let peer = (covers & DIR_TO_PORT != 0 && peer_matches(slot, pkt, Side::ToPort))
         || (covers & DIR_FROM_PORT != 0 && peer_matches(slot, pkt, Side::FromPort));
-    // A port tuple: the other end's port must be the slot's too (either direction; with
-    // both ports the same, the other end's port is the faulted port).
-    let peer = peer && (slot.remote_port == 0 || slot.remote_port == remote_port(pkt, at));
     if !direction {
         return log::SLOT_SKIPPED_DIRECTION;
     }
@@ -848,17 +845,18 @@ fn addr_below(a: &[u32; 4], b: &[u32; 4]) -> bool {
     a[3] < b[3]
 }
 
-/// The port at the other end of the packet from the faulted port.
-#[inline(always)]
-fn remote_port(pkt: &Packet, at: &Where) -> u16 {
-    match at.side {
-        Side::ToPort => pkt.src_port,
-        Side::FromPort => pkt.dst_port,
-    }
-}
-
+/// Whether the packet's other end (from the faulted port, on `side`) is the slot's peer:
+/// its address in the peer's network, and its port the tuple's remote port, if any (with
+/// both ports the same, the other end's port is the faulted port).
 #[inline(always)]
 fn peer_matches(slot: &FaultSlot, pkt: &Packet, side: Side) -> bool {
+    let remote_port = match side {
+        Side::ToPort => pkt.src_port,
+        Side::FromPort => pkt.dst_port,
+    };
+    if slot.remote_port != 0 && slot.remote_port != remote_port {
+        return false;
+    }
     if slot.peer_family == PEER_ANY {
         return true;
     }
