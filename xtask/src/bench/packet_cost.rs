@@ -228,9 +228,11 @@ pub fn richer_target_specs(n: usize, base: u16) -> Vec<super::api::proto::FaultS
         tuple.target.as_mut().unwrap().remote_port = 43_210;
         specs.push(tuple);
     }
+    // Low 16 bits (the partition filter's index) unlike the measured traffic's 127.0.0.1:
+    // what packets of addresses in no partition cost.
     let side = |net: u8| {
         (0..32)
-            .map(|i| format!("10.{net}.0.{i}"))
+            .map(|i| format!("10.{net}.{i}.7"))
             .collect::<Vec<_>>()
     };
     let mut partition = drop_spec(1, proto::Protocol::Any);
