@@ -1035,7 +1035,6 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
                     .as_ref()
                     .map_or_else(Vec::new, |p| p.and.iter().map(|a| a.to_string()).collect()),
                 one_way: t.partition.as_ref().is_some_and(|p| p.one_way),
-                ..Default::default()
             }),
             action: Some(proto::Action { kind: Some(action) }),
             ttl_ms: fault.spec.ttl.map(|d| d.as_millis() as u64),
