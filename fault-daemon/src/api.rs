@@ -1226,6 +1226,7 @@ mod tests {
                 command: "faultctl".into(),
                 via: "unix socket".into(),
                 socket_inode: None,
+                found: Default::default(),
             }));
         request
     }
