@@ -1265,6 +1265,7 @@ mod tests {
                 command: "faultctl".into(),
                 via: "unix socket".into(),
                 socket_inode: None,
+                found: Default::default(),
             }));
         request
     }

@@ -756,6 +756,7 @@ fn lock_file(path: &Path) -> Result<File, LockError> {
             .truncate(false)
             .open(path)
             .map_err(|e| io_error("opening", e))?;
+        wait_at_test_gate();
         if let Some(mut file) = lock_opened(file, path)? {
             file.set_len(0).ok();
             write!(file, "{}", std::process::id()).ok();
@@ -766,6 +767,21 @@ fn lock_file(path: &Path) -> Result<File, LockError> {
         "locking",
         io::Error::other("the lock file was replaced 64 times in a row"),
     ))
+}
+
+/// Test hook: with `FAULTD_TEST_LOCK_GATE=PATH`, a starter waits between opening the lock
+/// file and locking it until PATH exists. That is the window in which a holder's exit can
+/// replace the file; held open, a test (daemon.rs) races through it every time instead of
+/// by luck.
+fn wait_at_test_gate() {
+    let Some(gate) = std::env::var_os("FAULTD_TEST_LOCK_GATE") else {
+        return;
+    };
+    let gate = Path::new(&gate);
+    info!(gate = %gate.display(), "lock file opened; waiting for the test's gate");
+    while !gate.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Locks `file`, opened at `path`: `Ok(None)` when the lock was taken on a file that `path`

@@ -25,6 +25,7 @@ pub mod datapath;
 pub mod ebpf_log;
 pub mod events;
 pub mod faults;
+pub mod heap;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
