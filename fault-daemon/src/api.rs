@@ -786,6 +786,8 @@ fn wire_field(domain: &str) -> &str {
         "ttl" => "ttl_ms",
         "action.loss.probability" => "action.loss.percent",
         "action.corrupt.probability" => "action.corrupt.percent",
+        "action.corrupt.byte_probability" => "action.corrupt.byte_percent",
+        "action.slice.delay" => "action.slice.delay_us",
         "action.duplicate.probability" => "action.duplicate.percent",
         "action.delay.latency" => "action.delay.latency_us",
         "action.delay.jitter" => "action.delay.jitter_us",
@@ -859,7 +861,7 @@ fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
         FaultError::invalid(
             "action",
             "required: one of drop, reset, refuse, limit_bytes, limit_age, record, loss, \
-             delay, rate, corrupt, duplicate, stall",
+             delay, rate, corrupt, duplicate, stall, slice",
         )
     })?;
     Ok(FaultSpec {
@@ -911,9 +913,17 @@ fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Ac
         Kind::Loss(l) => Action::Loss {
             probability: l.percent / 100.0,
         },
+        Kind::Corrupt(proto::Corrupt {
+            percent,
+            byte_percent: Some(bytes),
+        }) => Action::CorruptBytes {
+            probability: percent / 100.0,
+            byte_probability: bytes / 100.0,
+        },
         Kind::Corrupt(c) => Action::Corrupt {
             probability: c.percent / 100.0,
         },
+        Kind::Slice(s) => Action::slice(s.bytes, s.delay_us)?,
         Kind::Duplicate(d) => Action::Duplicate {
             probability: d.percent / 100.0,
         },
@@ -958,6 +968,18 @@ fn action_to_proto(action: &Action) -> proto::action::Kind {
         }),
         Action::Corrupt { probability } => Kind::Corrupt(proto::Corrupt {
             percent: probability * 100.0,
+            byte_percent: None,
+        }),
+        Action::CorruptBytes {
+            probability,
+            byte_probability,
+        } => Kind::Corrupt(proto::Corrupt {
+            percent: probability * 100.0,
+            byte_percent: Some(byte_probability * 100.0),
+        }),
+        Action::Slice { bytes, spacing } => Kind::Slice(proto::Slice {
+            bytes: (*bytes).into(),
+            delay_us: spacing.as_micros() as i64,
         }),
         Action::Duplicate { probability } => Kind::Duplicate(proto::Duplicate {
             percent: probability * 100.0,
@@ -1114,7 +1136,10 @@ mod tests {
             "action.loss.percent"
         );
         assert_eq!(
-            field_of(with(Kind::Corrupt(proto::Corrupt { percent: f64::NAN }))),
+            field_of(with(Kind::Corrupt(proto::Corrupt {
+                percent: f64::NAN,
+                byte_percent: None,
+            }))),
             "action.corrupt.percent"
         );
         assert_eq!(
@@ -1138,7 +1163,10 @@ mod tests {
         use proto::action::Kind;
         for kind in [
             Kind::Loss(proto::Loss { percent: 30.0 }),
-            Kind::Corrupt(proto::Corrupt { percent: 5.0 }),
+            Kind::Corrupt(proto::Corrupt {
+                percent: 5.0,
+                byte_percent: None,
+            }),
             Kind::Duplicate(proto::Duplicate { percent: 100.0 }),
             Kind::Delay(proto::Delay {
                 latency_us: 200_000,

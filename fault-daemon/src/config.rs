@@ -380,6 +380,7 @@ impl FaultEntry {
             ActionName::Corrupt => (
                 Kind::Corrupt(proto::Corrupt {
                     percent: self.required(self.percent, "percent")?,
+                    byte_percent: None,
                 }),
                 &["percent"],
             ),

@@ -11,6 +11,8 @@ mod log;
 mod packet;
 mod reset;
 mod rules;
+mod slice;
+mod spread;
 
 use core::mem::MaybeUninit;
 

@@ -246,7 +246,10 @@ pub fn seeds() -> Vec<(&'static str, AddFaultRequest)> {
         ),
         (
             "corrupt",
-            request(6000, tcp, Kind::Corrupt(proto::Corrupt { percent: 1.0 })),
+            request(6000, tcp, Kind::Corrupt(proto::Corrupt {
+                    percent: 1.0,
+                    byte_percent: None,
+                })),
         ),
         (
             "duplicate",
