@@ -71,9 +71,13 @@ impl Engine {
             };
         }
         if spec.action.needs_fq() {
+            let field = match spec.action {
+                Action::Slice { .. } => "action.slice.delay_us",
+                _ => "action.delay",
+            };
             self.fq
                 .install()
-                .map_err(|why| FaultError::Refused(format!("action.delay: {why}")))?;
+                .map_err(|why| FaultError::Refused(format!("{field}: {why}")))?;
         }
         let added = self
             .table
@@ -1156,6 +1160,22 @@ mod tests {
         let mut udp_stall = with(Kind::Stall(proto::Stall {}));
         udp_stall.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
         assert_eq!(field_of(udp_stall), "target.protocol");
+        let slice = |bytes, delay_us| with(Kind::Slice(proto::Slice { bytes, delay_us }));
+        assert_eq!(field_of(slice(47, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(-1, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(1 << 40, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(100, -1)), "action.slice.delay_us");
+        assert_eq!(field_of(slice(100, 10_000_001)), "action.slice.delay_us");
+        let mut udp_slice = slice(100, 0);
+        udp_slice.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
+        assert_eq!(field_of(udp_slice), "target.protocol");
+        for byte_percent in [0.0, 1e-5, 100.5, f64::NAN] {
+            let corrupt = with(Kind::Corrupt(proto::Corrupt {
+                percent: 100.0,
+                byte_percent: Some(byte_percent),
+            }));
+            assert_eq!(field_of(corrupt), "action.corrupt.byte_percent");
+        }
     }
 
     #[test]
@@ -1173,6 +1193,14 @@ mod tests {
                 jitter_us: 50_000,
             }),
             Kind::Stall(proto::Stall {}),
+            Kind::Corrupt(proto::Corrupt {
+                percent: 50.0,
+                byte_percent: Some(1.0),
+            }),
+            Kind::Slice(proto::Slice {
+                bytes: 100,
+                delay_us: 20_000,
+            }),
         ] {
             let mut r = request(80);
             r.action = Some(proto::Action {

@@ -1543,6 +1543,38 @@ mod decode_tests {
             spec(6, Protocol::Any, Action::Duplicate { probability: 0.999 }),
             spec(7, Protocol::Tcp, Action::Stall),
             spec(
+                7,
+                Protocol::Any,
+                Action::CorruptBytes {
+                    probability: 0.25,
+                    byte_probability: 1e-6,
+                },
+            ),
+            spec(
+                7,
+                Protocol::Tcp,
+                Action::Slice {
+                    bytes: 48,
+                    spacing: MAX_DELAY,
+                },
+            ),
+            spec(
+                10,
+                Protocol::Tcp,
+                Action::Slice {
+                    bytes: 65_535,
+                    spacing: Duration::ZERO,
+                },
+            ),
+            spec(
+                10,
+                Protocol::Udp,
+                Action::CorruptBytes {
+                    probability: 1.0,
+                    byte_probability: 1.0,
+                },
+            ),
+            spec(
                 8,
                 Protocol::Tcp,
                 Action::Delay {
