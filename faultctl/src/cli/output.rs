@@ -205,7 +205,10 @@ fn describe(kind: Option<proto::action::Kind>) -> (&'static str, String) {
         ),
         Some(Kind::Slice(s)) => (
             "slice",
-            format!("bytes={} delay={}", s.bytes, micros(s.delay_us)),
+            match s.delay_us {
+                0 => format!("bytes={}", s.bytes),
+                d => format!("bytes={} delay={}", s.bytes, micros(d)),
+            },
         ),
         Some(Kind::Duplicate(d)) => ("duplicate", format!("percent={}", d.percent)),
         Some(Kind::Delay(d)) => (
