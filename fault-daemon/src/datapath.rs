@@ -175,6 +175,8 @@ pub struct Datapath {
     events_lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
     held: Vec<Held>,
+    /// Address-only partitions (see `partitions`).
+    partitions: crate::partitions::PartitionMaps,
 }
 
 impl Datapath {
@@ -232,6 +234,8 @@ impl Datapath {
         let events_lost = PerCpuArray::try_from(take(&mut ebpf, "EVENTS_LOST")?)
             .map_err(|e| kernel("map EVENTS_LOST", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
+        let partitions = crate::partitions::PartitionMaps::take(&mut ebpf)
+            .map_err(|e| kernel("the partition maps", e))?;
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
@@ -250,6 +254,7 @@ impl Datapath {
             events_lost: Some(events_lost),
             cpus,
             held: Vec::new(),
+            partitions,
         })
     }
 
@@ -537,6 +542,13 @@ impl RuleSink for Datapath {
 
     fn map_usage(&self) -> Vec<MapUsage> {
         self.maps()
+    }
+
+    fn write_partitions(
+        &mut self,
+        compiled: &crate::partitions::CompiledPartitions,
+    ) -> Result<(), FaultError> {
+        self.partitions.write(compiled)
     }
 
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {

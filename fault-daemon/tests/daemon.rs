@@ -265,7 +265,7 @@ fn tc_filters_a_killed_faultd_left_are_removed_on_attach() {
 /// maps, and lets go of them the way a killed process does: the filters stay.
 fn plant_stale_filters(iface: &str, port: u16) {
     use aya::programs::tc::{self, NlOptions, TcAttachOptions};
-    use faultd::faults::{Action, Direction, FaultSpec, FaultTable, Protocol, Target};
+    use faultd::faults::{Action, FaultSpec, FaultTable, Protocol, Target};
 
     let mut datapath = faultd::datapath::Datapath::load().expect("loading the programs");
     let name = std::ffi::CString::new(iface).unwrap();
@@ -278,12 +278,7 @@ fn plant_stale_filters(iface: &str, port: u16) {
         )
         .unwrap();
     let drop = FaultSpec {
-        target: Target {
-            port,
-            protocol: Protocol::Tcp,
-            direction: Direction::Both,
-            peer: None,
-        },
+        target: Target::port(port, Protocol::Tcp),
         action: Action::Drop { probability: 1.0 },
         ttl: None,
         label: String::new(),

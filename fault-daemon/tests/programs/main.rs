@@ -64,3 +64,4 @@ mod passthru;
 mod reset;
 mod shapes;
 mod slicing;
+mod targets;

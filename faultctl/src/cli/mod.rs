@@ -103,8 +103,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Judge a client's reconnect backoff from the SYNs recorded on a port.
     Backoff(backoff::BackoffArgs),
-    /// Cut some nodes off from the others: every node (--addr NODE_IP=ADDRESS, repeated)
-    /// drops the ports' traffic with the other side.
+    /// Cut two address sets apart (--between A --and B, any port), or some nodes off from
+    /// the others (--isolate: every node, --addr NODE_IP=ADDRESS, drops the ports' traffic).
     Partition(partition::PartitionArgs),
     /// List the active faults.
     List,
@@ -129,7 +129,8 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nodes = nodes::from_args(&cli.addr, cli.hosts.as_deref())?;
-    if nodes.len() > 1 || matches!(cli.command, Command::Partition(_)) {
+    let by_nodes = matches!(&cli.command, Command::Partition(p) if !p.by_address());
+    if nodes.len() > 1 || by_nodes {
         return multi::run(nodes, cli).await;
     }
     let addr = nodes.into_iter().next().map(|n| n.addr);
@@ -146,6 +147,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = FaultServiceClient::new(channel.clone());
     if let Some((target, action)) = cli.command.fault() {
         return output::added(&mut client, target, action, cli.json).await;
+    }
+    if let Command::Partition(args) = &cli.command {
+        let spec = args.address_spec();
+        return output::add_spec(&mut client, spec, args.hold, cli.json).await;
     }
     match cli.command {
         Command::Doctor => doctor::run(&mut client, cli.json).await,

@@ -129,6 +129,8 @@ pub struct Results {
     /// Wall time of each `faultctl drop`, in ns.
     pub faultctl_ns: Vec<u64>,
     pub churn: churn::ChurnResult,
+    /// Pass-through cost with ranges, tuples and a partition installed (issue #14).
+    pub targets: packet_cost::TargetsCost,
     pub seconds: f64,
 }
 
@@ -236,6 +238,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     );
 
     let (levels, compare) = sweep(&cfg, &faultd)?;
+    eprintln!("bench: pass-through with 1 000 ranges, 1 000 tuples and 1 024 address pairs");
+    let targets = packet_cost::richer_targets(
+        &faultd,
+        cfg.out_dir.join("faultd-targets.log"),
+        MEASURED_PORT,
+        cfg.round_trips,
+        cfg.rr,
+        cfg.reps,
+    )?;
     let ns = netns::new("ctl")?;
     let daemon = netns::start_faultd(&ns, &faultd, cfg.out_dir.join("faultd-control.log"))?;
     eprintln!("bench: fault-apply latency over {} adds", cfg.apply_adds);
@@ -260,6 +271,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         apply,
         faultctl_ns,
         churn,
+        targets,
         seconds: start.elapsed().as_secs_f64(),
     };
     let json = cfg.out_dir.join("results.json");
@@ -277,6 +289,18 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     std::fs::write(&cfg.report, &text)
         .with_context(|| format!("writing {}", cfg.report.display()))?;
     eprintln!("{}", report::summary(&results));
+    let t = &results.targets;
+    eprintln!(
+        "bench: with {} richer-target faults: over the no-op program (median ns) {:?}; \
+         request/response/s faultd {:.0}, no faultd {:.0}",
+        t.faults,
+        t.over_noop_ns
+            .iter()
+            .map(|(k, v)| (k.as_str(), median(v).round()))
+            .collect::<Vec<_>>(),
+        median(&t.rr_faultd),
+        median(&t.rr_bare),
+    );
     eprintln!(
         "bench: wrote {}, {} and {} in {:.0} s",
         shown(&cfg.report),
