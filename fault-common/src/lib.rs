@@ -51,6 +51,31 @@ pub const ACTION_DUPLICATE: u8 = 11;
 /// The TCP window the packet advertises is rewritten to 0: its sender looks like a peer
 /// that stopped reading. SYNs and RSTs are left alone so connections still open and close.
 pub const ACTION_STALL: u8 = 12;
+/// The stream is cut into segments of at most `aux` bytes: the MSS option of SYN and
+/// SYN-ACK is lowered to `aux` (never raised), their window scale option is turned into
+/// NOPs, and the window every packet advertises is held to `aux`, so that one segment at
+/// most is in flight. `param` ns, when not 0, space the data segments at TC egress (EDT,
+/// honoured by `fq`). TCP only; new connections only (the MSS is agreed in the handshake).
+pub const ACTION_SLICE: u8 = 13;
+
+/// The lowest MSS a Linux sender uses whatever its peer says (`TCP_MIN_SND_MSS`, the floor
+/// of `net.ipv4.tcp_min_snd_mss`, since 5.2): a slice below it could not be honoured.
+pub const MIN_SLICE_BYTES: u32 = 48;
+/// The highest slice: an unscaled TCP window (the slice turns window scaling off).
+pub const MAX_SLICE_BYTES: u32 = 65_535;
+
+/// Corrupt's per-byte density (`param` of a corrupt slot, 0 = one byte per packet): the
+/// number of bytes skipped between two changed bytes is drawn from the geometric law,
+/// `floor(-log2(u) * param / 2^32)` with `u` uniform in (0, 1] and `-log2(u)` in Q16, so
+/// `param` is `2^16 / -log2(1 - p)` in Q16. The work per packet is the number of bytes
+/// changed, held to `MAX_CORRUPT_BYTES`.
+pub const CORRUPT_SCALE_BITS: u32 = 32;
+/// `then` of a corrupt slot: `CORRUPT_DENSITY` changes each byte with the density in
+/// `param` (and `aux` holds its threshold, as `threshold` holds the packets'); 0 changes one
+/// byte per packet.
+pub const CORRUPT_DENSITY: u8 = 1;
+/// The most bytes a density changes in one packet (a 64 KiB packet at 1 %: about 655).
+pub const MAX_CORRUPT_BYTES: u32 = 8_192;
 
 /// How a rate slot holds traffic to its rate.
 pub const RATE_POLICE: u8 = 0;
@@ -210,9 +235,8 @@ pub const fn hooks_for(action: u8, then: u8, loopback: bool) -> u8 {
     let place = match action {
         ACTION_DELAY => Place::Departure,
         ACTION_RATE if then == RATE_PACE && loopback => Place::Departure,
-        ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL => {
-            Place::Rewrite
-        }
+        ACTION_RESET | ACTION_REFUSE_RST | ACTION_CORRUPT | ACTION_DUPLICATE | ACTION_STALL
+        | ACTION_SLICE => Place::Rewrite,
         ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE if then == THEN_RESET => Place::Rewrite,
         _ => Place::Drop,
     };
@@ -479,6 +503,7 @@ mod tests {
             (ACTION_CORRUPT, 0, OUT, IN | OUT),
             (ACTION_DUPLICATE, 0, OUT, IN | OUT),
             (ACTION_STALL, 0, OUT, IN | OUT),
+            (ACTION_SLICE, 0, OUT, IN | OUT),
             (ACTION_LIMIT_BYTES, THEN_RESET, OUT, IN | OUT),
             (ACTION_LIMIT_AGE, THEN_RESET, OUT, IN | OUT),
         ];

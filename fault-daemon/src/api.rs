@@ -71,9 +71,13 @@ impl Engine {
             };
         }
         if spec.action.needs_fq() {
+            let field = match spec.action {
+                Action::Slice { .. } => "action.slice.delay_us",
+                _ => "action.delay",
+            };
             self.fq
                 .install()
-                .map_err(|why| FaultError::Refused(format!("action.delay: {why}")))?;
+                .map_err(|why| FaultError::Refused(format!("{field}: {why}")))?;
         }
         let added = self
             .table
@@ -786,6 +790,8 @@ fn wire_field(domain: &str) -> &str {
         "ttl" => "ttl_ms",
         "action.loss.probability" => "action.loss.percent",
         "action.corrupt.probability" => "action.corrupt.percent",
+        "action.corrupt.byte_probability" => "action.corrupt.byte_percent",
+        "action.slice.delay" => "action.slice.delay_us",
         "action.duplicate.probability" => "action.duplicate.percent",
         "action.delay.latency" => "action.delay.latency_us",
         "action.delay.jitter" => "action.delay.jitter_us",
@@ -888,7 +894,7 @@ fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
         FaultError::invalid(
             "action",
             "required: one of drop, reset, refuse, limit_bytes, limit_age, record, loss, \
-             delay, rate, corrupt, duplicate, stall",
+             delay, rate, corrupt, duplicate, stall, slice",
         )
     })?;
     Ok(FaultSpec {
@@ -940,9 +946,17 @@ fn action_from_proto(kind: proto::action::Kind, protocol: Protocol) -> Result<Ac
         Kind::Loss(l) => Action::Loss {
             probability: l.percent / 100.0,
         },
+        Kind::Corrupt(proto::Corrupt {
+            percent,
+            byte_percent: Some(bytes),
+        }) => Action::CorruptBytes {
+            probability: percent / 100.0,
+            byte_probability: bytes / 100.0,
+        },
         Kind::Corrupt(c) => Action::Corrupt {
             probability: c.percent / 100.0,
         },
+        Kind::Slice(s) => Action::slice(s.bytes, s.delay_us)?,
         Kind::Duplicate(d) => Action::Duplicate {
             probability: d.percent / 100.0,
         },
@@ -987,6 +1001,18 @@ fn action_to_proto(action: &Action) -> proto::action::Kind {
         }),
         Action::Corrupt { probability } => Kind::Corrupt(proto::Corrupt {
             percent: probability * 100.0,
+            byte_percent: None,
+        }),
+        Action::CorruptBytes {
+            probability,
+            byte_probability,
+        } => Kind::Corrupt(proto::Corrupt {
+            percent: probability * 100.0,
+            byte_percent: Some(byte_probability * 100.0),
+        }),
+        Action::Slice { bytes, spacing } => Kind::Slice(proto::Slice {
+            bytes: (*bytes).into(),
+            delay_us: spacing.as_micros() as i64,
         }),
         Action::Duplicate { probability } => Kind::Duplicate(proto::Duplicate {
             percent: probability * 100.0,
@@ -1153,7 +1179,10 @@ mod tests {
             "action.loss.percent"
         );
         assert_eq!(
-            field_of(with(Kind::Corrupt(proto::Corrupt { percent: f64::NAN }))),
+            field_of(with(Kind::Corrupt(proto::Corrupt {
+                percent: f64::NAN,
+                byte_percent: None,
+            }))),
             "action.corrupt.percent"
         );
         assert_eq!(
@@ -1170,6 +1199,22 @@ mod tests {
         let mut udp_stall = with(Kind::Stall(proto::Stall {}));
         udp_stall.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
         assert_eq!(field_of(udp_stall), "target.protocol");
+        let slice = |bytes, delay_us| with(Kind::Slice(proto::Slice { bytes, delay_us }));
+        assert_eq!(field_of(slice(47, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(-1, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(1 << 40, 0)), "action.slice.bytes");
+        assert_eq!(field_of(slice(100, -1)), "action.slice.delay_us");
+        assert_eq!(field_of(slice(100, 10_000_001)), "action.slice.delay_us");
+        let mut udp_slice = slice(100, 0);
+        udp_slice.target.as_mut().unwrap().protocol = proto::Protocol::Udp as i32;
+        assert_eq!(field_of(udp_slice), "target.protocol");
+        for byte_percent in [0.0, 1e-5, 100.5, f64::NAN] {
+            let corrupt = with(Kind::Corrupt(proto::Corrupt {
+                percent: 100.0,
+                byte_percent: Some(byte_percent),
+            }));
+            assert_eq!(field_of(corrupt), "action.corrupt.byte_percent");
+        }
     }
 
     #[test]
@@ -1177,13 +1222,24 @@ mod tests {
         use proto::action::Kind;
         for kind in [
             Kind::Loss(proto::Loss { percent: 30.0 }),
-            Kind::Corrupt(proto::Corrupt { percent: 5.0 }),
+            Kind::Corrupt(proto::Corrupt {
+                percent: 5.0,
+                byte_percent: None,
+            }),
             Kind::Duplicate(proto::Duplicate { percent: 100.0 }),
             Kind::Delay(proto::Delay {
                 latency_us: 200_000,
                 jitter_us: 50_000,
             }),
             Kind::Stall(proto::Stall {}),
+            Kind::Corrupt(proto::Corrupt {
+                percent: 50.0,
+                byte_percent: Some(1.0),
+            }),
+            Kind::Slice(proto::Slice {
+                bytes: 100,
+                delay_us: 20_000,
+            }),
         ] {
             let mut r = request(80);
             r.action = Some(proto::Action {

@@ -6,8 +6,8 @@ use std::path::Path;
 use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
-    ACTION_RESET, ACTION_STALL, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RATE_PACE, RATE_POLICE,
-    THEN_DROP, THEN_RESET, hooks_for,
+    ACTION_RESET, ACTION_SLICE, ACTION_STALL, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RATE_PACE,
+    RATE_POLICE, THEN_DROP, THEN_RESET, hooks_for,
 };
 
 use crate::datapath::Attachment;
@@ -153,6 +153,14 @@ fn actions(attachments: &[Attachment], fq: &Result<(), String>) -> Vec<proto::Ac
             format!("clone: {}", at(ACTION_DUPLICATE, 0)),
         ),
         action("stall", true, format!("window 0: {}", at(ACTION_STALL, 0))),
+        action(
+            "slice",
+            true,
+            format!(
+                "MSS + window, new connections; --delay needs fq: {}",
+                at(ACTION_SLICE, 0)
+            ),
+        ),
         match fq {
             Ok(()) => action("delay", true, format!("EDT + fq: {}", at(ACTION_DELAY, 0))),
             Err(_) => action(

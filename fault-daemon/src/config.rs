@@ -128,6 +128,11 @@ pub struct FaultEntry {
     pub jitter: Option<Duration>,
     /// rate, in bits per second.
     pub bits_per_second: Option<i64>,
+    /// corrupt: a share of each packet's bytes, in percent.
+    pub byte_percent: Option<f64>,
+    /// slice: the spacing of segments (`bytes` is the segment size).
+    #[serde(default, deserialize_with = "duration")]
+    pub delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,6 +150,7 @@ pub enum ActionName {
     Corrupt,
     Duplicate,
     Stall,
+    Slice,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -380,9 +386,13 @@ impl FaultEntry {
             ),
             ActionName::Corrupt => (
                 Kind::Corrupt(proto::Corrupt {
-                    percent: self.required(self.percent, "percent")?,
+                    percent: match self.byte_percent {
+                        Some(_) => self.percent.unwrap_or(100.0),
+                        None => self.required(self.percent, "percent")?,
+                    },
+                    byte_percent: self.byte_percent,
                 }),
-                &["percent"],
+                &["percent", "byte_percent"],
             ),
             ActionName::Duplicate => (
                 Kind::Duplicate(proto::Duplicate {
@@ -405,6 +415,13 @@ impl FaultEntry {
                 &["bits_per_second"],
             ),
             ActionName::Stall => (Kind::Stall(proto::Stall {}), &[]),
+            ActionName::Slice => (
+                Kind::Slice(proto::Slice {
+                    bytes: self.required(self.bytes, "bytes")?,
+                    delay_us: self.delay.map_or(0, |d| d.as_micros() as i64),
+                }),
+                &["bytes", "delay"],
+            ),
         };
         let given = [
             ("probability", self.probability.is_some()),
@@ -416,6 +433,8 @@ impl FaultEntry {
             ("latency", self.latency.is_some()),
             ("jitter", self.jitter.is_some()),
             ("bits_per_second", self.bits_per_second.is_some()),
+            ("byte_percent", self.byte_percent.is_some()),
+            ("delay", self.delay.is_some()),
         ];
         if let Some((key, _)) = given.iter().find(|(k, set)| *set && !takes.contains(k)) {
             return Err(FaultError::invalid(
@@ -454,6 +473,7 @@ impl FaultEntry {
             ActionName::Corrupt => "corrupt",
             ActionName::Duplicate => "duplicate",
             ActionName::Stall => "stall",
+            ActionName::Slice => "slice",
         }
     }
 }
@@ -498,6 +518,7 @@ fn key_of(field: &str) -> &str {
         "latency_us" => "latency",
         "jitter_us" => "jitter",
         "after_ms" => "after",
+        "delay_us" => "delay",
         other => other,
     }
 }
@@ -639,6 +660,42 @@ then = "drop"
         assert!(err.contains("fault #1: peer: "), "{err}");
         let err = at("action = \"stall\"\nport = 80\nprotocol = \"udp\"");
         assert!(err.contains("fault #1: protocol: "), "{err}");
+    }
+
+    #[test]
+    fn slice_and_byte_percent_come_from_their_keys() {
+        let faults = load_str(
+            "[[fault]]\naction = \"slice\"\nport = 80\nbytes = 100\ndelay = \"20ms\"\n\
+             [[fault]]\naction = \"corrupt\"\nport = 81\nbyte_percent = 1.0\n",
+        )
+        .unwrap()
+        .faults;
+        assert_eq!(
+            faults[0].0.action,
+            Action::Slice {
+                bytes: 100,
+                spacing: Duration::from_millis(20)
+            }
+        );
+        assert_eq!(
+            faults[1].0.action,
+            Action::CorruptBytes {
+                probability: 1.0,
+                byte_probability: 0.01
+            }
+        );
+        let at = |entry: &str| load_str(&format!("\n[[fault]]\n{entry}\n")).unwrap_err();
+        let err = at("action = \"slice\"\nport = 80\nbytes = 47");
+        assert!(
+            err.contains("fault #1: bytes: 47 bytes is below 48"),
+            "{err}"
+        );
+        let err = at("action = \"slice\"\nport = 80");
+        assert!(err.contains("bytes: required for slice"), "{err}");
+        let err = at("action = \"drop\"\nport = 80\ndelay = \"1s\"");
+        assert!(err.contains("delay: drop takes no delay"), "{err}");
+        let err = at("action = \"corrupt\"\nport = 80\nbyte_percent = 0.0");
+        assert!(err.contains("fault #1: byte_percent: "), "{err}");
     }
 
     #[test]

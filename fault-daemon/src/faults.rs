@@ -12,12 +12,16 @@ use std::time::{Duration, SystemTime};
 
 pub use crate::partitions::Partition;
 use crate::partitions::{CompiledPartitions, PartitionTable};
+
+mod slicing;
+
 use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
-    ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, FaultCounters,
-    FaultSlot, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, PEER_ANY, PEER_V4, PEER_V6, PROTO_TCP,
-    PROTO_UDP, PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP, THEN_RESET,
+    ACTION_RESET, ACTION_SLICE, ACTION_STALL, CORRUPT_DENSITY, DELAY_HORIZON_NS, DIR_FROM_PORT,
+    DIR_TO_PORT, FaultCounters, FaultSlot, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, PEER_ANY,
+    PEER_V4, PEER_V6, PROTO_TCP, PROTO_UDP, PortKey, PortRule, RATE_PACE, RATE_POLICE, THEN_DROP,
+    THEN_RESET,
 };
 
 /// Longest TTL (and limit age) ever accepted: a year. Longer is almost surely a unit
@@ -403,6 +407,15 @@ pub enum Action {
     Duplicate { probability: f64 },
     /// The TCP window advertised by matching packets is rewritten to 0.
     Stall,
+    /// Corrupt with a per-byte density: in a random share `probability` of packets, each
+    /// payload byte changes with `byte_probability` (see [`slicing`]).
+    CorruptBytes {
+        probability: f64,
+        byte_probability: f64,
+    },
+    /// New TCP connections carry their stream in segments of at most `bytes`, spaced by
+    /// `spacing` on the way out (see [`slicing`]).
+    Slice { bytes: u32, spacing: Duration },
 }
 
 /// How a rate fault holds traffic to its rate.
@@ -452,7 +465,8 @@ impl Action {
             Action::Loss { .. } => "loss",
             Action::Delay { .. } => "delay",
             Action::Rate { .. } => "rate",
-            Action::Corrupt { .. } => "corrupt",
+            Action::Corrupt { .. } | Action::CorruptBytes { .. } => "corrupt",
+            Action::Slice { .. } => "slice",
             Action::Duplicate { .. } => "duplicate",
             Action::Stall => "stall",
         }
@@ -467,7 +481,7 @@ impl Action {
                     mode: RateMode::Pace,
                     ..
                 }
-        )
+        ) || matches!(self, Action::Slice { spacing, .. } if !spacing.is_zero())
     }
 
     /// Whether the action acts on connection attempts only, which go to the port (and
@@ -494,6 +508,7 @@ impl Action {
                 }
                 | Action::Record
                 | Action::Stall
+                | Action::Slice { .. }
         )
     }
 
@@ -553,6 +568,19 @@ impl Action {
                 (ACTION_DUPLICATE, threshold(*probability), 0, 0, 0)
             }
             Action::Stall => (ACTION_STALL, always, 0, 0, 0),
+            Action::CorruptBytes {
+                probability,
+                byte_probability,
+            } => (
+                ACTION_CORRUPT,
+                threshold(*probability),
+                slicing::byte_density(threshold(*byte_probability)),
+                CORRUPT_DENSITY,
+                threshold(*byte_probability),
+            ),
+            Action::Slice { bytes, spacing } => {
+                (ACTION_SLICE, always, spacing.as_nanos() as u64, 0, *bytes)
+            }
         }
     }
 }
@@ -693,6 +721,14 @@ impl FaultSpec {
             Action::Corrupt { probability } => {
                 validate_probability(probability, "action.corrupt.probability")?;
             }
+            Action::CorruptBytes {
+                probability,
+                byte_probability,
+            } => {
+                validate_probability(probability, "action.corrupt.probability")?;
+                slicing::validate_byte_probability(byte_probability)?;
+            }
+            Action::Slice { bytes, spacing } => slicing::validate_slice(bytes, spacing)?,
             Action::Duplicate { probability } => {
                 validate_probability(probability, "action.duplicate.probability")?;
             }
@@ -745,6 +781,9 @@ impl FaultSpec {
                     match self.action {
                         Action::Refuse { .. } => " (for udp use refuse --mode drop)",
                         Action::LimitBytes { .. } | Action::LimitAge { .. } => " (use --then drop)",
+                        Action::Slice { .. } => {
+                            " (UDP has no segments: a datagram arrives whole, as it was sent)"
+                        }
                         _ => "",
                     }
                 ),
@@ -1452,7 +1491,25 @@ fn decode_action(slot: &FaultSlot) -> Result<Action, String> {
     let (action, uses_threshold, uses_param, uses_then, uses_aux) = match slot.action {
         ACTION_DROP => (Action::Drop { probability }, true, false, false, false),
         ACTION_RESET => (Action::Reset { probability }, true, false, false, false),
+        ACTION_CORRUPT if slot.then == CORRUPT_DENSITY => {
+            let byte_probability = probability_of(slot.aux);
+            if slot.param != slicing::byte_density(slot.aux) {
+                return Err(format!(
+                    "corrupt slot with density {} for its aux",
+                    slot.param
+                ));
+            }
+            let action = Action::CorruptBytes {
+                probability,
+                byte_probability,
+            };
+            (action, true, true, true, true)
+        }
         ACTION_CORRUPT => (Action::Corrupt { probability }, true, false, false, false),
+        ACTION_SLICE => {
+            let (bytes, spacing) = (slot.aux, Duration::from_nanos(slot.param));
+            (Action::Slice { bytes, spacing }, false, true, false, true)
+        }
         ACTION_DUPLICATE => (Action::Duplicate { probability }, true, false, false, false),
         ACTION_REFUSE_RST => {
             let mode = RefuseMode::Rst;
@@ -1583,6 +1640,16 @@ fn same_action(spec: &Action, decoded: &Action) -> bool {
             close(*p, *q)
         }
         (
+            Action::CorruptBytes {
+                probability: p,
+                byte_probability: b,
+            },
+            Action::CorruptBytes {
+                probability: q,
+                byte_probability: c,
+            },
+        ) => close(*p, *q) && close(*b, *c),
+        (
             Action::Delay { latency, jitter },
             Action::Delay {
                 latency: l,
@@ -1663,6 +1730,38 @@ mod decode_tests {
             spec(6, Protocol::Any, Action::Corrupt { probability: 0.5 }),
             spec(6, Protocol::Any, Action::Duplicate { probability: 0.999 }),
             spec(7, Protocol::Tcp, Action::Stall),
+            spec(
+                7,
+                Protocol::Any,
+                Action::CorruptBytes {
+                    probability: 0.25,
+                    byte_probability: 1e-6,
+                },
+            ),
+            spec(
+                7,
+                Protocol::Tcp,
+                Action::Slice {
+                    bytes: 48,
+                    spacing: MAX_DELAY,
+                },
+            ),
+            spec(
+                10,
+                Protocol::Tcp,
+                Action::Slice {
+                    bytes: 65_535,
+                    spacing: Duration::ZERO,
+                },
+            ),
+            spec(
+                10,
+                Protocol::Udp,
+                Action::CorruptBytes {
+                    probability: 1.0,
+                    byte_probability: 1.0,
+                },
+            ),
             spec(
                 8,
                 Protocol::Tcp,

@@ -535,6 +535,8 @@ fn every_command_speaks_json() {
         &["corrupt", "--port", "7809", "--percent", "5"],
         &["duplicate", "--port", "7810", "--percent", "5"],
         &["stall", "--port", "7811", "--direction", "from-port"],
+        &["slice", "--port", "7812", "--bytes", "100"],
+        &["corrupt", "--port", "7813", "--byte-percent", "1"],
     ];
     let mut ids = Vec::new();
     for args in adds {
@@ -544,6 +546,9 @@ fn every_command_speaks_json() {
         ids.push(fault["id"].as_u64().unwrap());
     }
     assert_eq!(json(&["list"]).as_array().unwrap().len(), adds.len());
+    let listed = ns.faultctl_ok(&["list"]);
+    assert!(listed.contains("bytes=100 "), "{listed}");
+    assert!(listed.contains("percent=100 byte-percent=1"), "{listed}");
     let stats = json(&["stats"]);
     assert_eq!(stats["faults"].as_array().unwrap().len(), adds.len());
     assert_eq!(stats["faults"][0]["counters"]["acted_packets"], 0);

@@ -54,7 +54,10 @@ fn random_spec(rng: &mut Rng) -> proto::FaultSpec {
             probability: Some(0.5),
         }),
         1 => Kind::Loss(proto::Loss { percent: 10.0 }),
-        2 => Kind::Corrupt(proto::Corrupt { percent: 1.0 }),
+        2 => Kind::Corrupt(proto::Corrupt {
+            percent: 1.0,
+            byte_percent: None,
+        }),
         _ => Kind::Duplicate(proto::Duplicate { percent: 1.0 }),
     };
     proto::FaultSpec {

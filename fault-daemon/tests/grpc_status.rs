@@ -146,6 +146,7 @@ fn invalid_arguments() -> Vec<Refusal> {
             "an infinite corruption",
             kind(Kind::Corrupt(proto::Corrupt {
                 percent: f64::INFINITY,
+                byte_percent: None,
             })),
             "action.corrupt.percent",
         ),

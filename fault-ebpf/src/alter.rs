@@ -1,4 +1,5 @@
-//! Changes to packets that go on: a zero window (stall), a flipped payload byte (corrupt),
+//! Changes to packets that go on: a zero window (stall), segments cut small (slice, in
+//! crate::slice), flipped payload bytes (corrupt; as dense as asked in crate::spread),
 //! a later departure (delay, rate pacing) and a second copy (duplicate).
 //!
 //! Checksums are fixed up with `bpf_l4_csum_replace`, which does the right thing for each
@@ -15,10 +16,11 @@ use fault_common::{DELAY_HORIZON_NS, PROTO_UDP};
 
 use crate::copies;
 use crate::packet::Packet;
-use crate::rules::{Effects, Hook};
+use crate::rules::{CORRUPT_ONE_BYTE, Effects, Hook};
+use crate::{slice, spread};
 
 /// Size of the replaced field, in the flags of bpf_l4_csum_replace.
-const CSUM_FIELD_2: u64 = 2;
+pub(crate) const CSUM_FIELD_2: u64 = 2;
 /// A UDP checksum of 0 means "none": keep it so, and never produce 0 by accident.
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 const TCP_WINDOW: u32 = 14;
@@ -30,8 +32,14 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, fx: &Effects, hook: Hook, ifindex: u
     if fx.stall != 0 {
         let _ = zero_window(ctx, pkt);
     }
-    if fx.corrupt != 0 {
+    // After a stall, whose zero window it keeps.
+    if fx.slice_bytes != 0 {
+        let _ = slice::apply(ctx, pkt, fx.slice_bytes);
+    }
+    if fx.corrupt == CORRUPT_ONE_BYTE {
         let _ = flip_payload_byte(ctx, pkt);
+    } else if fx.corrupt != 0 {
+        spread::apply(ctx, pkt, fx.corrupt_density);
     }
     if fx.delay_ns != 0 || fx.not_before_ns != 0 {
         set_departure(ctx, fx);
@@ -42,7 +50,7 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, fx: &Effects, hook: Hook, ifindex: u
     }
 }
 
-fn csum_flags(pkt: &Packet) -> u64 {
+pub(crate) fn csum_flags(pkt: &Packet) -> u64 {
     if pkt.protocol == PROTO_UDP {
         CSUM_FIELD_2 | BPF_F_MARK_MANGLED_0
     } else {

@@ -12,6 +12,8 @@ mod packet;
 mod partition;
 mod reset;
 mod rules;
+mod slice;
+mod spread;
 
 use core::mem::MaybeUninit;
 

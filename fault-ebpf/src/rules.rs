@@ -14,11 +14,12 @@ use aya_ebpf::{
 use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
-    ACTION_RESET, ACTION_STALL, DELAY_HORIZON_NS, DIR_FROM_PORT, DIR_TO_PORT, EVENT_FIRST_HIT,
-    EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN, EVENT_SYN_REFUSED, FAULTED_PORT_WORDS,
-    FaultCounters, FaultSlot, FlowKey, FlowState, LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT,
-    MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP, PROTO_UDP, PortBits, PortKey, PortRule,
-    RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET, faulted_port_bits, hooks_for,
+    ACTION_RESET, ACTION_SLICE, ACTION_STALL, CORRUPT_DENSITY, DELAY_HORIZON_NS, DIR_FROM_PORT,
+    DIR_TO_PORT, EVENT_FIRST_HIT, EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN,
+    EVENT_SYN_REFUSED, FAULTED_PORT_WORDS, FaultCounters, FaultSlot, FlowKey, FlowState,
+    LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP,
+    PROTO_UDP, PortBits, PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
+    faulted_port_bits, hooks_for,
 };
 
 use crate::events;
@@ -101,11 +102,21 @@ pub struct Effects {
     pub delay_ns: u64,
     /// The packet leaves no earlier than this (`rate` pacing); 0 for no bound.
     pub not_before_ns: u64,
+    /// Corrupt's per-byte density (`CORRUPT_DENSITY`), the slot's `param`.
+    pub corrupt_density: u64,
+    /// The smallest slice's bytes; 0 for none.
+    pub slice_bytes: u32,
+    /// 0, [`CORRUPT_ONE_BYTE`] or [`CORRUPT_BYTES`].
     pub corrupt: u8,
     pub stall: u8,
     pub duplicate: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
 }
+
+/// How a corrupt fault changes the packet (`Effects::corrupt`): one byte, or each byte with
+/// the density's probability.
+pub const CORRUPT_ONE_BYTE: u8 = 1;
+pub const CORRUPT_BYTES: u8 = 2;
 
 impl Effects {
     /// This hook's effects, as [`decide`] left them for the packet it passed.
@@ -134,6 +145,8 @@ impl Effects {
         unsafe {
             write_volatile(&raw mut (*fx).delay_ns, 0);
             write_volatile(&raw mut (*fx).not_before_ns, 0);
+            write_volatile(&raw mut (*fx).corrupt_density, 0);
+            write_volatile(&raw mut (*fx).slice_bytes, 0);
             write_volatile(&raw mut (*fx).corrupt, 0);
             write_volatile(&raw mut (*fx).stall, 0);
             write_volatile(&raw mut (*fx).duplicate, 0);
@@ -512,6 +525,8 @@ fn mismatch(slot: &FaultSlot, pkt: &Packet, at: &Where) -> u32 {
         // Connections still open and close under a stall; only data is held back.
         ACTION_STALL => pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0,
         ACTION_CORRUPT => pkt.payload_len > 0,
+        // RSTs end the flow: nothing to slice in them.
+        ACTION_SLICE => pkt.protocol == PROTO_TCP && !pkt.is_rst(),
         _ => true,
     };
     if kind {
@@ -533,9 +548,15 @@ fn act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> Outcome 
         }
         ACTION_RATE => rate(slot, len, now, at.hook == Hook::TcEgress, fx),
         ACTION_CORRUPT if chance(slot.threshold) => {
-            fx.corrupt = 1;
+            if slot.then == CORRUPT_DENSITY {
+                fx.corrupt = CORRUPT_BYTES;
+                fx.corrupt_density = slot.param;
+            } else if fx.corrupt == 0 {
+                fx.corrupt = CORRUPT_ONE_BYTE;
+            }
             Outcome::Altered
         }
+        ACTION_SLICE => slice(slot, pkt, now, at.hook == Hook::TcEgress, fx),
         ACTION_DUPLICATE if chance(slot.threshold) => {
             fx.duplicate = 1;
             Outcome::Altered
@@ -546,6 +567,31 @@ fn act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> Outcome 
         }
         _ => decide_fate(slot, pkt, side, now).into(),
     }
+}
+
+/// A slice: the smallest of the slices on the packet wins; on the way out, data segments
+/// are spaced `param` ns apart (per fault, as a paced rate: the same bucket, GCRA with a
+/// cost of `param` per segment and no burst).
+#[inline(always)]
+fn slice(slot: &FaultSlot, pkt: &Packet, now: u64, egress: bool, fx: &mut Effects) -> Outcome {
+    if fx.slice_bytes == 0 || slot.aux < fx.slice_bytes {
+        fx.slice_bytes = slot.aux;
+    }
+    if slot.param == 0 || !egress || pkt.payload_len == 0 {
+        return Outcome::Altered;
+    }
+    let Some(tat) = BUCKETS.get_ptr_mut(slot.counter) else {
+        return Outcome::Altered;
+    };
+    // SAFETY: the pointer came from the map; see BUCKETS for the race.
+    let due = unsafe { (*tat).max(now) };
+    if due - now > DELAY_HORIZON_NS {
+        // fq would drop it anyway; better that it counts as the slice's drop.
+        return Outcome::Final(Verdict::Drop);
+    }
+    unsafe { *tat = due + slot.param };
+    fx.not_before_ns = fx.not_before_ns.max(due);
+    Outcome::Altered
 }
 
 /// The slot's latency, with its jitter drawn uniformly from [-jitter, +jitter].

@@ -23,7 +23,8 @@ macro_rules! actions {
     )*};
 }
 actions!(
-    Drop, Reset, Refuse, LimitBytes, LimitAge, Record, Loss, Delay, Rate, Corrupt, Duplicate, Stall
+    Drop, Reset, Refuse, LimitBytes, LimitAge, Record, Loss, Delay, Rate, Corrupt, Duplicate,
+    Stall, Slice
 );
 
 /// A fault to add: made by [`Client::drop`], [`Client::delay`]… and added by
@@ -257,7 +258,45 @@ impl Client {
 
     /// One payload byte of `percent` (0, 100] of matching packets is flipped.
     pub fn corrupt(&self, port: u16, percent: f64) -> FaultBuilder<proto::Corrupt> {
-        FaultBuilder::new(self, port, proto::Corrupt { percent })
+        FaultBuilder::new(
+            self,
+            port,
+            proto::Corrupt {
+                percent,
+                byte_percent: None,
+            },
+        )
+    }
+
+    /// In `percent` (0, 100] of matching packets, each payload byte changes with
+    /// probability `byte_percent` [0.0001, 100] (at most 8192 bytes in one packet).
+    pub fn corrupt_bytes(
+        &self,
+        port: u16,
+        percent: f64,
+        byte_percent: f64,
+    ) -> FaultBuilder<proto::Corrupt> {
+        FaultBuilder::new(
+            self,
+            port,
+            proto::Corrupt {
+                percent,
+                byte_percent: Some(byte_percent),
+            },
+        )
+    }
+
+    /// New TCP connections carry their stream in segments of at most `bytes` [48, 65535],
+    /// spaced by `delay` on the way out (zero: not spaced; otherwise needs sch_fq).
+    pub fn slice(&self, port: u16, bytes: u32, delay: Duration) -> FaultBuilder<proto::Slice> {
+        FaultBuilder::new(
+            self,
+            port,
+            proto::Slice {
+                bytes: bytes.into(),
+                delay_us: delay.as_micros() as i64,
+            },
+        )
     }
 
     /// `percent` (0, 100] of matching packets are sent twice.
@@ -444,7 +483,24 @@ mod tests {
             ),
             (
                 kind(c.corrupt(1, 1.0).spec()),
-                Kind::Corrupt(proto::Corrupt { percent: 1.0 }),
+                Kind::Corrupt(proto::Corrupt {
+                    percent: 1.0,
+                    byte_percent: None,
+                }),
+            ),
+            (
+                kind(c.corrupt_bytes(1, 50.0, 1.0).spec()),
+                Kind::Corrupt(proto::Corrupt {
+                    percent: 50.0,
+                    byte_percent: Some(1.0),
+                }),
+            ),
+            (
+                kind(c.slice(1, 100, Duration::from_millis(5)).spec()),
+                Kind::Slice(proto::Slice {
+                    bytes: 100,
+                    delay_us: 5_000,
+                }),
             ),
             (
                 kind(c.duplicate(1, 50.0).spec()),

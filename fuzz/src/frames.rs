@@ -13,7 +13,7 @@
 //! is skipped, and the run says so once.
 
 use std::cell::RefCell;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use etherparse::{LaxPacketHeaders, TransportHeader};
@@ -22,7 +22,7 @@ use faultd::datapath::{Datapath, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROG
 use faultd::faults::{Action, FaultSpec, FaultTable, Protocol, Target};
 
 /// Ports with faults in the fixed rule set; every other port has none.
-pub const FAULTED_PORTS: [u16; 5] = [2379, 2381, 2382, 2383, 2384];
+pub const FAULTED_PORTS: [u16; 7] = [2379, 2381, 2382, 2383, 2384, 2385, 2386];
 
 /// The ifindex BPF_PROG_TEST_RUN gives both program types: loopback.
 const TEST_RUN_IFINDEX: u32 = 1;
@@ -69,6 +69,20 @@ fn load() -> Option<Programs> {
         (Action::Corrupt { probability: 1.0 }, Protocol::Any),
         (Action::Stall, Protocol::Tcp),
         (Action::Loss { probability: 0.5 }, Protocol::Udp),
+        (
+            Action::Slice {
+                bytes: 48,
+                spacing: Duration::ZERO,
+            },
+            Protocol::Tcp,
+        ),
+        (
+            Action::CorruptBytes {
+                probability: 1.0,
+                byte_probability: 0.5,
+            },
+            Protocol::Any,
+        ),
     ];
     for ((action, protocol), port) in actions.into_iter().zip(FAULTED_PORTS) {
         let spec = FaultSpec {

@@ -247,7 +247,14 @@ pub fn seeds() -> Vec<(&'static str, AddFaultRequest)> {
         ),
         (
             "corrupt",
-            request(6000, tcp, Kind::Corrupt(proto::Corrupt { percent: 1.0 })),
+            request(
+                6000,
+                tcp,
+                Kind::Corrupt(proto::Corrupt {
+                    percent: 1.0,
+                    byte_percent: None,
+                }),
+            ),
         ),
         (
             "duplicate",
@@ -258,6 +265,28 @@ pub fn seeds() -> Vec<(&'static str, AddFaultRequest)> {
             ),
         ),
         ("stall", request(6002, tcp, Kind::Stall(proto::Stall {}))),
+        (
+            "corrupt_bytes",
+            request(
+                6003,
+                any,
+                Kind::Corrupt(proto::Corrupt {
+                    percent: 50.0,
+                    byte_percent: Some(1.0),
+                }),
+            ),
+        ),
+        (
+            "slice",
+            request(
+                6004,
+                tcp,
+                Kind::Slice(proto::Slice {
+                    bytes: 100,
+                    delay_us: 0,
+                }),
+            ),
+        ),
     ];
     let mut peer_ttl_label = request(2380, tcp, Kind::Drop(proto::Drop { probability: None }));
     let spec = peer_ttl_label.spec.as_mut().unwrap();

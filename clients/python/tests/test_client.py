@@ -208,6 +208,40 @@ def test_faultd_start_runs_a_daemon_for_the_session(tmp_path, request):
     assert "1 passed" in run.stdout
 
 
+def test_slice_and_byte_corruption_reach_the_application(ns, faultd, observer):
+    with faultd.slice(7130, 100) as fault:
+        assert fault.action == "slice"
+        assert fault.proto.spec.action.slice.bytes == 100
+        client, server = ns.run(tcp_pair, 7130)  # opened after the fault: sliced
+        with client, server:
+            data = bytes(i % 251 for i in range(20000))
+            client.sendall(data)
+            got, reads = b"", 0
+            while len(got) < len(data):
+                chunk = receives(server, 5)
+                assert chunk, f"stalled after {len(got)} bytes"
+                got, reads = got + chunk, reads + 1
+            assert got == data
+            assert reads >= 20, f"{reads} reads: not sliced"
+    with pytest.raises(InvalidArgument, match="action.slice.bytes"):
+        faultd.slice(7130, 47)
+    with pytest.raises(InvalidArgument, match="target.protocol"):
+        faultd.slice(7130, 100, protocol="udp")
+    with pytest.raises(InvalidArgument, match="action.corrupt.byte_percent"):
+        faultd.corrupt(7131, byte_percent=0)
+    with faultd.corrupt(7131, byte_percent=1) as fault:
+        assert fault.proto.spec.action.corrupt.byte_percent == 1
+        client, server = ns.run(tcp_pair, 7131)
+        with client, server:
+            data = bytes(i % 251 for i in range(102400))
+            client.sendall(data)
+            got = receives_exactly(server, data, 10)
+            assert len(got) == len(data)
+            changed = sum(a != b for a, b in zip(got, data))
+            assert abs(changed - 1024) <= 6 * (1024 * 0.99) ** 0.5, changed
+    assert observer.list() == []
+
+
 def _udp_arrives(src, dst, port):
     """Whether a datagram from ``src`` reaches a socket bound on ``dst:port``."""
     import socket

@@ -32,6 +32,14 @@ impl Scenario {
         }
     }
 
+    /// One namespace's `lo`, over IPv6 (`::1`).
+    pub fn lo_v6(tag: &str) -> Self {
+        Self {
+            server_addr: "::1",
+            ..Self::lo_v4(tag)
+        }
+    }
+
     pub fn veth(tag: &str, server_addr: &'static str) -> Self {
         let pair = VethPair::new(tag);
         let daemon = Daemon::start(&pair.server, &[SERVER_IF]);

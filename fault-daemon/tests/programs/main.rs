@@ -63,4 +63,5 @@ mod parsing;
 mod passthru;
 mod reset;
 mod shapes;
+mod slicing;
 mod targets;

@@ -28,6 +28,7 @@ mod record;
 mod refuse;
 mod reset;
 mod rm;
+mod slice;
 mod stall;
 mod stats;
 mod target;
@@ -86,12 +87,16 @@ pub enum Command {
     Delay(delay::DelayArgs),
     /// Limit bandwidth (paced with fq, policed without).
     Rate(rate::RateArgs),
-    /// Flip payload bytes of a share of packets, keeping checksums valid.
-    Corrupt(target::PercentArgs),
+    /// Flip payload bytes of a share of packets (one each, or each byte with
+    /// --byte-percent), keeping checksums valid.
+    Corrupt(corrupt::CorruptArgs),
     /// Send a share of packets twice.
     Duplicate(target::PercentArgs),
     /// Rewrite the advertised TCP window to 0: the peer stops sending until removed.
     Stall(stall::StallArgs),
+    /// Cut new TCP connections' streams into segments of at most --bytes, optionally spaced
+    /// by --delay: the application's reads come in small pieces.
+    Slice(slice::SliceArgs),
     /// What this kernel supports, and which actions are available.
     Doctor,
     /// Print the kernel's events: first hits, RSTs sent, SYNs refused or recorded.
@@ -177,6 +182,7 @@ impl Command {
             Command::Corrupt(args) => (&args.target, corrupt::action(args)),
             Command::Duplicate(args) => (&args.target, duplicate::action(args)),
             Command::Stall(args) => (&args.target, stall::action(args)),
+            Command::Slice(args) => (&args.target, slice::action(args)),
             _ => return None,
         })
     }

@@ -253,7 +253,20 @@ fn describe(kind: Option<proto::action::Kind>) -> (&'static str, String) {
         ),
         Some(Kind::Record(_)) => ("record", String::new()),
         Some(Kind::Loss(l)) => ("loss", format!("percent={}", l.percent)),
-        Some(Kind::Corrupt(c)) => ("corrupt", format!("percent={}", c.percent)),
+        Some(Kind::Corrupt(c)) => (
+            "corrupt",
+            match c.byte_percent {
+                Some(b) => format!("percent={} byte-percent={b}", c.percent),
+                None => format!("percent={}", c.percent),
+            },
+        ),
+        Some(Kind::Slice(s)) => (
+            "slice",
+            match s.delay_us {
+                0 => format!("bytes={}", s.bytes),
+                d => format!("bytes={} delay={}", s.bytes, micros(d)),
+            },
+        ),
         Some(Kind::Duplicate(d)) => ("duplicate", format!("percent={}", d.percent)),
         Some(Kind::Delay(d)) => (
             "delay",

@@ -248,7 +248,10 @@ fn action(turn: u64) -> proto::action::Kind {
         0 => Kind::Drop(proto::Drop { probability: None }),
         1 => Kind::Loss(proto::Loss { percent: 50.0 }),
         2 => Kind::Reset(proto::Reset { probability: None }),
-        3 => Kind::Corrupt(proto::Corrupt { percent: 10.0 }),
+        3 => Kind::Corrupt(proto::Corrupt {
+            percent: 10.0,
+            byte_percent: None,
+        }),
         4 => Kind::Duplicate(proto::Duplicate { percent: 10.0 }),
         _ => Kind::Record(proto::Record {}),
     }

@@ -68,7 +68,7 @@ def _shortcut(name):
 
 
 _SHORTCUTS = (
-    "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall "
+    "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall slice "
     "partition "
     "list remove clear stats events capabilities"
 ).split()

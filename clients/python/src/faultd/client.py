@@ -319,9 +319,19 @@ class Client:
         rate = pb.Rate(bits_per_second=bits_per_second)
         return self.add(pb.Action(rate=rate), port, **target)
 
-    def corrupt(self, port, percent=100.0, **target):
-        """One payload byte of a share of packets is flipped (checksum kept valid)."""
-        return self.add(pb.Action(corrupt=pb.Corrupt(percent=percent)), port, **target)
+    def corrupt(self, port, percent=100.0, byte_percent=None, **target):
+        """One payload byte of a share of packets is flipped (checksum kept valid); with
+        ``byte_percent``, each payload byte of those packets changes with that probability."""
+        corrupt = pb.Corrupt(percent=percent)
+        if byte_percent is not None:
+            corrupt.byte_percent = byte_percent
+        return self.add(pb.Action(corrupt=corrupt), port, **target)
+
+    def slice(self, port, bytes, delay=0, **target):
+        """New TCP connections carry their stream in segments of at most ``bytes``
+        [48, 65535], spaced ``delay`` seconds apart on the way out (needs sch_fq if > 0)."""
+        action = pb.Slice(bytes=bytes, delay_us=_micros(delay, "action.slice.delay_us"))
+        return self.add(pb.Action(slice=action), port, **target)
 
     def duplicate(self, port, percent=100.0, **target):
         """A share of matching packets is sent twice."""

@@ -18,7 +18,7 @@ from faultd.client import Client, Fault, _PROTOCOLS, _choice, _millis
 from faultd.errors import FaultdError, InvalidArgument
 
 _VERBS = (
-    "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall"
+    "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall slice"
 ).split()
 
 
