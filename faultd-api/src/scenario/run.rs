@@ -105,6 +105,15 @@ pub struct StepRow {
 
 impl fmt::Display for StepRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Padded columns, without trailing blanks where nothing follows them.
+        let mut line = String::new();
+        self.write_line(&mut line)?;
+        f.write_str(line.trim_end())
+    }
+}
+
+impl StepRow {
+    fn write_line(&self, f: &mut impl fmt::Write) -> fmt::Result {
         let secs = |ms: u64| format!("{:.3}s", ms as f64 / 1000.0);
         write!(f, "{:>9}", secs(self.at_ms))?;
         if let Some(elapsed) = self.elapsed_ms {
@@ -251,7 +260,9 @@ impl Scenario {
             };
             rows.push(row);
         }
-        rows.push(self.row(RowEvent::Heal, None, self.heal_at));
+        let mut heal = self.row(RowEvent::Heal, None, self.heal_at);
+        heal.faults = vec!["every fault still in force".to_string()];
+        rows.push(heal);
         rows
     }
 
