@@ -269,16 +269,20 @@ fn scalar(
             }
             Ok(Value::Message(nested))
         }
-        kind => integer(field, &kind, value).map_err(|expected| wrong(&expected)),
+        kind => {
+            integer(field, &kind, value).map_err(|message| at(span, format!("{name}: {message}")))
+        }
     }
 }
 
-/// An integer field, from an integer, or a duration or rate where its name says so.
+/// An integer field, from an integer, or a duration or rate where its name says so. The
+/// error is the whole message after the field's name.
 fn integer(field: &FieldDescriptor, kind: &Kind, value: &toml::Value) -> Result<Value, String> {
     let name = field.name();
+    let timed = name.ends_with("_ms") || name.ends_with("_us");
     let number: i128 = match value {
         toml::Value::Integer(i) => (*i).into(),
-        toml::Value::String(text) if name.ends_with("_ms") || name.ends_with("_us") => {
+        toml::Value::String(text) if timed => {
             let d = parse_duration(text)?;
             match name.ends_with("_ms") {
                 true => d.as_millis() as i128,
@@ -286,12 +290,16 @@ fn integer(field: &FieldDescriptor, kind: &Kind, value: &toml::Value) -> Result<
             }
         }
         toml::Value::String(text) if name.ends_with("bits_per_second") => parse_rate(text)?.into(),
-        _ if name.ends_with("_ms") || name.ends_with("_us") => {
-            return Err("a duration like \"500ms\" or an integer".into());
+        _ => {
+            let expected = match timed {
+                true => "a duration like \"500ms\" or an integer",
+                false => "an integer",
+            };
+            return Err(format!("expected {expected}, found {}", shown(value)));
         }
-        _ => return Err("an integer".into()),
     };
-    let out_of_range = || format!("an integer that fits {kind:?} (not {number})");
+    let type_name = format!("{kind:?}").to_ascii_lowercase();
+    let out_of_range = || format!("expected an integer that fits {type_name}, found {number}");
     Ok(match kind {
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             Value::I32(number.try_into().map_err(|_| out_of_range())?)
@@ -303,7 +311,7 @@ fn integer(field: &FieldDescriptor, kind: &Kind, value: &toml::Value) -> Result<
         Kind::Uint64 | Kind::Fixed64 => Value::U64(number.try_into().map_err(|_| out_of_range())?),
         _ => {
             return Err(format!(
-                "a value of a type scenarios cannot write ({kind:?})"
+                "a field of type {type_name}, which scenarios cannot write"
             ));
         }
     })
@@ -459,7 +467,11 @@ mod tests {
 
         let text = "action = \"delay\"\nport = 80\nlatency = \"soon\"";
         let e = error(text);
-        assert!(e.message.starts_with("latency_us: "), "{e:?}");
+        assert!(
+            e.message
+                .starts_with("latency_us: \"soon\" is not a duration"),
+            "{e:?}"
+        );
         assert_eq!(&text[e.span], "\"soon\"");
 
         let e = error("action = \"drop\"\nport = -1");
