@@ -82,16 +82,16 @@ _PART = re.compile(r"\s*(\d+)\s*([a-z]+)")
 def parse_offset(text):
     """``"1m 30s"`` → 90.0 seconds; 0 allowed."""
     if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a duration like 500ms, 30s or 2m")
+        raise ValueError(f'"{text}" is not a duration like 500ms, 30s or 2m')
     rest, total, parts = text.strip(), 0.0, 0
     while rest:
         m = _PART.match(rest)
         if not m or m.group(2) not in _UNITS:
-            raise ValueError(f"{text!r} is not a duration like 500ms, 30s or 2m")
+            raise ValueError(f'"{text}" is not a duration like 500ms, 30s or 2m')
         total += int(m.group(1)) * _UNITS[m.group(2)]
         rest, parts = rest[m.end():].lstrip(), parts + 1
     if not parts:
-        raise ValueError(f"{text!r} is not a duration like 500ms, 30s or 2m")
+        raise ValueError(f'"{text}" is not a duration like 500ms, 30s or 2m')
     return total
 
 
@@ -117,7 +117,7 @@ _RATE_UNITS = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
 def parse_rate(text):
     m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
     if not m:
-        raise ValueError(f"{text!r} is not a rate like 1mbit, 500kbit or 2mbps")
+        raise ValueError(f'"{text}" is not a rate like 1mbit, 500kbit or 2mbps')
     unit = m.group(2).lower()
     if unit not in _RATE_UNITS:
         raise ValueError(f"unknown unit {unit!r} in {text!r}: use bit, kbit, mbit, gbit, bps, kbps or mbps")
@@ -282,7 +282,7 @@ def to_spec(table, label, where):
                            f"(fields: {', '.join(_dashed(_short(f.name)) for f in keys)})", at_key=True)
         message, inner = found
         if (id(message), inner.name) in given:
-            raise _Located(where + [key], f"`{key}` is given twice")
+            raise _Located(where + [key], f"`{key}` is given twice", at_key=True)
         given.add((id(message), inner.name))
         try:
             _set(message, inner, value)
