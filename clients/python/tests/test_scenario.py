@@ -134,9 +134,9 @@ def test_python_and_faultctl_plan_the_same_timeline(faultctl_bin):
 
 def test_a_run_adds_removes_and_heals_when_stopped(faultd_client, observer):
     s = Scenario.from_string(
+        'heal = "60s"\n'
         '[[step]]\nname = "blip"\nat = "200ms"\nfor = "300ms"\nfault = { action = "drop", port = 7191 }\n'
         '[[step]]\nname = "hold"\nat = "300ms"\nfault = { action = "refuse", port = 7192 }\n'
-        'heal = "60s"\n'
     )
     seen = []
     stop = threading.Event()
@@ -161,7 +161,7 @@ def test_a_run_adds_removes_and_heals_when_stopped(faultd_client, observer):
 
 
 def test_the_run_binds_its_faults_to_the_session(faultd_client, observer):
-    s = Scenario.from_string('[[step]]\nat = "0s"\nfault = { action = "drop", port = 7193 }\nheal = "10s"\n')
+    s = Scenario.from_string('heal = "10s"\n[[step]]\nat = "0s"\nfault = { action = "drop", port = 7193 }\n')
     stop = threading.Event()
     sessions = []
 
@@ -184,3 +184,70 @@ def test_a_refused_step_fails_after_the_heal(faultd_client, observer):
     assert str(e.value).startswith('step 2 "bad" at 100ms: action.loss.percent'), str(e.value)
     assert e.value.rows[-1]["event"] == "heal" and e.value.rows[-1]["note"] == "failed"
     assert observer.list() == []
+
+
+class FakeClient:
+    """What a run uses of a Client, recording calls: for the runner's logic without faultd."""
+
+    session_id = 42
+
+    def __init__(self, refuse_port=None):
+        self.calls, self.next_id, self.refuse_port = [], 0, refuse_port
+
+    def _call(self, method, request):
+        assert method == "AddFault" and request.session_id == 42
+        if request.spec.target.port == self.refuse_port:
+            from faultd import InvalidArgument
+            raise InvalidArgument("action.loss.percent: 150 is not in (0, 100]")
+        self.next_id += 1
+        self.calls.append(("add", self.next_id, request.spec.target.port))
+        return pb.Fault(id=self.next_id, spec=request.spec, session_id=42)
+
+    def remove(self, fault_id, missing_ok=False):
+        assert missing_ok
+        self.calls.append(("remove", fault_id))
+        return True
+
+
+def test_the_runner_adds_lifts_removes_and_heals_in_order():
+    s = Scenario.from_string(
+        'heal = "300ms"\n'
+        '[[step]]\nname = "flap"\nat = "0s"\nfor = "50ms"\nrepeat = 2\nevery = "100ms"\n'
+        'fault = { action = "drop", port = 7 }\n'
+        '[[step]]\nname = "hold"\nat = "20ms"\nfault = { action = "drop", port = 8 }\n'
+        '[[step]]\nat = "250ms"\nremove = "flap"\n'
+    )
+    client = FakeClient()
+    rows = s.run(client)
+    assert client.calls == [
+        ("add", 1, 7), ("add", 2, 8), ("remove", 1), ("add", 3, 7), ("remove", 3), ("remove", 2)]
+    assert [(r["event"], r["at_ms"], r["fault_ids"]) for r in rows] == [
+        ("start", 0, []), ("add", 0, [1]), ("add", 20, [2]), ("remove", 50, [1]),
+        ("add", 100, [3]), ("remove", 150, [3]), ("remove", 250, []), ("heal", 300, [2])]
+    assert rows[-1]["note"] == "end"
+    for row in rows:
+        assert row["at_ms"] <= row["elapsed_ms"] <= row["at_ms"] + 100, row
+
+
+def test_a_refused_step_heals_before_raising():
+    s = Scenario.from_string(
+        '[[step]]\nat = "0s"\nfault = { action = "drop", port = 7 }\n'
+        '[[step]]\nname = "bad"\nat = "10ms"\nfault = { action = "loss", port = 9, percent = 150 }\n'
+    )
+    client = FakeClient(refuse_port=9)
+    with pytest.raises(ScenarioFailed) as e:
+        s.run(client)
+    assert str(e.value) == 'step 2 "bad" at 10ms: action.loss.percent: 150 is not in (0, 100]'
+    assert client.calls == [("add", 1, 7), ("remove", 1)]
+    assert e.value.rows[-1]["note"] == "failed"
+
+
+def test_stopping_heals_at_once():
+    s = Scenario.from_string('[[step]]\nat = "0s"\nfor = "60s"\nfault = { action = "drop", port = 7 }\n')
+    client, stop = FakeClient(), threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    rows = s.run(client, stop=stop)
+    assert time.monotonic() - started < 2
+    assert client.calls == [("add", 1, 7), ("remove", 1)]
+    assert (rows[-1]["event"], rows[-1]["note"]) == ("heal", "stopped")
