@@ -282,6 +282,11 @@ pub struct FaultSlot {
     pub peer_addr: [u32; 4],
     /// Prefix mask matching `peer_addr`.
     pub peer_mask: [u32; 4],
+    /// The port at the other end of the flow from the faulted port (a port tuple), host
+    /// byte order; 0 for any.
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Value of the rule map: the faults acting on one (protocol, port), in the order the daemon
@@ -367,6 +372,72 @@ pub struct Event {
     pub dst_addr: [u32; 4],
 }
 
+/// Address-only partitions (`faultctl partition --between A --and B`): how many may be
+/// installed at once. Each takes two bits of a 64-bit word: its `between` side at bit 2·i,
+/// its `and` side at bit 2·i + 1.
+pub const MAX_PARTITIONS: u32 = 32;
+/// Distinct prefixes (CIDRs) all partitions together may name, per address family: the
+/// capacity of each of the `PARTITION_V4` and `PARTITION_V6` LPM tries.
+pub const MAX_PARTITION_PREFIXES: u32 = 1024;
+/// Bits of the `between` sides in a partition word (the `and` sides are these shifted by 1).
+pub const PARTITION_BETWEEN_BITS: u64 = 0x5555_5555_5555_5555;
+
+/// Entry 0 of the `PARTITION_STATE` array: which partitions act. The programs read it for
+/// every packet and stop there while `active` is 0, so partitions cost nothing when none is
+/// installed.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PartitionState {
+    /// `PARTITION_BETWEEN_BITS` bits of the partitions in force.
+    pub active: u64,
+    /// The same bits for the partitions that also cut `and` → `between` (not `--one-way`).
+    pub two_way: u64,
+}
+
+/// One partition in force, at index i of the `PARTITION_SLOTS` array.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PartitionSlot {
+    pub fault_id: u64,
+    /// Index of the fault's counters in `COUNTERS`.
+    pub counter: u32,
+    /// As a `FaultSlot`'s: `u32::MAX` always.
+    pub threshold: u32,
+    /// `ACTION_DROP` or `ACTION_RESET` (TCP answered with a RST, other packets dropped).
+    pub action: u8,
+    /// Which protocols it cuts: bit 0 TCP, bit 1 UDP.
+    pub protocols: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Words (u64) of the partitions' address filter: one bit per value of an address's low 16
+/// bits (IPv4's last two bytes, IPv6's last two), set for every address some partition's
+/// prefix holds (all bits for a prefix of /16 or shorter, /112 for IPv6). A packet whose
+/// source or destination has its bit clear is in no partition: two array reads, and the
+/// tries are not looked up. The daemon sets bits before it adds a prefix to the tries and
+/// clears them after the prefix is gone.
+pub const PARTITION_FILTER_WORDS: u32 = 65_536 / 64;
+
+/// The word and mask of an address in the partition filter, from the address's last 32-bit
+/// word as the packet carries it (network byte order).
+#[inline(always)]
+pub const fn partition_filter_bit(last_word_be: u32) -> (u32, u64) {
+    let low = u32::from_be(last_word_be) & 0xffff;
+    (low >> 6, 1u64 << (low & 63))
+}
+
+pub const PARTITION_TCP: u8 = 1;
+pub const PARTITION_UDP: u8 = 2;
+
+/// The slots of the partitions that cut a packet from an address in `src` (the partition
+/// word its LPM lookup found) to one in `dst`: bit 2·i set for partition i.
+#[inline(always)]
+pub const fn partitions_cutting(src: u64, dst: u64, state: &PartitionState) -> u64 {
+    let forward = src & (dst >> 1) & PARTITION_BETWEEN_BITS;
+    let backward = (src >> 1) & dst & PARTITION_BETWEEN_BITS & state.two_way;
+    (forward | backward) & state.active
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -378,6 +449,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for PartitionState {}
+    unsafe impl aya::Pod for PartitionSlot {}
 }
 
 #[cfg(test)]
@@ -460,11 +533,35 @@ mod tests {
         assert!(seen.iter().all(|w| *w == u64::MAX));
     }
 
+    /// Partition 0 between {a} and {b}, partition 1 one-way from {a} to {c}.
+    #[test]
+    fn partition_words_cut_the_pairs_they_name_and_no_others() {
+        let state = PartitionState {
+            active: 0b0101,
+            two_way: 0b0001,
+        };
+        let (a, b, c, none) = (0b0101, 0b0010, 0b1000, 0);
+        assert_eq!(partitions_cutting(a, b, &state), 0b0001);
+        assert_eq!(partitions_cutting(b, a, &state), 0b0001);
+        assert_eq!(partitions_cutting(a, c, &state), 0b0100);
+        assert_eq!(partitions_cutting(c, a, &state), 0, "one-way");
+        assert_eq!(partitions_cutting(b, c, &state), 0);
+        assert_eq!(partitions_cutting(a, a, &state), 0);
+        assert_eq!(partitions_cutting(none, b, &state), 0);
+        let off = PartitionState {
+            active: 0b0100,
+            two_way: 0b0001,
+        };
+        assert_eq!(partitions_cutting(a, b, &off), 0, "inactive");
+    }
+
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PortKey>(), 4);
-        assert_eq!(size_of::<FaultSlot>(), 64);
-        assert_eq!(size_of::<PortRule>(), 8 + 64 * MAX_FAULTS_PER_PORT);
+        assert_eq!(size_of::<FaultSlot>(), 72);
+        assert_eq!(size_of::<PortRule>(), 8 + 72 * MAX_FAULTS_PER_PORT);
+        assert_eq!(size_of::<PartitionState>(), 16);
+        assert_eq!(size_of::<PartitionSlot>(), 24);
         assert_eq!(size_of::<FaultCounters>(), 32);
         assert_eq!(size_of::<FlowKey>(), 48);
         assert_eq!(size_of::<FlowState>(), 24);

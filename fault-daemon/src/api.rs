@@ -820,7 +820,10 @@ fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
     let t = spec
         .target
         .ok_or_else(|| FaultError::invalid("target", "required"))?;
+    let is_partition = !t.between.is_empty() || !t.and_peers.is_empty();
     let protocol = match proto::Protocol::try_from(t.protocol) {
+        // A partition cuts whatever flows between its address sets.
+        Ok(proto::Protocol::Unspecified) if is_partition => Protocol::Any,
         Ok(proto::Protocol::Unspecified | proto::Protocol::Tcp) => Protocol::Tcp,
         Ok(proto::Protocol::Udp) => Protocol::Udp,
         Ok(proto::Protocol::Any) => Protocol::Any,
@@ -849,12 +852,38 @@ fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
         "" => None,
         text => Some(Peer::parse(text, "target.peer")?),
     };
+    let port = |n: u32, field: &str| match n {
+        0 => Ok(None),
+        n => validate_port(n, field).map(Some),
+    };
+    let partition = if is_partition {
+        Some(std::sync::Arc::new(crate::partitions::Partition::parse(
+            &t.between,
+            &t.and_peers,
+            t.one_way,
+        )?))
+    } else {
+        None
+    };
     let target = Target {
-        port: validate_port(t.port, "target.port")?,
+        port: if is_partition {
+            port(t.port, "target.port")?.unwrap_or(0)
+        } else {
+            validate_port(t.port, "target.port")?
+        },
         protocol,
         direction,
         peer,
+        last_port: port(t.port_end, "target.port_end")?,
+        remote_port: port(t.remote_port, "target.remote_port")?,
+        partition,
     };
+    if t.one_way && !is_partition {
+        return Err(FaultError::invalid(
+            "target.one_way",
+            "only a partition (between/and_peers) is one-way",
+        ));
+    }
     let kind = spec.action.and_then(|a| a.kind).ok_or_else(|| {
         FaultError::invalid(
             "action",
@@ -996,6 +1025,16 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
                     Direction::FromPort => proto::Direction::FromPort,
                 } as i32,
                 peer: t.peer.map(|p| p.to_string()).unwrap_or_default(),
+                port_end: t.last_port.map_or(0, u32::from),
+                remote_port: t.remote_port.map_or(0, u32::from),
+                between: t.partition.as_ref().map_or_else(Vec::new, |p| {
+                    p.between.iter().map(|a| a.to_string()).collect()
+                }),
+                and_peers: t
+                    .partition
+                    .as_ref()
+                    .map_or_else(Vec::new, |p| p.and.iter().map(|a| a.to_string()).collect()),
+                one_way: t.partition.as_ref().is_some_and(|p| p.one_way),
             }),
             action: Some(proto::Action { kind: Some(action) }),
             ttl_ms: fault.spec.ttl.map(|d| d.as_millis() as u64),
@@ -1226,6 +1265,7 @@ mod tests {
                 command: "faultctl".into(),
                 via: "unix socket".into(),
                 socket_inode: None,
+                found: Default::default(),
             }));
         request
     }

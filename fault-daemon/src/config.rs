@@ -317,6 +317,7 @@ impl FaultEntry {
                     Some(DirectionName::FromPort) => proto::Direction::FromPort,
                 } as i32,
                 peer: self.peer.unwrap_or_default(),
+                ..Default::default()
             }),
             action: Some(proto::Action { kind: Some(kind) }),
             ttl_ms: self.ttl.map(|d| d.as_millis() as u64),

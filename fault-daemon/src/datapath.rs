@@ -175,6 +175,8 @@ pub struct Datapath {
     events_lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
     held: Vec<Held>,
+    /// Address-only partitions (see `partitions`).
+    partitions: crate::partitions::PartitionMaps,
 }
 
 impl Datapath {
@@ -232,6 +234,8 @@ impl Datapath {
         let events_lost = PerCpuArray::try_from(take(&mut ebpf, "EVENTS_LOST")?)
             .map_err(|e| kernel("map EVENTS_LOST", e))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
+        let partitions = crate::partitions::PartitionMaps::take(&mut ebpf)
+            .map_err(|e| kernel("the partition maps", e))?;
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
@@ -250,6 +254,7 @@ impl Datapath {
             events_lost: Some(events_lost),
             cpus,
             held: Vec::new(),
+            partitions,
         })
     }
 
@@ -539,6 +544,13 @@ impl RuleSink for Datapath {
         self.maps()
     }
 
+    fn write_partitions(
+        &mut self,
+        compiled: &crate::partitions::CompiledPartitions,
+    ) -> Result<(), FaultError> {
+        self.partitions.write(compiled)
+    }
+
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {
         let per_cpu = self
             .counters
@@ -744,6 +756,7 @@ fn lock_file(path: &Path) -> Result<File, LockError> {
             .truncate(false)
             .open(path)
             .map_err(|e| io_error("opening", e))?;
+        wait_at_test_gate();
         if let Some(mut file) = lock_opened(file, path)? {
             file.set_len(0).ok();
             write!(file, "{}", std::process::id()).ok();
@@ -754,6 +767,21 @@ fn lock_file(path: &Path) -> Result<File, LockError> {
         "locking",
         io::Error::other("the lock file was replaced 64 times in a row"),
     ))
+}
+
+/// Test hook: with `FAULTD_TEST_LOCK_GATE=PATH`, a starter waits between opening the lock
+/// file and locking it until PATH exists. That is the window in which a holder's exit can
+/// replace the file; held open, a test (daemon.rs) races through it every time instead of
+/// by luck.
+fn wait_at_test_gate() {
+    let Some(gate) = std::env::var_os("FAULTD_TEST_LOCK_GATE") else {
+        return;
+    };
+    let gate = Path::new(&gate);
+    info!(gate = %gate.display(), "lock file opened; waiting for the test's gate");
+    while !gate.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Locks `file`, opened at `path`: `Ok(None)` when the lock was taken on a file that `path`

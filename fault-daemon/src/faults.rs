@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use crate::partitions::Partition;
+use crate::partitions::{CompiledPartitions, PartitionTable};
 use fault_common::{
     ACTION_CORRUPT, ACTION_DELAY, ACTION_DROP, ACTION_DUPLICATE, ACTION_LIMIT_AGE,
     ACTION_LIMIT_BYTES, ACTION_RATE, ACTION_RECORD, ACTION_REFUSE_DROP, ACTION_REFUSE_RST,
@@ -242,12 +244,112 @@ impl fmt::Display for Peer {
     }
 }
 
-#[derive(Copy, Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Target {
+    /// The port, or the first of a range (`last_port`); 0 for an address-only partition.
     pub port: u16,
     pub protocol: Protocol,
     pub direction: Direction,
     pub peer: Option<Peer>,
+    /// The last port of a range (`--port 2379-2381`); `None` for one port.
+    pub last_port: Option<u16>,
+    /// A port tuple: only the flow whose other end is on this port (`--remote-port`).
+    pub remote_port: Option<u16>,
+    /// An address-only partition (`partition --between A --and B`): no port at all.
+    pub partition: Option<Arc<Partition>>,
+}
+
+impl Target {
+    /// One port, any peer, both directions.
+    pub fn port(port: u16, protocol: Protocol) -> Self {
+        Self {
+            port,
+            protocol,
+            direction: Direction::Both,
+            peer: None,
+            last_port: None,
+            remote_port: None,
+            partition: None,
+        }
+    }
+
+    /// The ports whose rule-map keys the target compiles into (none for a partition).
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        if self.partition.is_some() {
+            #[allow(clippy::reversed_empty_ranges)]
+            return 1..=0;
+        }
+        self.port..=self.last_port.unwrap_or(self.port)
+    }
+
+    /// Checks what no type rules out; errors name the request's field.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        if let Some(partition) = &self.partition {
+            let not_with = |field: &str, what: &str| {
+                FaultError::invalid(
+                    field,
+                    format!("a partition cuts every port between its address sets: {what}"),
+                )
+            };
+            if self.port != 0 || self.last_port.is_some() {
+                return Err(not_with("target.port", "it takes no port"));
+            }
+            if self.remote_port.is_some() {
+                return Err(not_with("target.remote_port", "it takes no remote port"));
+            }
+            if self.peer.is_some() {
+                return Err(not_with(
+                    "target.peer",
+                    "it takes no peer (use between/and)",
+                ));
+            }
+            if self.direction != Direction::Both {
+                return Err(not_with(
+                    "target.direction",
+                    "it has no direction (use one_way)",
+                ));
+            }
+            return partition.validate();
+        }
+        if self.port == 0 {
+            return Err(FaultError::invalid(
+                "target.port",
+                "0 is not a port (1..=65535)",
+            ));
+        }
+        if let Some(last) = self.last_port
+            && last < self.port
+        {
+            return Err(FaultError::invalid(
+                "target.port_end",
+                format!("the range {}-{last} ends before it starts", self.port),
+            ));
+        }
+        if self.remote_port == Some(0) {
+            return Err(FaultError::invalid(
+                "target.remote_port",
+                "0 is not a port (1..=65535)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Target {
+    /// As `faultctl list` shows it: `tcp 2379-2381`, `udp 53 ↔ 5353`, `127.0.0.2/32 ↔ …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.partition {
+            return write!(f, "{} {p}", self.protocol);
+        }
+        write!(f, "{} {}", self.protocol, self.port)?;
+        if let Some(last) = self.last_port {
+            write!(f, "-{last}")?;
+        }
+        if let Some(remote) = self.remote_port {
+            write!(f, " remote {remote}")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a limit kills a flow once it is reached.
@@ -396,7 +498,7 @@ impl Action {
     }
 
     /// (action code, probability threshold, parameter, then, aux) as the programs read them.
-    fn slot(&self) -> (u8, u32, u64, u8, u32) {
+    pub(crate) fn slot(&self) -> (u8, u32, u64, u8, u32) {
         let then = |t: &Then| match t {
             Then::Drop => THEN_DROP,
             Then::Reset => THEN_RESET,
@@ -574,11 +676,9 @@ pub struct FaultSpec {
 impl FaultSpec {
     /// Checks the parts that no type rules out.
     pub fn validate(&self) -> Result<(), FaultError> {
-        if self.target.port == 0 {
-            return Err(FaultError::invalid(
-                "target.port",
-                "0 is not a port (1..=65535)",
-            ));
+        self.target.validate()?;
+        if self.target.partition.is_some() {
+            crate::partitions::validate_action(&self.action)?;
         }
         match self.action {
             Action::Drop { probability } => {
@@ -631,7 +731,11 @@ impl FaultSpec {
             }
             _ => {}
         }
-        if self.action.needs_tcp() && self.target.protocol != Protocol::Tcp {
+        // A partition resets TCP and drops the rest.
+        if self.action.needs_tcp()
+            && self.target.protocol != Protocol::Tcp
+            && self.target.partition.is_none()
+        {
             return Err(FaultError::invalid(
                 "target.protocol",
                 format!(
@@ -666,12 +770,16 @@ impl FaultSpec {
         Ok(())
     }
 
+    /// The rule-map keys the fault compiles into: each port of its range, for each
+    /// protocol; none for a partition.
     fn keys(&self) -> impl Iterator<Item = PortKey> + '_ {
-        self.target
-            .protocol
-            .numbers()
-            .iter()
-            .map(|&proto| PortKey::new(proto, self.target.port))
+        self.target.ports().flat_map(|port| {
+            self.target
+                .protocol
+                .numbers()
+                .iter()
+                .map(move |&proto| PortKey::new(proto, port))
+        })
     }
 }
 
@@ -767,6 +875,9 @@ impl Fault {
             param,
             peer_addr,
             peer_mask,
+            remote_port: self.spec.target.remote_port.unwrap_or(0),
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -791,6 +902,13 @@ pub trait RuleSink: Send {
     fn map_usage(&self) -> Vec<crate::datapath::MapUsage> {
         Vec::new()
     }
+    /// Installs the partitions as compiled (replacing what was written before), so that
+    /// no packet sees a partition half installed; see `partitions`.
+    fn write_partitions(&mut self, _compiled: &CompiledPartitions) -> Result<(), FaultError> {
+        Err(FaultError::Refused(
+            "address-only partitions need faultd's programs".into(),
+        ))
+    }
 }
 
 /// The set of active faults, indexed by the rule-map key they compile into.
@@ -810,6 +928,8 @@ pub struct FaultTable {
     limits: Limits,
     /// The owner of the last fault added, given again to the next one of the same owner.
     last_owner: Option<Arc<Owner>>,
+    /// The partitions' slots in the programs' partition maps.
+    partitions: PartitionTable,
 }
 
 impl FaultTable {
@@ -834,7 +954,7 @@ impl FaultTable {
     pub fn reports_syns(&self, port: u16) -> bool {
         self.faults.values().any(|f| {
             f.spec.action.on_syns()
-                && f.spec.target.port == port
+                && f.spec.target.ports().contains(&port)
                 && f.spec.target.protocol.covers_tcp()
         })
     }
@@ -1046,21 +1166,40 @@ impl FaultTable {
             )));
         }
         let t = &spec.target;
+        if let Some(partition) = &t.partition {
+            return self.partitions.check_room(partition);
+        }
         // Whatever its direction or peer, a fault on the port cuts some of the API's flows.
-        if t.protocol.covers_tcp() && self.protected_tcp_ports.contains(&t.port) {
+        if let Some(port) = self
+            .protected_tcp_ports
+            .iter()
+            .find(|p| t.protocol.covers_tcp() && t.ports().contains(p))
+        {
             return Err(FaultError::Refused(format!(
-                "target.port: {} is faultd's own API port; a fault there would cut faultd off",
-                t.port
+                "target.port: {port} is faultd's own API port; a fault there would cut faultd off",
             )));
         }
+        let mut new_keys = 0;
         for key in spec.keys() {
             let used = self.by_key.get(&key).map_or(0, Vec::len);
             if used >= MAX_FAULTS_PER_PORT {
                 return Err(FaultError::Exhausted(format!(
                     "port {} already has {MAX_FAULTS_PER_PORT} faults, the most one port can carry",
-                    t.port
+                    key.port
                 )));
             }
+            new_keys += usize::from(used == 0);
+        }
+        // The rule map holds two keys per fault of --max-faults (datapath::MapSizes).
+        let capacity = 2 * self.limits.max_faults;
+        if self.by_key.len() + new_keys > capacity {
+            return Err(FaultError::Exhausted(format!(
+                "target.port: {} more (protocol, port) keys would pass this faultd's {capacity} \
+                 (2 × faultd --max-faults; {} in use); a range takes one key per port and \
+                 protocol",
+                new_keys,
+                self.by_key.len()
+            )));
         }
         Ok(())
     }
@@ -1088,6 +1227,9 @@ impl FaultTable {
     }
 
     fn insert(&mut self, fault: Fault) {
+        if let Some(partition) = &fault.spec.target.partition {
+            self.partitions.insert(fault.id, partition.clone());
+        }
         for key in fault.spec.keys() {
             let ids = self.by_key.entry(key).or_default();
             ids.push(fault.id);
@@ -1100,6 +1242,7 @@ impl FaultTable {
     /// taken until the caller frees it.
     fn unlink(&mut self, id: u64) -> Option<Fault> {
         let fault = *self.faults.remove(&id)?;
+        self.partitions.remove(id);
         for key in fault.spec.keys() {
             if let Some(ids) = self.by_key.get_mut(&key) {
                 ids.retain(|&i| i != id);
@@ -1112,10 +1255,19 @@ impl FaultTable {
     }
 
     fn write_keys(&self, spec: &FaultSpec, sink: &mut dyn RuleSink) -> Result<(), FaultError> {
+        if spec.target.partition.is_some() {
+            return sink.write_partitions(&self.compile_partitions());
+        }
         for key in spec.keys() {
             sink.write_rule(key, self.compile(key).as_ref())?;
         }
         Ok(())
+    }
+
+    /// The partition maps' contents for the partitions in the table.
+    pub fn compile_partitions(&self) -> CompiledPartitions {
+        self.partitions
+            .compile(|id| self.faults.get(&id).map(|f| &**f))
     }
 }
 
@@ -1150,13 +1302,13 @@ pub fn decode_rules(
     entries: impl IntoIterator<Item = (PortKey, PortRule)>,
 ) -> Result<BTreeMap<u64, DecodedFault>, DecodeError> {
     let mut faults: BTreeMap<u64, DecodedFault> = BTreeMap::new();
+    let mut keys_of: BTreeMap<u64, std::collections::BTreeSet<(u8, u16)>> = BTreeMap::new();
     for (key, rule) in entries {
         let err = |reason: String| DecodeError(format!("entry {key:?}: {reason}"));
-        let protocol = match key.protocol {
-            PROTO_TCP => Protocol::Tcp,
-            PROTO_UDP => Protocol::Udp,
-            p => return Err(err(format!("protocol {p} is neither tcp nor udp"))),
-        };
+        if !matches!(key.protocol, PROTO_TCP | PROTO_UDP) {
+            let p = key.protocol;
+            return Err(err(format!("protocol {p} is neither tcp nor udp")));
+        }
         if key.port == 0 || key._pad != 0 || rule._pad != 0 {
             return Err(err("port 0 or padding set".into()));
         }
@@ -1176,26 +1328,57 @@ pub fn decode_rules(
             return Err(err("slots are not in increasing id order".into()));
         }
         for slot in &rule.slots[..len] {
-            let mut fault = decode_slot(key.port, slot).map_err(err)?;
-            fault.target.protocol = protocol;
-            match faults.get_mut(&fault.id) {
+            let fault = decode_slot(key.port, slot).map_err(err)?;
+            let keys = keys_of.entry(fault.id).or_default();
+            if !keys.insert((key.protocol, key.port)) {
+                return Err(err(format!("fault {} is in it twice", fault.id)));
+            }
+            match faults.get(&fault.id) {
                 None => {
                     faults.insert(fault.id, fault);
                 }
-                // The same fault in the other protocol's entry: it was on `any`.
-                Some(seen) if seen.target.protocol != protocol => {
-                    fault.target.protocol = seen.target.protocol;
-                    if *seen != fault {
+                // The same fault in another entry: it was on `any`, or on a range.
+                Some(seen) => {
+                    let mut same = fault.clone();
+                    same.target.port = seen.target.port;
+                    if *seen != same {
                         return Err(err(format!(
-                            "fault {} differs between tcp and udp",
+                            "fault {} differs between tcp and udp, or between its ports",
                             fault.id
                         )));
                     }
-                    seen.target.protocol = Protocol::Any;
                 }
-                Some(_) => return Err(err(format!("fault {} is in it twice", fault.id))),
             }
         }
+    }
+    for (id, keys) in keys_of {
+        let fault = faults.get_mut(&id).expect("decoded with its keys");
+        let ports = |proto: u8| -> Vec<u16> {
+            keys.iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, port)| *port)
+                .collect()
+        };
+        let (tcp, udp) = (ports(PROTO_TCP), ports(PROTO_UDP));
+        let (protocol, ports) = match (tcp.is_empty(), udp.is_empty()) {
+            (false, true) => (Protocol::Tcp, tcp),
+            (true, false) => (Protocol::Udp, udp),
+            _ if tcp == udp => (Protocol::Any, tcp),
+            _ => {
+                return Err(DecodeError(format!(
+                    "fault {id} is on other ports for tcp than for udp"
+                )));
+            }
+        };
+        let (first, last) = (ports[0], ports[ports.len() - 1]);
+        if usize::from(last - first) + 1 != ports.len() {
+            return Err(DecodeError(format!(
+                "fault {id} is on ports {first}..={last} with gaps"
+            )));
+        }
+        fault.target.protocol = protocol;
+        fault.target.port = first;
+        fault.target.last_port = (last != first).then_some(last);
     }
     Ok(faults)
 }
@@ -1209,11 +1392,14 @@ fn decode_slot(port: u16, slot: &FaultSlot) -> Result<DecodedFault, String> {
         d => return Err(format!("directions {d:#x}")),
     };
     let target = Target {
-        port,
-        protocol: Protocol::Tcp,
         direction,
         peer: decode_peer(slot)?,
+        remote_port: (slot.remote_port != 0).then_some(slot.remote_port),
+        ..Target::port(port, Protocol::Tcp)
     };
+    if slot._pad != 0 || slot._pad2 != 0 {
+        return Err("padding set".into());
+    }
     Ok(DecodedFault {
         id: slot.fault_id,
         counter: slot.counter,
@@ -1337,11 +1523,12 @@ impl DecodedFault {
             Action::Refuse { .. } | Action::Record => Direction::ToPort,
             _ => t.direction,
         };
-        let expected = (t.port, t.protocol, direction);
+        let expected = (t.ports(), t.protocol, direction, t.remote_port);
         let got = (
-            self.target.port,
+            self.target.ports(),
             self.target.protocol,
             self.target.direction,
+            self.target.remote_port,
         );
         if expected != got {
             diffs.push(format!("target {got:?}, expected {expected:?}"));
@@ -1682,6 +1869,8 @@ pub mod tests {
         pub resets: Vec<u32>,
         /// The fault ids of each forget_flows call, in order.
         pub forgotten: Vec<Vec<u64>>,
+        /// The partitions as last written.
+        pub partitions: CompiledPartitions,
     }
 
     impl RuleSink for MemorySink {
@@ -1706,16 +1895,19 @@ pub mod tests {
         fn forget_flows(&mut self, fault_ids: &[u64]) {
             self.forgotten.push(fault_ids.to_vec());
         }
+        fn write_partitions(&mut self, compiled: &CompiledPartitions) -> Result<(), FaultError> {
+            if self.fail_writes {
+                return Err(FaultError::Datapath("map full".into()));
+            }
+            self.writes += 1;
+            self.partitions = compiled.clone();
+            Ok(())
+        }
     }
 
     pub fn drop_spec(port: u16, protocol: Protocol) -> FaultSpec {
         FaultSpec {
-            target: Target {
-                port,
-                protocol,
-                direction: Direction::Both,
-                peer: None,
-            },
+            target: Target::port(port, protocol),
             action: Action::Drop { probability: 1.0 },
             ttl: None,
             label: String::new(),

@@ -25,13 +25,17 @@ pub mod datapath;
 pub mod ebpf_log;
 pub mod events;
 pub mod faults;
+pub mod heap;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod observe;
+pub mod partitions;
 pub mod qdisc;
 pub mod reconnect;
 pub mod sessions;
+#[cfg(test)]
+mod target_tests;
 pub mod wrapped;
 
 /// Generated from `proto/faultd/v1/faultd.proto`, in the `faultd-api` crate its clients share

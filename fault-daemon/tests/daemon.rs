@@ -265,7 +265,7 @@ fn tc_filters_a_killed_faultd_left_are_removed_on_attach() {
 /// maps, and lets go of them the way a killed process does: the filters stay.
 fn plant_stale_filters(iface: &str, port: u16) {
     use aya::programs::tc::{self, NlOptions, TcAttachOptions};
-    use faultd::faults::{Action, Direction, FaultSpec, FaultTable, Protocol, Target};
+    use faultd::faults::{Action, FaultSpec, FaultTable, Protocol, Target};
 
     let mut datapath = faultd::datapath::Datapath::load().expect("loading the programs");
     let name = std::ffi::CString::new(iface).unwrap();
@@ -278,12 +278,7 @@ fn plant_stale_filters(iface: &str, port: u16) {
         )
         .unwrap();
     let drop = FaultSpec {
-        target: Target {
-            port,
-            protocol: Protocol::Tcp,
-            direction: Direction::Both,
-            peer: None,
-        },
+        target: Target::port(port, Protocol::Tcp),
         action: Action::Drop { probability: 1.0 },
         ttl: None,
         label: String::new(),
@@ -879,6 +874,68 @@ fn two_faultd_racing_for_one_interface_never_both_win() {
         }
     }
     drop(holder);
+    assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
+}
+
+/// The race window held open, so that the race is run every time rather than by luck: B
+/// opens the lock file of `lo` while H holds it and waits there (FAULTD_TEST_LOCK_GATE);
+/// H exits, unlinking the file and releasing its lock; C starts and takes a new lock file;
+/// then B goes on and locks the file it opened, which nobody else can find any more. B must
+/// see that its lock names no file and lose to C. (With the lock counted on any inode, B
+/// and C both attach: this test fails.)
+#[test]
+fn a_starter_that_opened_the_lock_file_before_the_holder_exited_loses() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("gate");
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    // Each its own API port and socket: only the interface lock decides.
+    let start = |name: &str, port: u16, gated: bool| {
+        let mut cmd = ns.cmd(FAULTD);
+        let socket = dir.path().join(format!("{name}.sock"));
+        cmd.args(["--iface", "lo", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--socket")
+            .arg(&socket);
+        if gated {
+            cmd.env("FAULTD_TEST_LOCK_GATE", &gate);
+        }
+        spawn_faultd(&mut cmd, &ns, name)
+    };
+    let mut holder = start("holder", 7561, false);
+    wait_for_log(&holder, "faultd ready", load_within());
+    let mut b = start("b", 7562, true);
+    wait_for_log(&b, "waiting for the test's gate", load_within());
+    assert_eq!(holder.stop(libc::SIGTERM), Some(0), "{}", holder.log_text());
+    let mut c = start("c", 7563, false);
+    wait_for_log(&c, "faultd ready", load_within());
+    std::fs::write(&gate, "").unwrap();
+
+    // B ends up gone or ready.
+    let deadline = Instant::now() + 2 * load_within();
+    let code = loop {
+        if let Some(status) = b.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            !b.log_text().contains("faultd ready"),
+            "B and C both hold lo\n--- B:\n{}\n--- C:\n{}",
+            b.log_text(),
+            c.log_text()
+        );
+        assert!(Instant::now() < deadline, "B hangs:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(1), "{}", b.log_text());
+    assert!(
+        b.log_text().contains("already held by another faultd"),
+        "B lost for another reason:\n{}",
+        b.log_text()
+    );
+    // C still holds lo and serves.
+    assert!(c.child.try_wait().unwrap().is_none(), "{}", c.log_text());
+    assert_eq!(c.stop(libc::SIGTERM), Some(0), "{}", c.log_text());
     assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
 }
 

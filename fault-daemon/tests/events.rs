@@ -11,7 +11,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use fault_common::{ROLE_EGRESS, ROLE_INGRESS};
 use faultd::datapath::{Datapath, XDP_PROGRAM};
 use faultd::events::{EventHub, Filter, LossCounter};
-use faultd::faults::{Action, Direction, FaultSpec, FaultTable, Protocol, Target};
+use faultd::faults::{Action, FaultSpec, FaultTable, Protocol, Target};
 use faultd::proto;
 use harness::*;
 
@@ -51,12 +51,7 @@ fn events_lost_to_a_full_kernel_ring_are_counted_and_announced() {
     let record = table
         .add(
             FaultSpec {
-                target: Target {
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    direction: Direction::Both,
-                    peer: None,
-                },
+                target: Target::port(80, Protocol::Tcp),
                 action: Action::Record,
                 ttl: None,
                 label: String::new(),

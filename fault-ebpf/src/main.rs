@@ -9,6 +9,7 @@ mod copies;
 mod events;
 mod log;
 mod packet;
+mod partition;
 mod reset;
 mod rules;
 
@@ -61,7 +62,7 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
         loopback: false,
         len: (ctx.data_end() - ctx.data()) as u64,
     };
-    rules::decide(pkt, &seen)
+    decide(pkt, &seen)
 }
 
 /// Ingress, after XDP: carries the actions that need the socket buffer.
@@ -120,7 +121,7 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
         loopback: role & ROLE_LOOPBACK != 0,
         len: ctx.len() as u64,
     };
-    match rules::decide(pkt, &seen) {
+    match decide(pkt, &seen) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::PassChanged => {
             if let Some(fx) = rules::Effects::current(hook) {
@@ -147,6 +148,16 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// The partitions first (address pairs, any port: they cut before any port's faults see
+/// the packet), then the faults on the packet's ports.
+#[inline(always)]
+fn decide(pkt: &Packet, seen: &rules::Seen) -> Verdict {
+    match partition::decide(pkt, seen) {
+        Verdict::Pass => rules::decide(pkt, seen),
+        cut => cut,
     }
 }
 

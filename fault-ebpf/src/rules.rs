@@ -49,7 +49,8 @@ static RULES: HashMap<PortKey, PortRule> =
 static FAULTED_PORTS: Array<u64> = Array::with_max_entries(FAULTED_PORT_WORDS, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<FaultCounters> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
+pub(crate) static COUNTERS: PerCpuArray<FaultCounters> =
+    PerCpuArray::with_max_entries(MAX_FAULTS, 0);
 
 /// ifindex → ROLE_* bits, for ifindexes below LOW_IFINDEXES; 0 (no role): left alone.
 #[map]
@@ -844,8 +845,18 @@ fn addr_below(a: &[u32; 4], b: &[u32; 4]) -> bool {
     a[3] < b[3]
 }
 
+/// Whether the packet's other end (from the faulted port, on `side`) is the slot's peer:
+/// its address in the peer's network, and its port the tuple's remote port, if any (with
+/// both ports the same, the other end's port is the faulted port).
 #[inline(always)]
 fn peer_matches(slot: &FaultSlot, pkt: &Packet, side: Side) -> bool {
+    let remote_port = match side {
+        Side::ToPort => pkt.src_port,
+        Side::FromPort => pkt.dst_port,
+    };
+    if slot.remote_port != 0 && slot.remote_port != remote_port {
+        return false;
+    }
     if slot.peer_family == PEER_ANY {
         return true;
     }

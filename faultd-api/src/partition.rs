@@ -125,6 +125,7 @@ impl Partition {
                 protocol: self.protocol.into(),
                 direction: proto::Direction::Both.into(),
                 peer: format!("{peer}/{prefix}"),
+                ..Default::default()
             }),
             action: Some(proto::Action {
                 kind: Some(proto::action::Kind::Drop(proto::Drop { probability: None })),

@@ -72,6 +72,25 @@ impl<A: Action> FaultBuilder<A> {
         self
     }
 
+    /// A port range: the ports from the builder's port through `last`, each faulted as if
+    /// alone (`--port 2379-2381`).
+    pub fn through(mut self, last: u16) -> Self {
+        self.target.port_end = last.into();
+        self
+    }
+
+    /// A port tuple: only the flow whose other end is on `port`, either direction.
+    pub fn remote_port(mut self, port: u16) -> Self {
+        self.target.remote_port = port.into();
+        self
+    }
+
+    /// A partition cuts only what goes from its `between` side to its `and` side.
+    pub fn one_way(mut self) -> Self {
+        self.target.one_way = true;
+        self
+    }
+
     /// faultd removes the fault by itself after this long (whole milliseconds).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -250,6 +269,39 @@ impl Client {
     pub fn stall(&self, port: u16) -> FaultBuilder<proto::Stall> {
         FaultBuilder::new(self, port, proto::Stall {})
     }
+
+    /// An address-only partition: every TCP and UDP packet between an address (or CIDR) of
+    /// `between` and one of `and` vanishes, any port, both ways (see
+    /// [`one_way`](FaultBuilder::one_way)).
+    pub fn partition<S: Into<String>>(
+        &self,
+        between: impl IntoIterator<Item = S>,
+        and: impl IntoIterator<Item = S>,
+    ) -> FaultBuilder<proto::Drop> {
+        partition_of(self, between, and, proto::Drop::default())
+    }
+
+    /// [`Client::partition`], answering TCP with a RST instead (other packets vanish).
+    pub fn partition_reset<S: Into<String>>(
+        &self,
+        between: impl IntoIterator<Item = S>,
+        and: impl IntoIterator<Item = S>,
+    ) -> FaultBuilder<proto::Reset> {
+        partition_of(self, between, and, proto::Reset::default())
+    }
+}
+
+fn partition_of<A: Action, S: Into<String>>(
+    client: &Client,
+    between: impl IntoIterator<Item = S>,
+    and: impl IntoIterator<Item = S>,
+    action: A,
+) -> FaultBuilder<A> {
+    let mut builder = FaultBuilder::new(client, 0, action);
+    builder.target.protocol = Protocol::Any.into();
+    builder.target.between = between.into_iter().map(Into::into).collect();
+    builder.target.and_peers = and.into_iter().map(Into::into).collect();
+    builder
 }
 
 #[cfg(test)]
@@ -283,6 +335,7 @@ mod tests {
                 protocol: Protocol::Udp as i32,
                 direction: Direction::ToPort as i32,
                 peer: "198.18.0.0/15".into(),
+                ..Default::default()
             }
         );
         assert_eq!(spec.ttl_ms, Some(30_000));
@@ -293,6 +346,31 @@ mod tests {
                 probability: Some(0.25)
             })
         );
+    }
+
+    #[tokio::test]
+    async fn ranges_tuples_and_partitions_land_in_the_target() {
+        let client = Client::disconnected();
+        let t = client.drop(2379).through(2381).spec();
+        assert_eq!((target(&t).port, target(&t).port_end), (2379, 2381));
+        let t = client.drop(2380).remote_port(43210).spec();
+        assert_eq!(target(&t).remote_port, 43210);
+        let p = client
+            .partition(["127.0.0.2"], ["127.0.0.3", "127.0.0.4"])
+            .one_way()
+            .spec();
+        assert_eq!(
+            target(&p),
+            &proto::Target {
+                protocol: Protocol::Any as i32,
+                between: vec!["127.0.0.2".into()],
+                and_peers: vec!["127.0.0.3".into(), "127.0.0.4".into()],
+                one_way: true,
+                ..Default::default()
+            }
+        );
+        let r = client.partition_reset(["fd00::/8"], ["fd01::1"]).spec();
+        assert!(matches!(kind(r), Kind::Reset(_)));
     }
 
     #[tokio::test]

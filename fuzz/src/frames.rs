@@ -19,7 +19,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use etherparse::{LaxPacketHeaders, TransportHeader};
 use fault_common::{ROLE_EGRESS, ROLE_INGRESS};
 use faultd::datapath::{Datapath, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM};
-use faultd::faults::{Action, Direction, FaultSpec, FaultTable, Protocol, Target};
+use faultd::faults::{Action, FaultSpec, FaultTable, Protocol, Target};
 
 /// Ports with faults in the fixed rule set; every other port has none.
 pub const FAULTED_PORTS: [u16; 5] = [2379, 2381, 2382, 2383, 2384];
@@ -72,12 +72,7 @@ fn load() -> Option<Programs> {
     ];
     for ((action, protocol), port) in actions.into_iter().zip(FAULTED_PORTS) {
         let spec = FaultSpec {
-            target: Target {
-                port,
-                protocol,
-                direction: Direction::Both,
-                peer: None,
-            },
+            target: Target::port(port, protocol),
             action,
             ttl: None,
             label: "fuzz".into(),

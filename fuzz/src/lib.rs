@@ -160,6 +160,7 @@ pub fn seeds() -> Vec<(&'static str, AddFaultRequest)> {
                 protocol: protocol as i32,
                 direction: proto::Direction::Both as i32,
                 peer: String::new(),
+                ..Default::default()
             }),
             action: Some(proto::Action { kind: Some(kind) }),
             ttl_ms: None,

@@ -69,6 +69,11 @@ enum Task {
             value_parser = bench::parse_soak_duration
         )]
         soak: Option<std::time::Duration>,
+        /// Only these measurements, comma-separated (memory, apply): printed and written
+        /// to target/bench/parts.json; BENCHMARKS.md is left alone.
+        #[arg(long, value_name = "PARTS", conflicts_with_all = ["quick", "soak"],
+              value_delimiter = ',', value_parser = bench::parse_part)]
+        only: Option<Vec<bench::Part>>,
     },
 }
 
@@ -151,11 +156,12 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::all()?;
             fuzz::run(&opts)
         }
-        Task::Bench { quick, soak } => {
+        Task::Bench { quick, soak, only } => {
             setup::all()?;
-            match soak {
-                Some(duration) => bench::soak(duration),
-                None => bench::run(quick),
+            match (soak, only) {
+                (Some(duration), _) => bench::soak(duration),
+                (None, Some(parts)) => bench::only(&parts),
+                (None, None) => bench::run(quick),
             }
         }
     }

@@ -206,3 +206,44 @@ def test_faultd_start_runs_a_daemon_for_the_session(tmp_path, request):
         ns.close()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+def _udp_arrives(src, dst, port):
+    """Whether a datagram from ``src`` reaches a socket bound on ``dst:port``."""
+    import socket
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind((dst, port))
+        receiver.settimeout(0.5)
+        sender.bind((src, 0))
+        sender.sendto(b"x", (dst, port))
+        try:
+            return receiver.recv(16) == b"x"
+        except socket.timeout:
+            return False
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_partitions_cut_address_pairs_and_ranges_their_ports(ns, faultd, observer):
+    assert ns.run(_udp_arrives, "127.0.0.2", "127.0.0.3", 7111)
+    with faultd.partition("127.0.0.2", ["127.0.0.3"], one_way=True) as fault:
+        [listed] = observer.list()
+        assert listed.id == fault.id
+        assert list(listed.proto.spec.target.between) == ["127.0.0.2/32"]
+        assert listed.proto.spec.target.one_way
+        assert not ns.run(_udp_arrives, "127.0.0.2", "127.0.0.3", 7111)
+        assert ns.run(_udp_arrives, "127.0.0.3", "127.0.0.2", 7112), "one way only"
+        assert ns.run(_udp_arrives, "127.0.0.2", "127.0.0.4", 7113), "not in --and"
+    assert ns.run(_udp_arrives, "127.0.0.2", "127.0.0.3", 7111)
+    with faultd.drop(7120, port_end=7122, protocol="udp"):
+        for port in (7120, 7121, 7122):
+            assert not ns.run(_udp_arrives, "127.0.0.1", "127.0.0.1", port)
+        assert ns.run(_udp_arrives, "127.0.0.1", "127.0.0.1", 7123)
+    with pytest.raises(InvalidArgument, match="target.and_peers"):
+        faultd.partition("10.0.0.0/8", "10.1.2.3")
+    with pytest.raises(InvalidArgument, match="mode"):
+        faultd.partition("10.0.0.1", "10.0.0.2", mode="explode")

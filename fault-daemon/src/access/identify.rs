@@ -29,6 +29,7 @@ pub fn unix_peer(stream: &tokio::net::UnixStream) -> io::Result<Caller> {
         command: pid.map(command_of).unwrap_or_default(),
         via: "unix socket".into(),
         socket_inode: None,
+        found: Default::default(),
     }))
 }
 
@@ -77,6 +78,7 @@ pub fn tcp_peer(local: SocketAddr, peer: SocketAddr) -> Caller {
             command: String::new(),
             via: format!("tcp from {peer}"),
             socket_inode: Some(owner.inode),
+            found: Default::default(),
         }),
         Ok(None) => unknown("the kernel has no established socket with that address".into()),
         Err(e) => unknown(format!("sock_diag: {e}")),

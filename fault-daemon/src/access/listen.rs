@@ -155,6 +155,11 @@ pub fn tcp_incoming(
             if tx.is_closed() {
                 return;
             }
+            // An answer is a few small writes (HTTP/2 headers, data, trailers): with Nagle,
+            // one waits for the client's delayed ACK, 40 ms here and there.
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY on an API connection");
+            }
             let tx = tx.clone();
             let (policy, scans) = (policy.clone(), scans.clone());
             tokio::spawn(async move {
@@ -298,10 +303,56 @@ mod tests {
         );
         assert_eq!(policy.check(&caller), Ok(()));
 
-        let owner = caller.with_process().await.owner();
+        let owner = caller.clone().with_process().await.owner();
         assert_eq!(owner.uid, Some(uid));
         assert_eq!(owner.pid, Some(std::process::id()));
         assert_eq!(owner.command, identify::command_of(std::process::id()));
+    }
+
+    /// The process of a TCP caller is found once per connection: the next request (a
+    /// clone of the connection's caller) gets it without a scan of /proc. Shown by closing
+    /// the client's socket after the first lookup, so that a second scan would find no
+    /// process at all.
+    #[tokio::test]
+    async fn a_connections_process_is_scanned_for_once() {
+        use tokio_stream::StreamExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tcp_incoming(listener, TcpIdentity::Kernel, Policy::default());
+        let client = TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        let caller = accepted.connect_info();
+        let first = caller.clone().with_process().await.owner();
+        assert_eq!(first.pid, Some(std::process::id()));
+        drop(client);
+        let again = accepted.connect_info().with_process().await.owner();
+        assert_eq!(again, first, "the connection's process was looked up again");
+    }
+
+    /// Answers go out at once, not after the client's delayed ACK (Nagle off).
+    #[tokio::test]
+    async fn api_connections_have_nagle_off() {
+        use std::os::fd::AsRawFd as _;
+        use tokio_stream::StreamExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tcp_incoming(listener, TcpIdentity::Kernel, Policy::default());
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        let mut on: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live socket; `on` holds `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                accepted.io().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw mut on).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        assert_eq!(on, 1, "TCP_NODELAY is off on an accepted API connection");
     }
 
     #[test]

@@ -61,7 +61,26 @@ pub struct LocalCaller {
     /// of a caller whose process was not looked up when it connected; `None` over the
     /// Unix socket, whose peer credentials name the process.
     pub socket_inode: Option<u32>,
+    /// The process [`Caller::with_process`] found, shared by every request of the
+    /// connection: found once, not once per request.
+    pub found: FoundProcess,
 }
+
+/// What a scan of /proc found for a connection's TCP socket (its process, command and
+/// groups); empty until the first request that needs it. A scan costs as much as the user
+/// has open files (milliseconds with a few thousand), which every AddFault over TCP paid
+/// before.
+#[derive(Clone, Debug, Default)]
+pub struct FoundProcess(Arc<std::sync::OnceLock<LocalCaller>>);
+
+/// Connection-level memory, not part of who the caller is.
+impl PartialEq for FoundProcess {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for FoundProcess {}
 
 impl Caller {
     /// The owner recorded for a fault this caller adds.
@@ -90,15 +109,31 @@ impl Caller {
     }
 
     /// This caller with its process looked up if it [lacks](Self::lacks_process) one: a
-    /// scan of /proc, run on a blocking thread. Unchanged if the scan cannot run.
+    /// scan of /proc, run on a blocking thread, once per connection (later requests get
+    /// what it found). Unchanged if the scan cannot run.
     pub async fn with_process(self) -> Caller {
         let local = match &self {
             Caller::Local(local) if self.lacks_process() => local.clone(),
             _ => return self,
         };
-        tokio::task::spawn_blocking(move || Caller::Local(identify::with_process(local)))
-            .await
-            .unwrap_or(self)
+        if let Some(found) = local.found.0.get() {
+            return Caller::Local(found.clone());
+        }
+        tokio::task::spawn_blocking(move || {
+            let found = identify::with_process(local);
+            // A scan that found no process may be luckier next time. What is kept holds
+            // an empty cell of its own: no cycle through the connection's.
+            if found.pid.is_some() {
+                let kept = LocalCaller {
+                    found: FoundProcess::default(),
+                    ..found.clone()
+                };
+                let _ = found.found.0.set(kept);
+            }
+            Caller::Local(found)
+        })
+        .await
+        .unwrap_or(self)
     }
 
     pub fn uid(&self) -> Option<u32> {
@@ -357,6 +392,7 @@ mod tests {
             command: "faultctl".into(),
             via: "unix socket".into(),
             socket_inode: None,
+            found: FoundProcess::default(),
         })
     }
 

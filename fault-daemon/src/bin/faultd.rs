@@ -380,6 +380,8 @@ async fn run(args: Args, faults: ConfigFaults) -> anyhow::Result<()> {
         return Ok(());
     };
     release_startup_memory();
+    // Later, whatever large answers and clears free (see faultd::heap).
+    faultd::heap::spawn_trimmer();
     let attachments = datapath.attachments();
     let ebpf_log = datapath.ebpf_log().switch();
     ebpf_log
@@ -576,11 +578,7 @@ fn limit_malloc_arenas() {
 /// Loading the eBPF object takes about 30 MiB of heap for a moment (the ELF, BTF and
 /// relocations); freed, glibc keeps it resident. Hand it back once the programs are in.
 fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    faultd::heap::trim();
 }
 
 async fn load_and_attach(

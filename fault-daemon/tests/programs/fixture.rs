@@ -238,10 +238,9 @@ pub fn spec(
 ) -> FaultSpec {
     FaultSpec {
         target: Target {
-            port,
-            protocol,
             direction,
             peer: peer.map(|p| Peer::parse(p, "target.peer").expect("peer")),
+            ..Target::port(port, protocol)
         },
         action,
         ttl: None,

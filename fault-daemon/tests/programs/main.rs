@@ -63,3 +63,4 @@ mod parsing;
 mod passthru;
 mod reset;
 mod shapes;
+mod targets;

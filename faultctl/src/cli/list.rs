@@ -51,10 +51,10 @@ pub fn row(f: &FaultRow) -> Vec<String> {
     vec![
         f.id.to_string(),
         f.action.to_string(),
-        f.port.to_string(),
+        f.ports_text(),
         f.protocol.to_string(),
         f.direction.to_string(),
-        output::cell(&f.peer),
+        f.peer_text(),
         output::cell(&f.params),
         output::expires_in(f.expires_unix_ms),
         output::cell(&f.label),

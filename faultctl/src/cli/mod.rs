@@ -102,8 +102,8 @@ pub enum Command {
     /// Play a timed scenario (TOML): steps that add faults for a while or remove them, then
     /// a heal. Everything it added is removed when it ends, fails or is interrupted.
     Run(run::RunArgs),
-    /// Cut some nodes off from the others: every node (--addr NODE_IP=ADDRESS, repeated)
-    /// drops the ports' traffic with the other side.
+    /// Cut two address sets apart (--between A --and B, any port), or some nodes off from
+    /// the others (--isolate: every node, --addr NODE_IP=ADDRESS, drops the ports' traffic).
     Partition(partition::PartitionArgs),
     /// List the active faults.
     List,
@@ -141,7 +141,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let channel = faultd_api::client::connect(addr.as_deref(), &cli.tls).await?;
         return run::run(&mut FaultServiceClient::new(channel), scenario, cli.json).await;
     }
-    if nodes.len() > 1 || matches!(cli.command, Command::Partition(_)) {
+    let by_nodes = matches!(&cli.command, Command::Partition(p) if !p.by_address());
+    if nodes.len() > 1 || by_nodes {
         return multi::run(nodes, cli).await;
     }
     let addr = nodes.into_iter().next().map(|n| n.addr);
@@ -158,6 +159,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = FaultServiceClient::new(channel.clone());
     if let Some((target, action)) = cli.command.fault() {
         return output::added(&mut client, target, action, cli.json).await;
+    }
+    if let Command::Partition(args) = &cli.command {
+        let spec = args.address_spec();
+        return output::add_spec(&mut client, spec, args.hold, cli.json).await;
     }
     match cli.command {
         Command::Doctor => doctor::run(&mut client, cli.json).await,

@@ -35,8 +35,17 @@ pub async fn added(
     action: proto::action::Kind,
     json: bool,
 ) -> anyhow::Result<()> {
-    let spec = target.spec(action);
-    if target.hold {
+    add_spec(client, target.spec(action), target.hold, json).await
+}
+
+/// Adds `spec` (and holds it while faultctl runs, with `hold`); prints it.
+pub async fn add_spec(
+    client: &mut FaultServiceClient<Channel>,
+    spec: proto::FaultSpec,
+    hold: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if hold {
         return super::hold::run(client, spec, json).await;
     }
     let fault = client
@@ -94,9 +103,22 @@ pub struct FaultRow {
     /// The action's parameters for people, e.g. `bytes=100 then=reset`.
     pub params: String,
     pub port: u32,
+    /// The last port of a range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_end: Option<u32>,
+    /// The other end's port of a port tuple.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u32>,
     pub protocol: &'static str,
     pub direction: &'static str,
     pub peer: String,
+    /// An address partition's sides.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub between: Vec<String>,
+    #[serde(rename = "and", skip_serializing_if = "Vec::is_empty")]
+    pub and_peers: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub one_way: bool,
     pub ttl_ms: Option<u64>,
     pub label: String,
     pub created_unix_ms: i64,
@@ -125,9 +147,14 @@ impl From<&proto::Fault> for FaultRow {
             action,
             params,
             port: t.port,
+            port_end: (t.port_end != 0).then_some(t.port_end),
+            remote_port: (t.remote_port != 0).then_some(t.remote_port),
             protocol: proto::Protocol::name_of(t.protocol),
             direction: proto::Direction::name_of(t.direction),
             peer: t.peer,
+            between: t.between,
+            and_peers: t.and_peers,
+            one_way: t.one_way,
             ttl_ms: spec.ttl_ms,
             label: spec.label,
             created_unix_ms: f.created_unix_ms,
@@ -140,6 +167,36 @@ impl From<&proto::Fault> for FaultRow {
             }),
             session_id: (f.session_id != 0).then_some(f.session_id),
         }
+    }
+}
+
+impl FaultRow {
+    /// The PORT cell: `2379`, `2379-2381`, `2380:43210` (a tuple), `-` (a partition).
+    pub fn ports_text(&self) -> String {
+        if self.port == 0 {
+            return "-".into();
+        }
+        let mut text = self.port.to_string();
+        if let Some(last) = self.port_end {
+            text += &format!("-{last}");
+        }
+        if let Some(remote) = self.remote_port {
+            text += &format!(":{remote}");
+        }
+        text
+    }
+
+    /// The PEER cell: the peer, or a partition's sides (`a,b <-> c`, `a -> c` one-way).
+    pub fn peer_text(&self) -> String {
+        if self.between.is_empty() {
+            return cell(&self.peer);
+        }
+        let arrow = if self.one_way { "->" } else { "<->" };
+        format!(
+            "{} {arrow} {}",
+            self.between.join(","),
+            self.and_peers.join(",")
+        )
     }
 }
 
@@ -292,6 +349,7 @@ mod tests {
             protocol: proto::Protocol::Udp as i32,
             direction: proto::Direction::ToPort as i32,
             peer: "198.18.0.0/15".into(),
+            ..Default::default()
         };
         let limit = proto::action::Kind::LimitBytes(proto::LimitBytes {
             bytes: 100,

@@ -10,11 +10,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use faultd_api::scenario::{Bound, Outcome, RunError, Scenario, StepRow};
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::Channel;
 
-use super::output::{self, Render};
 use super::{Rpc, rpc_error};
 use crate::proto::{self, fault_service_client::FaultServiceClient};
 
@@ -41,7 +39,7 @@ pub fn load(args: &RunArgs) -> anyhow::Result<Scenario> {
 /// `--check`: the timeline as planned.
 pub fn check(scenario: &Scenario, json: bool) -> anyhow::Result<()> {
     for row in scenario.plan() {
-        output::print(&Row(row), json)?;
+        print_row(&row, json)?;
     }
     Ok(())
 }
@@ -134,15 +132,4 @@ fn session_ended(when: &str) -> anyhow::Error {
         "faultd ended the session {when}"
     )))
     .into()
-}
-
-/// A row of the run (or of the plan): JSON as the library's row, text as its Display.
-#[derive(Serialize)]
-#[serde(transparent)]
-struct Row(StepRow);
-
-impl Render for Row {
-    fn text(&self) -> String {
-        self.0.to_string()
-    }
 }

@@ -133,7 +133,7 @@ impl Render for Stats {
             table.add_row(vec![
                 f.id.to_string(),
                 f.action.to_string(),
-                f.port.to_string(),
+                f.ports_text(),
                 f.protocol.to_string(),
                 c.matched_packets.to_string(),
                 c.matched_bytes.to_string(),

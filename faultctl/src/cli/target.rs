@@ -8,9 +8,13 @@ use crate::proto;
 
 #[derive(Args, Debug)]
 pub struct TargetArgs {
-    /// The port whose traffic misbehaves (1-65535).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
+    /// The port whose traffic misbehaves (1-65535), or a range of ports (2379-2381), each
+    /// faulted as if alone.
+    #[arg(long, value_name = "PORT[-LAST]", value_parser = parse_ports)]
+    pub port: Ports,
+    /// Only the flow whose other end is on this port (a port tuple), either direction.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub remote_port: Option<u16>,
     // The values' names are faultd_api::names'.
     #[arg(long, value_enum, default_value = "tcp")]
     pub protocol: proto::Protocol,
@@ -57,14 +61,48 @@ impl TargetArgs {
     pub fn spec(&self, action: proto::action::Kind) -> proto::FaultSpec {
         proto::FaultSpec {
             target: Some(proto::Target {
-                port: self.port.into(),
+                port: self.port.first.into(),
+                port_end: self.port.last.map_or(0, u32::from),
+                remote_port: self.remote_port.map_or(0, u32::from),
                 protocol: self.protocol.into(),
                 direction: self.direction.into(),
                 peer: self.peer.clone().unwrap_or_default(),
+                ..Default::default()
             }),
             action: Some(proto::Action { kind: Some(action) }),
             ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
             label: self.label.clone(),
+        }
+    }
+}
+
+/// `--port`: one port, or the first and last of a range.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub first: u16,
+    pub last: Option<u16>,
+}
+
+/// `2379` or `2379-2381` (ports 1-65535, the range not ending before it starts).
+pub fn parse_ports(text: &str) -> Result<Ports, String> {
+    let port = |t: &str| match t.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{t:?} is not a port (1-65535)")),
+    };
+    match text.split_once('-') {
+        None => Ok(Ports {
+            first: port(text)?,
+            last: None,
+        }),
+        Some((a, b)) => {
+            let (first, last) = (port(a)?, port(b)?);
+            if last < first {
+                return Err(format!("the range {first}-{last} ends before it starts"));
+            }
+            Ok(Ports {
+                first,
+                last: Some(last),
+            })
         }
     }
 }
@@ -91,6 +129,27 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         for bad in ["-1s", "soon", "", "0s", "10"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(
+            parse_ports("2379"),
+            Ok(Ports {
+                first: 2379,
+                last: None
+            })
+        );
+        assert_eq!(
+            parse_ports("2379-2381"),
+            Ok(Ports {
+                first: 2379,
+                last: Some(2381)
+            })
+        );
+        for bad in ["0", "2381-2379", "1-65536", "a-b", "-5", "5-", ""] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }
 

@@ -133,7 +133,11 @@ impl StepRow {
             write!(f, " {round}/{rounds}")?;
         }
         for (i, description) in self.faults.iter().enumerate() {
-            let sep = if i == 0 { ": " } else { "; " };
+            let sep = match (i, self.step) {
+                (0, Some(_)) => ": ",
+                (0, None) => " ",
+                _ => "; ",
+            };
             match self.fault_ids.get(i) {
                 Some(id) => write!(f, "{sep}#{id} {description}")?,
                 None => write!(f, "{sep}{description}")?,

@@ -40,6 +40,7 @@ pub fn drop_spec(port: u16, protocol: proto::Protocol) -> proto::FaultSpec {
             protocol: protocol.into(),
             direction: proto::Direction::Both.into(),
             peer: String::new(),
+            ..Default::default()
         }),
         action: Some(proto::Action {
             kind: Some(proto::action::Kind::Drop(proto::Drop { probability: None })),

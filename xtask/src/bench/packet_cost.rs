@@ -212,3 +212,99 @@ impl Baseline {
             .context("no figures for the no-op program")
     }
 }
+
+/// The richer targets of issue #14 installed at once, none of which the measured traffic
+/// (loopback, 127.0.0.1, the measured port) matches: `n` port ranges of two ports each, `n`
+/// port tuples, and one address partition between two sets of 32 addresses (1 024 address
+/// pairs, so every packet does the partition's two trie lookups). Ports from `base` up.
+pub fn richer_target_specs(n: usize, base: u16) -> Vec<super::api::proto::FaultSpec> {
+    use super::api::{drop_spec, proto};
+    let mut specs = Vec::with_capacity(2 * n + 1);
+    for i in 0..n as u16 {
+        let mut range = drop_spec(base + 2 * i, proto::Protocol::Tcp);
+        range.target.as_mut().unwrap().port_end = u32::from(base + 2 * i + 1);
+        specs.push(range);
+        let mut tuple = drop_spec(base + 2 * n as u16 + i, proto::Protocol::Tcp);
+        tuple.target.as_mut().unwrap().remote_port = 43_210;
+        specs.push(tuple);
+    }
+    // Low 16 bits (the partition filter's index) unlike the measured traffic's 127.0.0.1:
+    // what packets of addresses in no partition cost.
+    let side = |net: u8| {
+        (0..32)
+            .map(|i| format!("10.{net}.{i}.7"))
+            .collect::<Vec<_>>()
+    };
+    let mut partition = drop_spec(1, proto::Protocol::Any);
+    let t = partition.target.as_mut().unwrap();
+    t.port = 0;
+    t.between = side(1);
+    t.and_peers = side(2);
+    specs.push(partition);
+    specs
+}
+
+/// Per-packet cost over the no-op program and request/response rate against no faultd, for
+/// a faultd holding [`richer_target_specs`]: the pass-through cost the richer targets add.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TargetsCost {
+    pub faults: usize,
+    /// Each program's per-packet cost over the no-op program's, per round (ns).
+    pub over_noop_ns: BTreeMap<String, Vec<f64>>,
+    pub rr_faultd: Vec<f64>,
+    pub rr_bare: Vec<f64>,
+}
+
+pub fn richer_targets(
+    faultd: &std::path::Path,
+    log: std::path::PathBuf,
+    port: u16,
+    round_trips: usize,
+    rr: std::time::Duration,
+    reps: usize,
+) -> anyhow::Result<TargetsCost> {
+    use super::{api, netns, request_response};
+    let ns = netns::new("targets")?;
+    let daemon = netns::start_faultd(&ns, faultd, log)?;
+    let specs = richer_target_specs(1_000, 20_000);
+    let count = specs.len();
+    ns.block_on(|| async move {
+        let mut client = api::connect().await?;
+        api::add_many(&client, specs, 64).await?;
+        api::expect_count(&mut client, count).await
+    })?;
+    let programs = programs(daemon.pid())?;
+    let ns_bare = netns::new("targets-bare")?;
+    let ns_noop = netns::new("targets-noop")?;
+    let baseline = Baseline::attach(&ns_noop)?;
+    let mut out = TargetsCost {
+        faults: count,
+        ..TargetsCost::default()
+    };
+    for round in 0..reps {
+        let noop = baseline.measure(&ns_noop, port, round_trips)?.ns_per_run;
+        for (name, cost) in measure(&ns, daemon.pid(), &programs, port, round_trips)? {
+            out.over_noop_ns
+                .entry(name)
+                .or_default()
+                .push(cost.ns_per_run - noop);
+        }
+        out.rr_faultd
+            .push(request_response::transactions_per_sec(&ns, port, rr)?);
+        out.rr_bare
+            .push(request_response::transactions_per_sec(&ns_bare, port, rr)?);
+        eprintln!(
+            "bench: richer targets round {}/{reps}: over no-op {:?} ns; request/response/s \
+             faultd {:.0}, no faultd {:.0}",
+            round + 1,
+            out.over_noop_ns
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.last().copied().unwrap_or(f64::NAN).round()))
+                .collect::<Vec<_>>(),
+            out.rr_faultd.last().unwrap(),
+            out.rr_bare.last().unwrap(),
+        );
+    }
+    drop(daemon);
+    Ok(out)
+}

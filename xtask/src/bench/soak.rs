@@ -126,6 +126,10 @@ pub fn run(
         report.display(),
         json.display()
     );
+    let verdict = verdict(&result);
+    if !verdict.flat() {
+        bail!("the soak was not flat: {}", verdict.why.join("; "));
+    }
     Ok(())
 }
 
@@ -520,6 +524,103 @@ fn spread(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
     (first, last, max)
 }
 
+/// RSS may grow by less than this over the soak's second half and still be flat: glibc's
+/// free lists and tokio's task slabs settle within a few minutes; a leak of one small
+/// allocation per fault change (300 a second) would show as several MiB per minute.
+const FLAT_KIB_PER_MIN: f64 = 64.0;
+/// Open fds and tasks may vary this much (a WatchEvents stream's connection, a blocking
+/// thread) and still be flat.
+const FLAT_SPREAD: f64 = 3.0;
+
+/// Whether faultd's resources were flat over the second half of the soak, and came back
+/// after `clear`.
+#[derive(Debug, serde::Serialize)]
+pub struct Verdict {
+    pub from_secs: f64,
+    pub samples: usize,
+    pub rss_kib_per_min: f64,
+    /// Lowest and highest over the second half.
+    pub fds: (f64, f64),
+    pub tasks: (f64, f64),
+    /// What was not flat, in words; empty when flat.
+    pub why: Vec<String>,
+}
+
+impl Verdict {
+    pub fn flat(&self) -> bool {
+        self.why.is_empty()
+    }
+}
+
+/// The samples nearest each multiple of `every` seconds, the first and last included.
+fn per_row(samples: &[Sample], every: f64) -> Vec<&Sample> {
+    let mut rows: Vec<&Sample> = Vec::new();
+    let mut next = 0.0;
+    for (i, sample) in samples.iter().enumerate() {
+        if sample.secs + 1.0 >= next || i == samples.len() - 1 {
+            rows.push(sample);
+            next = (sample.secs / every).round() * every + every;
+        }
+    }
+    rows
+}
+
+/// The least-squares slope of `ys` over `xs`.
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
+}
+
+pub fn verdict(r: &SoakResult) -> Verdict {
+    let from_secs = r.seconds / 2.0;
+    let half: Vec<&Sample> = r.samples.iter().filter(|s| s.secs >= from_secs).collect();
+    let xs: Vec<f64> = half.iter().map(|s| s.secs / 60.0).collect();
+    let rss: Vec<f64> = half.iter().map(|s| s.rss_bytes as f64 / 1024.0).collect();
+    let range = |f: fn(&Sample) -> usize| {
+        let v = half.iter().map(|s| f(s) as f64);
+        (
+            v.clone().fold(f64::MAX, f64::min),
+            v.fold(f64::MIN, f64::max),
+        )
+    };
+    let mut v = Verdict {
+        from_secs,
+        samples: half.len(),
+        rss_kib_per_min: slope(&xs, &rss),
+        fds: range(|s| s.fds),
+        tasks: range(|s| s.tasks),
+        why: Vec::new(),
+    };
+    if v.rss_kib_per_min >= FLAT_KIB_PER_MIN {
+        v.why
+            .push(format!("RSS grows {:.0} KiB per minute", v.rss_kib_per_min));
+    }
+    for (what, (lo, hi)) in [("fds", v.fds), ("tasks", v.tasks)] {
+        if hi - lo > FLAT_SPREAD {
+            v.why.push(format!("{what} between {lo:.0} and {hi:.0}"));
+        }
+    }
+    if r.after_clear.faults != 0 {
+        v.why
+            .push(format!("{} faults after clear", r.after_clear.faults));
+    }
+    for (name, n) in &r.after_clear.map_entries {
+        if *n != 0 {
+            v.why.push(format!("{name} holds {n} entries after clear"));
+        }
+    }
+    if half.len() < 3 {
+        v.why.push("too few samples in the second half".into());
+    }
+    v
+}
+
 pub fn markdown(r: &SoakResult) -> String {
     let mut s = String::new();
     let minutes = r.seconds / 60.0;
@@ -573,14 +674,9 @@ pub fn markdown(r: &SoakResult) -> String {
         rule += "---:|";
     }
     s += &format!("{header}\n{rule}\n");
-    // About a dozen rows, always the first and the last.
-    let step = (r.samples.len() / 12).max(1);
-    let rows = r
-        .samples
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % step == 0 || *i == r.samples.len() - 1)
-        .map(|(_, s)| (format!("{:.0} s", s.secs), s))
+    let rows = per_row(&r.samples, if minutes >= 3.0 { 60.0 } else { 20.0 })
+        .into_iter()
+        .map(|s| (format!("{:.0} s", s.secs), s))
         .chain(std::iter::once((
             "after `clear`".to_string(),
             &r.after_clear,
@@ -610,12 +706,27 @@ pub fn markdown(r: &SoakResult) -> String {
         mib(rss1 as u64),
         mib(rss_max as u64),
     );
-    let per_minute = (rss1 - rss0) / (1 << 10) as f64 / (minutes * 0.75).max(f64::MIN_POSITIVE);
-    if rss1 > rss0 {
-        s += &format!(
-            "RSS grew between the quarters: about {per_minute:.0} KiB per minute of soak.\n"
-        );
-    }
+    let verdict = verdict(r);
+    s += &format!(
+        "RSS trend over the second half (least squares over {} samples from {:.0} s on): \
+         {:+.0} KiB per minute; fds {:.0}–{:.0} and tasks {:.0}–{:.0} there. Flat means: \
+         RSS under {FLAT_KIB_PER_MIN:.0} KiB per minute, fds and tasks within \
+         {FLAT_SPREAD} of their own lowest value, every hash map and the fault list empty \
+         after `clear`. **Verdict: {}**{}\n",
+        verdict.samples,
+        verdict.from_secs,
+        verdict.rss_kib_per_min,
+        verdict.fds.0,
+        verdict.fds.1,
+        verdict.tasks.0,
+        verdict.tasks.1,
+        if verdict.flat() { "flat" } else { "not flat" },
+        if verdict.why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", verdict.why.join("; "))
+        },
+    );
     for (name, capacity) in &r.map_capacity {
         let count = |sample: &Sample| {
             sample
@@ -642,9 +753,22 @@ pub fn markdown(r: &SoakResult) -> String {
 }
 
 pub fn summary(r: &SoakResult) -> String {
+    let per_minute: Vec<String> = per_row(&r.samples, 60.0)
+        .iter()
+        .map(|s| format!("{:.0} s {} MiB", s.secs, mib(s.rss_bytes)))
+        .collect();
+    let verdict = verdict(r);
     format!(
-        "bench: soak {:.0} s, {} changes; after clear: {} faults, RSS {} MiB, {} fds, {} tasks, \
+        "bench: soak RSS per minute: {}\nbench: second half: RSS {:+.0} KiB/min: {}\n\
+         bench: soak {:.0} s, {} changes; after clear: {} faults, RSS {} MiB, {} fds, {} tasks, \
          map entries {:?}",
+        per_minute.join(", "),
+        verdict.rss_kib_per_min,
+        if verdict.flat() {
+            "flat".to_string()
+        } else {
+            verdict.why.join("; ")
+        },
         r.seconds,
         r.changes,
         r.after_clear.faults,
@@ -658,6 +782,66 @@ pub fn summary(r: &SoakResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: f64, rss_kib: u64) -> Sample {
+        Sample {
+            secs,
+            rss_bytes: rss_kib * 1024,
+            fds: 40,
+            tasks: 9,
+            faults: 0,
+            map_entries: vec![("RULES".into(), 0)],
+        }
+    }
+
+    fn result(samples: Vec<Sample>) -> SoakResult {
+        SoakResult {
+            machine: crate::bench::report::Machine::read("test"),
+            seconds: samples.last().unwrap().secs,
+            after_clear: at(0.0, 0),
+            samples,
+            map_capacity: vec![],
+            changes: 0,
+            expiring: 0,
+            flows: 0,
+            flows_connected: 0,
+            watchers: 0,
+            events_read: 0,
+            requests: 0,
+            failed: 0,
+        }
+    }
+
+    /// Growth in the first half (warm-up) does not count; growth in the second does.
+    #[test]
+    fn the_verdict_reads_the_second_half() {
+        let warm_then_flat: Vec<Sample> = (0..=60)
+            .map(|i| at(i as f64 * 10.0, 14_000 + 100 * (i.min(30) as u64)))
+            .collect();
+        let v = verdict(&result(warm_then_flat));
+        assert!(v.flat(), "{v:?}");
+        assert!(v.rss_kib_per_min.abs() < 1.0, "{v:?}");
+        // 100 KiB per minute, throughout.
+        let growing: Vec<Sample> = (0..=60)
+            .map(|i| at(i as f64 * 10.0, 14_000 + i as u64 * 100 / 6))
+            .collect();
+        let v = verdict(&result(growing));
+        assert!(
+            !v.flat() && (v.rss_kib_per_min - 100.0).abs() < 1.0,
+            "{v:?}"
+        );
+        let mut left = result((0..=60).map(|i| at(i as f64 * 10.0, 14_000)).collect());
+        left.after_clear.map_entries = vec![("RULES".into(), 3)];
+        assert!(!verdict(&left).flat());
+    }
+
+    #[test]
+    fn one_row_per_minute() {
+        let samples: Vec<Sample> = (0..=60).map(|i| at(i as f64 * 10.0, 1)).collect();
+        let secs: Vec<f64> = per_row(&samples, 60.0).iter().map(|s| s.secs).collect();
+        let want: Vec<f64> = (0..=10).map(|m| m as f64 * 60.0).collect();
+        assert_eq!(secs, want);
+    }
 
     #[test]
     fn durations_read_as_written() {

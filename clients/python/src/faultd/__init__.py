@@ -74,6 +74,7 @@ def _shortcut(name):
 
 _SHORTCUTS = (
     "drop reset refuse limit_bytes limit_age record loss delay rate corrupt duplicate stall "
+    "partition "
     "list remove clear stats events capabilities"
 ).split()
 for _name in _SHORTCUTS:

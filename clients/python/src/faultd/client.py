@@ -214,19 +214,57 @@ class Client:
         protocol="tcp",
         direction="both",
         peer="",
+        port_end=None,
+        remote_port=None,
         ttl=None,
         label="",
         session=None,
     ):
         """Adds a fault with a ``faultd.v1.Action``; the named methods below build it.
 
+        ``port_end``: the last port of a range (``port`` through ``port_end``).
+        ``remote_port``: a port tuple, only the flow whose other end is on that port.
         ``session``: None follows the client; False adds a fault that outlives it."""
         target = pb.Target(
             port=port,
             protocol=_choice(_PROTOCOLS, protocol, "target.protocol", "a protocol"),
             direction=_choice(_DIRECTIONS, direction, "target.direction", "a direction"),
             peer=peer or "",
+            port_end=port_end or 0,
+            remote_port=remote_port or 0,
         )
+        return self._add_target(target, action, ttl, label, session)
+
+    def partition(
+        self,
+        between,
+        and_,
+        *,
+        mode="drop",
+        one_way=False,
+        protocol="any",
+        ttl=None,
+        label="partition",
+        session=None,
+    ):
+        """Cuts every TCP and UDP packet between the address sets ``between`` and ``and_``
+        (addresses or CIDRs, IPv4 or IPv6; a string or a list), any port, both ways unless
+        ``one_way`` (then only from ``between`` to ``and_``). ``mode``: "drop" (packets
+        vanish) or "reset" (TCP is answered with a RST, the rest vanishes)."""
+        actions = {
+            "drop": lambda: pb.Action(drop=pb.Drop()),
+            "reset": lambda: pb.Action(reset=pb.Reset()),
+        }
+        action = _choice(actions, mode, "mode", "a partition mode")()
+        target = pb.Target(
+            protocol=_choice(_PROTOCOLS, protocol, "target.protocol", "a protocol"),
+            between=[between] if isinstance(between, str) else list(between),
+            and_peers=[and_] if isinstance(and_, str) else list(and_),
+            one_way=bool(one_way),
+        )
+        return self._add_target(target, action, ttl, label, session)
+
+    def _add_target(self, target, action, ttl, label, session):
         spec = pb.FaultSpec(target=target, action=action, label=label or "")
         if ttl is not None:
             spec.ttl_ms = _millis(ttl, "ttl_ms")

@@ -165,9 +165,14 @@ def _short(name):
     return name
 
 
-def _shown(value):
+def _shown(value, nested=False):
+    """A value as the file wrote it (as TOML prints it), strings unquoted at the top."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if nested else value
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v, nested=True) for v in value) + "]"
     return str(value)
 
 
