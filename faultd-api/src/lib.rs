@@ -9,12 +9,17 @@
 //! - [`names`]: the names of the API's enums (`tcp`, `to-port`, `syn-refused`…), in one place.
 //! - [`partition`]: many nodes — a daemon's address with its node's IP, and the faults that
 //!   cut a partition, per node.
+//! - [`scenario`]: timed scenarios in TOML (`faultctl run`), parsed, checked and played here
+//!   so that every Rust client runs the same files.
+//! - [`units`]: durations and rates as people write them.
 
 pub mod backoff;
 pub mod capabilities;
 pub mod client;
 pub mod names;
 pub mod partition;
+pub mod scenario;
+pub mod units;
 
 use std::fs;
 use std::io;

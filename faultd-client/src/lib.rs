@@ -61,6 +61,11 @@
 //! of them, a partition cut ([`Nodes::partition`]), faults listed, cleared, with a result
 //! per node ([`PerNode`]).
 //!
+//! # Scenarios
+//!
+//! The TOML scenarios of `faultctl run` (docs/scenarios.md) run through a client too:
+//! [`Scenario::from_path`] then [`Scenario::run`] with the client (see `scenario.rs`).
+//!
 //! # Errors
 //!
 //! faultd validates every request and names the field it refuses; the client maps gRPC
@@ -79,6 +84,7 @@ mod builder;
 mod error;
 mod guard;
 mod nodes;
+mod scenario;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -93,6 +99,8 @@ pub use faultd_api::client::ClientTlsArgs;
 pub use faultd_api::partition::{NodeAddr, Partition};
 pub use faultd_api::proto;
 pub use faultd_api::proto::{Direction, Protocol, RefuseMode, Then};
+/// Timed scenarios in TOML, the files `faultctl run` plays: `Scenario::from_path(..)?.run(&client, ..)`.
+pub use faultd_api::scenario::{self as scenarios, Scenario};
 pub use guard::FaultGuard;
 pub use nodes::{Nodes, NodesError, PerNode};
 

@@ -28,6 +28,7 @@ mod record;
 mod refuse;
 mod reset;
 mod rm;
+mod run;
 mod slice;
 mod stall;
 mod stats;
@@ -103,6 +104,9 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Judge a client's reconnect backoff from the SYNs recorded on a port.
     Backoff(backoff::BackoffArgs),
+    /// Play a timed scenario (TOML): steps that add faults for a while or remove them, then
+    /// a heal. Everything it added is removed when it ends, fails or is interrupted.
+    Run(run::RunArgs),
     /// Cut two address sets apart (--between A --and B, any port), or some nodes off from
     /// the others (--isolate: every node, --addr NODE_IP=ADDRESS, drops the ports' traffic).
     Partition(partition::PartitionArgs),
@@ -129,6 +133,19 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let nodes = nodes::from_args(&cli.addr, cli.hosts.as_deref())?;
+    if let Command::Run(args) = &cli.command {
+        // The file is checked before any daemon is asked, and --check asks none.
+        let scenario = run::load(args)?;
+        if args.check {
+            return run::check(&scenario, cli.json);
+        }
+        if nodes.len() > 1 {
+            anyhow::bail!("faultctl run talks to one daemon; give one --addr");
+        }
+        let addr = nodes.into_iter().next().map(|n| n.addr);
+        let channel = faultd_api::client::connect(addr.as_deref(), &cli.tls).await?;
+        return run::run(&mut FaultServiceClient::new(channel), scenario, cli.json).await;
+    }
     let by_nodes = matches!(&cli.command, Command::Partition(p) if !p.by_address());
     if nodes.len() > 1 || by_nodes {
         return multi::run(nodes, cli).await;

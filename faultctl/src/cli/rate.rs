@@ -27,32 +27,8 @@ pub fn action(args: &RateArgs) -> proto::action::Kind {
     })
 }
 
-/// A rate as tc writes it, in bits per second. A bare number is bits per second, as in tc.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate like 1mbit, 500kbit or 2mbps"))?;
-    let bits_per_unit: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "bit" => 1.0,
-        "kbit" => 1e3,
-        "mbit" => 1e6,
-        "gbit" => 1e9,
-        "bps" => 8.0,
-        "kbps" => 8e3,
-        "mbps" => 8e6,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use bit, kbit, mbit, gbit, bps, kbps or mbps"
-            ));
-        }
-    };
-    Ok((value * bits_per_unit).round() as u64)
-}
+/// A rate as tc writes it, in bits per second (as scenario files do).
+pub use faultd_api::units::parse_rate;
 
 #[cfg(test)]
 mod tests {

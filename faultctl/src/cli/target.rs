@@ -107,15 +107,8 @@ pub fn parse_ports(text: &str) -> Result<Ports, String> {
     }
 }
 
-/// Durations as people write them: `500ms`, `30s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like 500ms, 30s or 2m ({e})"))?;
-    if d.is_zero() {
-        return Err("a duration must be longer than 0".into());
-    }
-    Ok(d)
-}
+/// Durations as people write them: `500ms`, `30s`, `2m`, `1h` (as scenario files do).
+pub use faultd_api::units::parse_duration;
 
 /// A probability in (0, 1].
 pub fn parse_probability(text: &str) -> Result<f64, String> {

@@ -7,7 +7,8 @@
 
 Faults are bound to the client's session: when the process exits, crashes or is killed,
 faultd removes them within a second. :class:`Nodes` drives the faultd of every node of a
-cluster as one (a fault on all, a partition, results per node). The pytest plugin (``faultd.pytest_plugin``,
+cluster as one (a fault on all, a partition, results per node); :class:`Scenario` plays
+the TOML scenarios of ``faultctl run``. The pytest plugin (``faultd.pytest_plugin``,
 registered by entry point) adds the ``faultd`` and ``faultd_client`` fixtures.
 """
 
@@ -16,6 +17,7 @@ import threading
 
 from faultd.client import DEFAULT_TCP, Client, Fault, default_address
 from faultd.nodes import Nodes, NodesFailed, PerNode
+from faultd.scenario import Scenario, ScenarioError, ScenarioFailed
 from faultd.errors import (
     Exhausted,
     FaultdError,
@@ -31,6 +33,9 @@ __all__ = [
     "Nodes",
     "NodesFailed",
     "PerNode",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioFailed",
     "Fault",
     "default_address",
     "default_client",
