@@ -95,7 +95,9 @@ fn the_flapping_link_is_five_two_second_outages() {
 
 /// Writes `text` to a file of this test's own and checks it; (exit code, stderr).
 fn check_text(name: &str, text: &str) -> (Option<i32>, String) {
-    let dir = std::env::temp_dir().join(format!("faultctl-scenarios-{}", std::process::id()));
+    // A directory per test: the tests run at once and each removes its own.
+    let dir =
+        std::env::temp_dir().join(format!("faultctl-scenarios-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
