@@ -79,6 +79,10 @@ pub fn faultd_tc_egress(ctx: TcContext) -> i32 {
     try_tc(&ctx, Hook::TcEgress)
 }
 
+/// Inlined into each program: 6.1's verifier sums the frames along the deepest call chain
+/// (program → decide → walk_slot → apply_slot → match_and_act) against 512 bytes, rounding
+/// each up to 32, and a separate try_tc frame under the program's own made it 544.
+#[inline(always)]
 fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
