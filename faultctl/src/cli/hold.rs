@@ -17,20 +17,11 @@ pub async fn run(
     // Before the fault exists: a signal that comes right after it is printed is handled.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let request = proto::OpenSessionRequest {
-        name: format!("faultctl --hold (pid {})", std::process::id()),
-    };
-    let mut session = client
-        .open_session(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let session_id = session
-        .message()
-        .await
-        .map_err(rpc_error)?
-        .ok_or_else(|| ended("before naming it"))?
-        .session_id;
+    let (mut session, session_id) = open_session(
+        client,
+        format!("faultctl --hold (pid {})", std::process::id()),
+    )
+    .await?;
     let request = proto::AddFaultRequest {
         spec: Some(spec),
         session_id,
@@ -57,8 +48,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens a session named `name`: its stream (which ends only when faultd ends the session)
+/// and its id, to bind faults to. Shared by `--hold` and `faultctl run`.
+pub(super) async fn open_session(
+    client: &mut FaultServiceClient<Channel>,
+    name: String,
+) -> anyhow::Result<(tonic::Streaming<proto::SessionEvent>, u64)> {
+    let mut session = client
+        .open_session(proto::OpenSessionRequest { name })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let session_id = session
+        .message()
+        .await
+        .map_err(rpc_error)?
+        .ok_or_else(|| ended("before naming it"))?
+        .session_id;
+    Ok((session, session_id))
+}
+
 /// The session ended on faultd's side: as unreachable as faultd gets (exit 2).
-fn ended(when: &str) -> anyhow::Error {
+pub(super) fn ended(when: &str) -> anyhow::Error {
     Rpc(tonic::Status::unavailable(format!(
         "faultd ended the session {when}"
     )))

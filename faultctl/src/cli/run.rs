@@ -13,8 +13,9 @@ use faultd_api::scenario::{Bound, Outcome, RunError, Scenario, StepRow};
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::Channel;
 
-use super::{Rpc, rpc_error};
-use crate::proto::{self, fault_service_client::FaultServiceClient};
+use super::Rpc;
+use super::hold::{ended, open_session};
+use crate::proto::fault_service_client::FaultServiceClient;
 
 #[derive(Args, Debug)]
 #[command(
@@ -52,24 +53,12 @@ pub async fn run(
     // Before any fault exists, so that a signal right after the first step is handled.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let request = proto::OpenSessionRequest {
-        name: format!(
-            "faultctl run {} (pid {})",
-            scenario.name,
-            std::process::id()
-        ),
-    };
-    let mut session = client
-        .open_session(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let session_id = session
-        .message()
-        .await
-        .map_err(rpc_error)?
-        .ok_or_else(|| session_ended("before naming it"))?
-        .session_id;
+    let name = format!(
+        "faultctl run {} (pid {})",
+        scenario.name,
+        std::process::id()
+    );
+    let (mut session, session_id) = open_session(client, name).await?;
     let api = Bound {
         rpc: client.clone(),
         session_id,
@@ -98,7 +87,7 @@ pub async fn run(
         .map_err(step_failed)?;
     printed?;
     match outcome {
-        Outcome::Stopped(why) if why == SESSION_ENDED => Err(session_ended(
+        Outcome::Stopped(why) if why == SESSION_ENDED => Err(ended(
             "during the run (faultd stopped?); its faults are gone",
         )),
         Outcome::Completed | Outcome::Stopped(_) => Ok(()),
@@ -124,12 +113,4 @@ fn print_row(row: &StepRow, json: bool) -> anyhow::Result<()> {
 /// (3 refused, 2 unreachable).
 fn step_failed(e: RunError) -> anyhow::Error {
     Rpc(tonic::Status::new(e.status.code(), e.to_string())).into()
-}
-
-/// The session ended on faultd's side: as unreachable as faultd gets (exit 2).
-fn session_ended(when: &str) -> anyhow::Error {
-    Rpc(tonic::Status::unavailable(format!(
-        "faultd ended the session {when}"
-    )))
-    .into()
 }
