@@ -22,7 +22,7 @@ use fault_common::{
 };
 
 use crate::packet::Packet;
-use crate::rules::{COUNTERS, Seen, Verdict};
+use crate::rules::{COUNTERS, Seen, Verdict, count};
 
 /// Entry 0: which partitions are in force (see fault_common::PartitionState).
 #[map]
@@ -150,19 +150,4 @@ fn lowest_bit(mut w: u64) -> u32 {
         n += 1;
     }
     n
-}
-
-#[inline(always)]
-fn count(counters: Option<*mut fault_common::FaultCounters>, len: u64, acted: bool) {
-    let Some(c) = counters else { return };
-    // SAFETY: per-CPU slot, so no other CPU writes it; the pointer came from the map.
-    unsafe {
-        if acted {
-            (*c).acted_packets += 1;
-            (*c).acted_bytes += len;
-        } else {
-            (*c).matched_packets += 1;
-            (*c).matched_bytes += len;
-        }
-    }
 }

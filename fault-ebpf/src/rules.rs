@@ -920,8 +920,9 @@ fn chance(threshold: u32) -> bool {
     threshold == u32::MAX || unsafe { bpf_get_prandom_u32() } <= threshold
 }
 
+/// Adds a packet to a fault's counters (its per-CPU slot): as matched, or as acted on.
 #[inline(always)]
-fn count(counters: Option<*mut FaultCounters>, len: u64, acted: bool) {
+pub(crate) fn count(counters: Option<*mut FaultCounters>, len: u64, acted: bool) {
     let Some(c) = counters else { return };
     // SAFETY: per-CPU slot, so no other CPU writes it; the pointer came from the map.
     unsafe {
