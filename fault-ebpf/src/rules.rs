@@ -443,10 +443,11 @@ const SLOT_RESET: u32 = 2;
 /// the kernel-side log (one map read when it is off, and only on a faulted port).
 ///
 /// Two calls of its own, not inlined: 6.1's verifier sums the frames along a call chain,
-/// each rounded up to 32 bytes, against 512 bytes, and tc → try_tc → decide → walk_slot
-/// already takes 288 of them. With the work inlined here (a 168-byte frame, 192 rounded),
-/// a log call below it made 544; as siblings under this small frame the deepest chain is
-/// 288 + 32 + 160 (match_and_act) = 480. They are also why the log is not called from
+/// each rounded up to 32 bytes, against 512 bytes, and the TC program (try_tc inlined,
+/// 128) → decide (128) → walk_slot (32) already takes 288 of them. With the work inlined
+/// here, a log call below it would add a frame; as siblings under this small frame the
+/// deepest chain is 288 + 32 + 192 (match_and_act's 168 bytes) = 512, the whole budget:
+/// code that grows match_and_act's frame past 192, or decide's past 128, breaks 6.1. They are also why the log is not called from
 /// walk_slot: there the verifier takes every number this can return into the log call,
 /// once per bpf_loop iteration it walks, past its million instructions; here each path of
 /// match_and_act reaches it with its own constant.
