@@ -333,8 +333,9 @@ pub struct FaultSlot {
     pub _pad2: u32,
 }
 
-/// Value of the rule map: the faults acting on one (protocol, port), in the order the daemon
-/// compiled them. An update replaces the whole value atomically.
+/// A rule slot's value (`RULE_SLOTS`): the faults acting on one (protocol, port), in the
+/// order the daemon compiled them. Written once, before `RULE_INDEX` names it, and never
+/// rewritten while a packet may read it: a new rule goes into another slot.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct PortRule {
