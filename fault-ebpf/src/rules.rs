@@ -19,7 +19,7 @@ use fault_common::{
     EVENT_SYN_REFUSED, FAULTED_PORT_WORDS, FaultCounters, FaultSlot, FlowKey, FlowState,
     LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP,
     PROTO_UDP, PortBits, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, RULE_INDEX_ENTRIES,
-    THEN_RESET, faulted_port_bits, hooks_for, rule_index,
+    THEN_RESET, faulted_port_bits, hooks_for,
 };
 
 use crate::events;
