@@ -14,9 +14,29 @@ pub const MAX_FAULTS_PER_PORT: usize = 8;
 /// maps (counters, rate state) from its `--max-faults` when it loads the programs.
 pub const MAX_FAULTS: u32 = 131_072;
 
-/// Capacity of the rule map as compiled: one entry per (protocol, port) with faults on it.
-/// The daemon sizes it to twice `--max-faults` at load (a fault on `any` takes two keys).
+/// Capacity of the rule slots (`RULE_SLOTS`) as compiled: a slot holds the rule of one
+/// (protocol, port) with faults on it, or one replaced a moment ago that a packet may still
+/// be reading. The daemon sizes it at load from `--max-faults` (a fault on `any` takes two
+/// keys; as many slots again wait out readers).
 pub const MAX_PORT_RULES: u32 = 131_072;
+
+/// Entries of the rule index (`RULE_INDEX`): one per (protocol, port), TCP's 65 536 ports
+/// first, then UDP's. Each holds the number of the rule slot in force for the port, 0 for
+/// none. The daemon writes an entry with one aligned 32-bit store through a shared mapping
+/// (the array is `BPF_F_MMAPABLE`), so a packet reads the old slot number or the new one,
+/// never a mix of their bytes (a map update through the syscall is a byte copy).
+pub const RULE_INDEX_ENTRIES: u32 = 2 * 65_536;
+
+/// The entry of (protocol, port) in the rule index; `None` for a protocol that never has
+/// faults.
+#[inline(always)]
+pub const fn rule_index(protocol: u8, port: u16) -> Option<u32> {
+    match protocol {
+        PROTO_TCP => Some(port as u32),
+        PROTO_UDP => Some(65_536 + port as u32),
+        _ => None,
+    }
+}
 
 /// IP protocol numbers, as they appear in the IPv4 header and IPv6 next-header field.
 pub const PROTO_TCP: u8 = 6;
@@ -313,8 +333,9 @@ pub struct FaultSlot {
     pub _pad2: u32,
 }
 
-/// Value of the rule map: the faults acting on one (protocol, port), in the order the daemon
-/// compiled them. An update replaces the whole value atomically.
+/// A rule slot's value (`RULE_SLOTS`): the faults acting on one (protocol, port), in the
+/// order the daemon compiled them. Written once, before `RULE_INDEX` names it, and never
+/// rewritten while a packet may read it: a new rule goes into another slot.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct PortRule {
@@ -578,6 +599,22 @@ mod tests {
             two_way: 0b0001,
         };
         assert_eq!(partitions_cutting(a, b, &off), 0, "inactive");
+    }
+
+    #[test]
+    fn every_port_has_its_own_rule_index_entry() {
+        assert_eq!(rule_index(PROTO_TCP, 0), Some(0));
+        assert_eq!(rule_index(PROTO_TCP, 65_535), Some(65_535));
+        assert_eq!(rule_index(PROTO_UDP, 0), Some(65_536));
+        assert_eq!(rule_index(PROTO_UDP, 65_535), Some(RULE_INDEX_ENTRIES - 1));
+        assert_eq!(rule_index(1, 80), None);
+        // The programs' branchless form (fault-ebpf rules::rule_for) gives the same entries.
+        for protocol in [PROTO_TCP, PROTO_UDP] {
+            for port in [0, 1, 80, 1023, 40_000, 65_535] {
+                let branchless = port as u32 | (protocol as u32 & 0x10) << 12;
+                assert_eq!(Some(branchless), rule_index(protocol, port));
+            }
+        }
     }
 
     #[test]

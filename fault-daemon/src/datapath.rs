@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::ebpf_log::KernelLog;
 use crate::faults::{FaultError, Limits, RuleSink};
 use crate::netlink::{self, Rtnl};
+use crate::rule_slots::{RuleSlots, slot_capacity};
 
 /// The programs, built by build.rs and embedded so that faultd is one file to copy.
 static PROGRAMS: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
@@ -92,8 +93,9 @@ struct Held {
 /// memory (docs/operations.md has the figures).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Faults at once: the counters' and rate states' slots; the rule map holds two keys
-    /// per fault (a fault on `any` compiles into a TCP and a UDP entry).
+    /// Faults at once: the counters' and rate states' slots; the rule slots hold two keys
+    /// per fault (a fault on `any` compiles into a TCP and a UDP entry) and the replaced
+    /// rules packets may still read (see [`crate::rule_slots`]).
     pub max_faults: u32,
     /// The limits' flow table (`FLOWS`) and the first-hit memory (`SEEN`).
     pub max_flows: u32,
@@ -117,7 +119,7 @@ impl MapSizes {
     /// (map name, max_entries) for the loader.
     fn entries(&self) -> [(&'static str, u32); 5] {
         [
-            ("RULES", 2 * self.max_faults),
+            ("RULE_SLOTS", slot_capacity(self.max_faults)),
             ("COUNTERS", self.max_faults),
             ("BUCKETS", self.max_faults),
             ("FLOWS", self.max_flows),
@@ -151,7 +153,8 @@ pub struct FlowTable {
 pub struct Datapath {
     /// `None` only while dropping: the programs go first, then the qdiscs they needed.
     ebpf: Option<Ebpf>,
-    rules: HashMap<MapData, PortKey, PortRule>,
+    /// RULE_INDEX and RULE_SLOTS, written so that packets never read another port's rule.
+    rules: RuleSlots,
     /// The limits' per-flow state, and the flows whose first hit was reported.
     flows: HashMap<MapData, FlowKey, FlowState>,
     seen: HashMap<MapData, FlowKey, u64>,
@@ -210,8 +213,12 @@ impl Datapath {
                 )
             })
         };
-        let rules =
-            HashMap::try_from(take(&mut ebpf, "RULES")?).map_err(|e| kernel("map RULES", e))?;
+        let rules = RuleSlots::new(
+            take(&mut ebpf, "RULE_INDEX")?,
+            take(&mut ebpf, "RULE_SLOTS")?,
+            sizes.max_faults,
+        )
+        .map_err(|e| kernel("maps RULE_INDEX and RULE_SLOTS", e))?;
         let faulted_ports = aya::maps::Array::try_from(take(&mut ebpf, "FAULTED_PORTS")?)
             .map_err(|e| kernel("map FAULTED_PORTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
@@ -495,19 +502,15 @@ impl Datapath {
 
 impl RuleSink for Datapath {
     /// The port's bit in FAULTED_PORTS is set before its rule is written and cleared after
-    /// its rule is removed: a rule in RULES is never hidden from the programs by its bit.
+    /// its rule is removed: a rule in force is never hidden from the programs by its bit.
     fn write_rule(&mut self, key: PortKey, rule: Option<&PortRule>) -> Result<(), FaultError> {
-        let rule_error = |e| FaultError::Datapath(format!("rule map: {e}"));
         match rule {
             Some(rule) => {
                 self.mark_faulted(key, true)?;
-                self.rules.insert(key, rule, 0).map_err(rule_error)
+                self.rules.write(key, Some(rule))
             }
             None => {
-                match self.rules.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(rule_error(e)),
-                }
+                self.rules.write(key, None)?;
                 self.mark_faulted(key, false)
             }
         }
@@ -959,7 +962,7 @@ mod tests {
         assert_eq!(
             sizes.entries(),
             [
-                ("RULES", 200),
+                ("RULE_SLOTS", 264),
                 ("COUNTERS", 100),
                 ("BUCKETS", 100),
                 ("FLOWS", 4096),

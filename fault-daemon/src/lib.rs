@@ -33,6 +33,7 @@ pub mod observe;
 pub mod partitions;
 pub mod qdisc;
 pub mod reconnect;
+pub mod rule_slots;
 pub mod sessions;
 #[cfg(test)]
 mod target_tests;

@@ -1001,7 +1001,12 @@ fn a_full_flow_table_is_counted_announced_and_emptied() {
     assert_eq!(map("FLOWS")["max_entries"], 16);
     assert_eq!(map("FLOWS")["type"], "hash");
     assert_eq!(map("SEEN")["type"], "lru_hash");
-    assert_eq!(map("RULES")["max_entries"], 2 * 1024, "twice --max-faults");
+    assert_eq!(
+        map("RULE_SLOTS")["max_entries"],
+        2 * 1024 + 128,
+        "twice --max-faults, and the replaced rules waiting out their readers"
+    );
+    assert_eq!(map("RULE_INDEX")["max_entries"], 2 * 65_536, "one per port");
     assert!(map("COUNTERS")["bytes"].as_u64().unwrap() > 0, "{doctor}");
 
     ns.faultctl_ok(&["clear"]);

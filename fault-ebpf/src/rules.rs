@@ -3,10 +3,10 @@
 use core::arch::asm;
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
-use core::ptr::write_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -18,8 +18,8 @@ use fault_common::{
     DIR_TO_PORT, EVENT_FIRST_HIT, EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN,
     EVENT_SYN_REFUSED, FAULTED_PORT_WORDS, FaultCounters, FaultSlot, FlowKey, FlowState,
     LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP,
-    PROTO_UDP, PortBits, PortKey, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, THEN_RESET,
-    faulted_port_bits, hooks_for,
+    PROTO_UDP, PortBits, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, RULE_INDEX_ENTRIES,
+    THEN_RESET, faulted_port_bits, hooks_for,
 };
 
 use crate::events;
@@ -28,24 +28,27 @@ use crate::packet::{Packet, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// (protocol, port) → the faults on it. Not preallocated: kernel memory for the rules
-/// installed only, not for `max_entries` (sized by the daemon from `--max-faults`), where
-/// the preallocated map took about 75 MiB whatever the faults.
-///
-/// NOT a fix for readers racing an update (issue #9, defect 8), though it was meant as one:
-/// in a preallocated hash the element an update replaces goes back to the updating CPU's
-/// free list at once, and the next update there writes another port's rule into it under
-/// the feet of a program on another CPU still reading it. Without preallocation the kernel
-/// (6.x: bpf_mem_alloc) also recycles a freed element through a per-CPU free list without
-/// waiting for an RCU grace period, and the program test
-/// `packets_never_read_another_ports_rule_while_rules_are_rewritten` still sees it (about
-/// once in 500 000 packets on 6.18). A fix needs values that are never rewritten while a
-/// reader may hold them (e.g. two slots per port and a flip, reused after a delay).
+/// (protocol, port) → the number of the slot in `RULE_SLOTS` that holds its rule, 0 for
+/// none (see fault_common::RULE_INDEX_ENTRIES). Read with one 32-bit load; written by the
+/// daemon with one aligned 32-bit store through a shared mapping, hence `BPF_F_MMAPABLE`.
 #[map]
-static RULES: HashMap<PortKey, PortRule> =
+static RULE_INDEX: Array<u32> = Array::with_max_entries(RULE_INDEX_ENTRIES, BPF_F_MMAPABLE);
+
+/// Slot number → a rule (the faults on one port). Read safety for packets racing rule
+/// updates (issue #9, defect 8) comes from how the daemon uses the two maps: a slot's value
+/// is written once, before its number is published in RULE_INDEX, and never rewritten;
+/// a replaced or removed rule's slot is deleted (and its number reused) only after an RCU
+/// grace period has passed since its number left RULE_INDEX. These programs run inside an
+/// RCU read-side section (XDP, TC, BPF_PROG_TEST_RUN), so a packet that read the old number
+/// finishes with the old rule intact: it sees its port's old rule or its new one, never
+/// another port's. A hash keyed by slot number replaced a hash keyed by port, whose
+/// elements the kernel recycled at once on update, preallocated or not (bpf_mem_alloc),
+/// under readers still holding them. Not preallocated: memory for the rules that exist.
+#[map]
+static RULE_SLOTS: HashMap<u32, PortRule> =
     HashMap::with_max_entries(MAX_PORT_RULES, BPF_F_NO_PREALLOC);
 
-/// One bit per (protocol, port) with a rule in RULES: see fault_common::FAULTED_PORT_WORDS.
+/// One bit per (protocol, port) with a rule in RULE_INDEX: see fault_common::FAULTED_PORT_WORDS.
 #[map]
 static FAULTED_PORTS: Array<u64> = Array::with_max_entries(FAULTED_PORT_WORDS, 0);
 
@@ -225,13 +228,11 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         return Verdict::Pass;
     }
     let (hook, loopback, len) = (seen.hook, seen.loopback, seen.len);
-    // SAFETY: a map value, valid for the program's run. Not safe from a concurrent update
-    // recycling the element for another port: see RULES (issue #9, defect 8).
     let mut touched = false;
     // Both ports the same (NTP's 123 ↔ 123, mDNS, IKE): one rule, walked once, each slot
     // taking the packet as going to the port or from it, whichever its direction covers.
     let same = pkt.src_port == pkt.dst_port;
-    if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.dst_port)) } {
+    if let Some(rule) = rule_for(pkt.protocol, pkt.dst_port) {
         let Some(fx) = Effects::fresh(hook) else {
             return Verdict::Pass;
         };
@@ -248,7 +249,7 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
             Verdict::Pass
         };
     }
-    if let Some(rule) = unsafe { RULES.get(&PortKey::new(pkt.protocol, pkt.src_port)) } {
+    if let Some(rule) = rule_for(pkt.protocol, pkt.src_port) {
         // Cleared only if the destination port's faults have not started on it.
         let fx = if touched {
             Effects::current_mut(hook)
@@ -268,6 +269,29 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
         return Verdict::Pass;
     }
     Verdict::PassChanged
+}
+
+/// The rule in force for (protocol, port), as RULE_INDEX names it (see RULE_SLOTS for why
+/// it stays intact while the program reads it). Only for TCP and UDP, which
+/// [`ports_faulted`] let through.
+///
+/// Not inlined: the verifier then walks its branches (index, no rule, no slot) once per
+/// call site and comes back with only a pointer or null, as from the one hash lookup it
+/// replaced; inlined, they multiplied the paths of the TC programs past the verifier's
+/// million instructions.
+#[inline(never)]
+fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
+    // rule_index without its branch: UDP (17) is the one of the two with bit 4 set.
+    let at = port as u32 | (protocol as u32 & 0x10) << 12;
+    let entry = RULE_INDEX.get_ptr(at)?;
+    // SAFETY: a map value, valid for the program's run. Volatile: one 32-bit load, as the
+    // daemon's store is one 32-bit store.
+    let slot = unsafe { read_volatile(entry) };
+    if slot == 0 {
+        return None;
+    }
+    // SAFETY: a map value, valid for the program's run and never rewritten (RULE_SLOTS).
+    unsafe { RULE_SLOTS.get(&slot) }
 }
 
 /// Whether the packet's protocol has a rule on either of its ports: their bits in
