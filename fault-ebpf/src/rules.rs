@@ -24,7 +24,7 @@ use fault_common::{
 
 use crate::events;
 use crate::log;
-use crate::packet::{Packet, TCP_RST, TCP_SYN};
+use crate::packet::{Packet, Peek, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -292,6 +292,18 @@ fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
     }
     // SAFETY: a map value, valid for the program's run and never rewritten (RULE_SLOTS).
     unsafe { RULE_SLOTS.get(&slot) }
+}
+
+/// Whether a packet [`peek`](crate::packet::peek) could read passes with no fault's work
+/// at all: the pass-through path, taken before the full parse, the copy checks and any
+/// scratch work. `false` sends the packet down the full path, which decides again.
+///
+/// The one place for every cheap "could any fault want this packet?" test that needs only
+/// what `peek` read; a test on the address pair (partitions) belongs here too, after the
+/// ports, and must cost nothing when no such fault exists (a count word read first).
+#[inline(always)]
+pub fn passes_untouched(peek: &Peek) -> bool {
+    !ports_faulted(peek.protocol, peek.dst_port, peek.src_port)
 }
 
 /// Whether the packet's protocol has a rule on either of its ports: their bits in
