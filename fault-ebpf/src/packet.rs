@@ -104,6 +104,7 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
 
 /// What the pass-through test needs of a packet: its IP protocol and ports, read by
 /// [`peek`] without the full parse.
+#[derive(Copy, Clone)]
 pub struct Peek {
     pub protocol: u8,
     pub src_port: u16,
@@ -113,6 +114,9 @@ pub struct Peek {
     pub family: u8,
     pub l3_offset: u32,
 }
+
+/// [`peek`]'s answer for a shape it does not know.
+const NOT_PEEKED: u64 = u64::MAX;
 
 /// The ports of the most common frames, read with two bounds checks: Ethernet without a
 /// VLAN tag, or no link header with the IP version known (`LINK_*` as for [`parse`]);
@@ -127,37 +131,77 @@ pub struct Peek {
 /// an extension header with TCP behind it, so it goes to `parse`.
 #[inline(always)]
 pub fn peek(data: usize, data_end: usize, link: u32) -> Option<Peek> {
+    let packed = peek_packed(data, data_end, link);
+    if packed == NOT_PEEKED {
+        return None;
+    }
+    Some(Peek {
+        protocol: (packed >> 32) as u8,
+        src_port: (packed >> 16) as u16,
+        dst_port: packed as u16,
+        family: (packed >> 40) as u8,
+        l3_offset: (packed >> 48) as u32 & 0xff,
+    })
+}
+
+/// [`peek`]'s work, answering in one register: `l3 << 48 | family << 40 | protocol << 32 |
+/// src_port << 16 | dst_port`, or [`NOT_PEEKED`].
+///
+/// Not inlined, and reading single bytes through checked pointers rather than copying
+/// headers out: its caller's stack frame stays as it was, as 6.1's verifier sums the frames
+/// along the deepest call chain (tc → try_tc → decide → …) against 512 bytes.
+#[inline(never)]
+fn peek_packed(data: usize, data_end: usize, link: u32) -> u64 {
     let (ether_type, l3) = match link {
-        LINK_ETHERNET => (u16::from_be(read::<u16>(data, data_end, 12)?), ETH_HLEN),
-        LINK_L3_BY_VERSION => return None,
+        LINK_ETHERNET => match ptr_at::<[u8; ETH_HLEN]>(data, data_end, 0) {
+            // SAFETY: ptr_at checked the bounds.
+            Some(eth) => unsafe { (u16::from_be_bytes([(*eth)[12], (*eth)[13]]), ETH_HLEN) },
+            None => return NOT_PEEKED,
+        },
+        LINK_L3_BY_VERSION => return NOT_PEEKED,
         ether_type => (ether_type as u16, 0),
     };
     let (family, protocol, l4) = match ether_type {
         ETH_P_IP => {
-            let ip: [u8; IPV4_HLEN] = read(data, data_end, l3)?;
-            let header_len = (ip[0] & 0x0f) as usize * 4;
+            let Some(ip) = ptr_at::<[u8; IPV4_HLEN]>(data, data_end, l3) else {
+                return NOT_PEEKED;
+            };
+            // SAFETY: ptr_at checked the bounds.
+            let (first, protocol) = unsafe { ((*ip)[0], (*ip)[9]) };
+            let header_len = (first & 0x0f) as usize * 4;
             if header_len < IPV4_HLEN {
-                return None;
+                return NOT_PEEKED;
             }
-            (PEER_V4, ip[9], l3 + header_len)
+            (PEER_V4, protocol, l3 + header_len)
         }
         ETH_P_IPV6 => {
-            let ip: [u8; 8] = read(data, data_end, l3)?;
-            if ip[6] != PROTO_TCP && ip[6] != PROTO_UDP {
-                return None;
+            let Some(ip) = ptr_at::<[u8; 8]>(data, data_end, l3) else {
+                return NOT_PEEKED;
+            };
+            // SAFETY: ptr_at checked the bounds.
+            let next = unsafe { (*ip)[6] };
+            if next != PROTO_TCP && next != PROTO_UDP {
+                return NOT_PEEKED;
             }
-            (PEER_V6, ip[6], l3 + IPV6_HLEN)
+            (PEER_V6, next, l3 + IPV6_HLEN)
         }
-        _ => return None,
+        _ => return NOT_PEEKED,
     };
-    let ports: [u8; 4] = read(data, data_end, l4)?;
-    Some(Peek {
-        protocol,
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        family,
-        l3_offset: l3 as u32,
-    })
+    let Some(ports) = ptr_at::<[u8; 4]>(data, data_end, l4) else {
+        return NOT_PEEKED;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let (src, dst) = unsafe {
+        (
+            u16::from_be_bytes([(*ports)[0], (*ports)[1]]),
+            u16::from_be_bytes([(*ports)[2], (*ports)[3]]),
+        )
+    };
+    (l3 as u64) << 48
+        | (family as u64) << 40
+        | (protocol as u64) << 32
+        | (src as u64) << 16
+        | dst as u64
 }
 
 /// [`parse`]'s result: `PARSED`, or why the frame is not for the faults, in the low byte,
