@@ -50,13 +50,13 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
     } else {
         packet::LINK_ETHERNET
     };
-    // The pass-through path: the ports of a plain frame, and the faulted-ports bitmap.
-    if packet::peek(ctx.data(), ctx.data_end(), link).is_some_and(|p| rules::passes_untouched(&p)) {
-        return Verdict::Pass;
-    }
     let len = (ctx.data_end() - ctx.data()) as u32;
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let parsed = packet::parse(ctx.data(), ctx.data_end(), link, len, pkt.as_mut_ptr());
+    // The pass-through path ended inside parse (see packet::UNFAULTED).
+    if parsed == packet::UNFAULTED {
+        return Verdict::Pass;
+    }
     if parsed != packet::PARSED {
         log::parse_failed(Hook::Xdp, parsed);
         return Verdict::Pass;
@@ -93,6 +93,10 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
+    // A copy a duplicate fault is sending out has been through the faults already.
+    if hook == Hook::TcEgress && copies::is_egress_copy() {
+        return TC_ACT_OK;
+    }
     // On a device without a link header the data starts at the IP header, and
     // skb->protocol (network order) says which.
     let link = if role & ROLE_L3 != 0 {
@@ -104,15 +108,6 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     } else {
         packet::LINK_ETHERNET
     };
-    // The pass-through path: the ports of a plain frame, and the faulted-ports bitmap.
-    // Before the copy checks: a duplicate's copy is on a faulted port, so never passes here.
-    if packet::peek(ctx.data(), ctx.data_end(), link).is_some_and(|p| rules::passes_untouched(&p)) {
-        return TC_ACT_OK;
-    }
-    // A copy a duplicate fault is sending out has been through the faults already.
-    if hook == Hook::TcEgress && copies::is_egress_copy() {
-        return TC_ACT_OK;
-    }
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let parsed = packet::parse(
         ctx.data(),
@@ -121,6 +116,10 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
         ctx.len(),
         pkt.as_mut_ptr(),
     );
+    // The pass-through path ended inside parse (see packet::UNFAULTED).
+    if parsed == packet::UNFAULTED {
+        return TC_ACT_OK;
+    }
     if parsed != packet::PARSED {
         log::parse_failed(hook, parsed);
         return TC_ACT_OK;
