@@ -61,6 +61,7 @@ mod matching;
 mod oracle;
 mod parsing;
 mod passthru;
+mod peek;
 mod reset;
 mod shapes;
 mod slicing;
