@@ -93,10 +93,6 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
-    // A copy a duplicate fault is sending out has been through the faults already.
-    if hook == Hook::TcEgress && copies::is_egress_copy() {
-        return TC_ACT_OK;
-    }
     // On a device without a link header the data starts at the IP header, and
     // skb->protocol (network order) says which.
     let link = if role & ROLE_L3 != 0 {
@@ -118,6 +114,11 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     );
     // The pass-through path ended inside parse (see packet::UNFAULTED).
     if parsed == packet::UNFAULTED {
+        return TC_ACT_OK;
+    }
+    // A copy a duplicate fault is sending out has been through the faults already. After
+    // the pass-through test: copies are of faulted packets, so never pass there.
+    if hook == Hook::TcEgress && copies::is_egress_copy() {
         return TC_ACT_OK;
     }
     if parsed != packet::PARSED {

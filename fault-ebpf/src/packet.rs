@@ -115,6 +115,31 @@ pub struct Peek {
     pub l3_offset: u32,
 }
 
+impl Peek {
+    /// The last 32-bit words of the source and destination addresses, as [`Packet`] holds
+    /// them (`src_addr[0]` for IPv4, `src_addr[3]` for IPv6), read where `parse` reads them;
+    /// `None` when the frame ends before them.
+    #[inline(always)]
+    pub fn address_tails(&self, data: usize, data_end: usize) -> Option<(u32, u32)> {
+        let l3 = self.l3_offset as usize;
+        let (src, dst) = if self.family == PEER_V4 {
+            (l3 + 12, l3 + 16)
+        } else {
+            (l3 + 8 + 12, l3 + 24 + 12)
+        };
+        Some((word_at(data, data_end, src)?, word_at(data, data_end, dst)?))
+    }
+}
+
+/// Four bytes at `offset` in the order the packet carries them, read one by one through a
+/// checked pointer (no copy on the caller's stack: see [`peek_packed`]).
+#[inline(always)]
+fn word_at(data: usize, data_end: usize, offset: usize) -> Option<u32> {
+    let at = ptr_at::<[u8; 4]>(data, data_end, offset)?;
+    // SAFETY: ptr_at checked the bounds.
+    Some(unsafe { u32::from_ne_bytes([(*at)[0], (*at)[1], (*at)[2], (*at)[3]]) })
+}
+
 /// [`peek`]'s answer for a shape it does not know.
 const NOT_PEEKED: u64 = u64::MAX;
 
@@ -240,7 +265,9 @@ pub fn parse(data: usize, data_end: usize, link: u32, len: u32, out: *mut Packet
     // further. Here, inside this call, rather than in the hooks' own functions: their stack
     // frames lie on the deepest call chain (… → decide → … → match_and_act), which 6.1's
     // verifier holds to 512 bytes, and the check inlined there took it past (544).
-    if peek(data, data_end, link).is_some_and(|p| crate::rules::passes_untouched(&p)) {
+    if peek(data, data_end, link)
+        .is_some_and(|p| crate::rules::passes_untouched(&p, data, data_end))
+    {
         return UNFAULTED;
     }
     // SAFETY: `out` points to a Packet-sized slot of the caller's stack.

@@ -21,7 +21,7 @@ use fault_common::{
     partition_filter_bit, partitions_cutting,
 };
 
-use crate::packet::Packet;
+use crate::packet::{Packet, Peek};
 use crate::rules::{COUNTERS, Seen, Verdict, count};
 
 /// Entry 0: which partitions are in force (see fault_common::PartitionState).
@@ -102,6 +102,24 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
     };
     count(counters, seen.len, true);
     verdict
+}
+
+/// Whether a partition could cut a packet that [`peek`](crate::packet::peek) read: one in
+/// force, TCP or UDP, and both addresses in the filter. `false` lets it pass untouched
+/// before the full parse (see rules::passes_untouched); `true` sends it to [`decide`].
+/// Cost when no partition is in force: the one read of `PARTITION_STATE`.
+#[inline(always)]
+pub fn may_cut(peek: &Peek, data: usize, data_end: usize) -> bool {
+    if PARTITION_STATE.get(0).is_none_or(|state| state.active == 0) {
+        return false;
+    }
+    if peek.protocol != PROTO_TCP && peek.protocol != PROTO_UDP {
+        return false;
+    }
+    // A frame too short for its addresses goes the full way, which drops nothing it cannot
+    // read.
+    peek.address_tails(data, data_end)
+        .is_none_or(|(src, dst)| filtered(src) && filtered(dst))
 }
 
 /// Whether the address's bit is set in the partition filter.

@@ -298,12 +298,13 @@ fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
 /// at all: the pass-through path, taken before the full parse, the copy checks and any
 /// scratch work. `false` sends the packet down the full path, which decides again.
 ///
-/// The one place for every cheap "could any fault want this packet?" test that needs only
-/// what `peek` read; a test on the address pair (partitions) belongs here too, after the
-/// ports, and must cost nothing when no such fault exists (a count word read first).
+/// The one place for every cheap "could any fault want this packet?" test: the faulted
+/// ports bitmap, then the partitions' address filter (only read when a partition is in
+/// force). `data`/`data_end` are the frame `peek` read, for the addresses.
 #[inline(always)]
-pub fn passes_untouched(peek: &Peek) -> bool {
+pub fn passes_untouched(peek: &Peek, data: usize, data_end: usize) -> bool {
     !ports_faulted(peek.protocol, peek.dst_port, peek.src_port)
+        && !crate::partition::may_cut(peek, data, data_end)
 }
 
 /// Whether the packet's protocol has a rule on either of its ports: their bits in
