@@ -147,8 +147,10 @@ pub struct Level {
     /// Per program: ns per run above the no-op program's in the same round.
     pub over_noop_ns: BTreeMap<String, Vec<f64>>,
     pub runs: BTreeMap<String, Vec<u64>>,
-    /// ns per run of a program that does nothing, measured the same way beside them.
+    /// ns per run of a program that does nothing at TC egress, and at TC ingress, measured
+    /// the same way beside them (see packet_cost::Baseline).
     pub baseline_ns: Vec<f64>,
+    pub baseline_ingress_ns: Vec<f64>,
     pub faultd_gbps: Vec<f64>,
     pub bare_gbps: Vec<f64>,
     pub memory: memory::Memory,
@@ -379,6 +381,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
             over_noop_ns: BTreeMap::new(),
             runs: BTreeMap::new(),
             baseline_ns: Vec::new(),
+            baseline_ingress_ns: Vec::new(),
             faultd_gbps: Vec::new(),
             bare_gbps: Vec::new(),
             memory: memory::Memory {
@@ -432,7 +435,10 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
         order.push(None);
         let turn = round % order.len();
         order.rotate_left(turn);
-        let mut noop = f64::NAN;
+        let mut noop = packet_cost::NoopCost {
+            egress: f64::NAN,
+            ingress: f64::NAN,
+        };
         for who in order {
             match who {
                 Some(i) => {
@@ -454,11 +460,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
                         level.runs.entry(name).or_default().push(cost.runs);
                     }
                 }
-                None => {
-                    noop = baseline
-                        .measure(&ns_noop, MEASURED_PORT, cfg.round_trips)?
-                        .ns_per_run
-                }
+                None => noop = baseline.measure(&ns_noop, MEASURED_PORT, cfg.round_trips)?,
             }
         }
         for level in levels.iter_mut() {
@@ -472,7 +474,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
                 over_noop_ns
                     .entry(name.clone())
                     .or_default()
-                    .push(this_round - noop);
+                    .push(this_round - noop.for_program(name));
             }
         }
         // Request/response: no faultd and faultd at the compare level, in turn.
@@ -506,7 +508,8 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
         for (i, level) in levels.iter_mut().enumerate() {
             level.faultd_gbps.push(gbps(Setup::Faultd(i)));
             level.bare_gbps.push(bare);
-            level.baseline_ns.push(noop);
+            level.baseline_ns.push(noop.egress);
+            level.baseline_ingress_ns.push(noop.ingress);
         }
         compare.bare.push(bare);
         compare.faultd.push(gbps(Setup::Faultd(compare_index)));
@@ -515,21 +518,29 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
         let costs: Vec<String> = levels
             .iter()
             .map(|l| {
-                let worst = l
-                    .cost_ns
-                    .values()
-                    .filter_map(|v| v.last())
-                    .fold(0f64, |a, &b| a.max(b));
-                format!("{} faults {worst:.0} ns", l.faults)
+                let worst = |m: &BTreeMap<String, Vec<f64>>| {
+                    m.values()
+                        .filter_map(|v| v.last())
+                        .fold(f64::NAN, |a, &b| a.max(b))
+                };
+                format!(
+                    "{} faults {:.0} ns (+{:.0} over the no-op at its hook)",
+                    l.faults,
+                    worst(&l.cost_ns),
+                    worst(&l.over_noop_ns)
+                )
             })
             .collect();
         eprintln!(
-            "bench: round {}/{}: slowest program {}, no-op {noop:.0} ns; Gbit/s: no faultd \
+            "bench: round {}/{}: slowest program {}, no-op egress {:.0} ns, ingress {:.0} ns; \
+             Gbit/s: no faultd \
              {bare:.1}, faultd with {} faults {:.1}, iptables {:.1}, proxy {:.1}; \
              request/response/s: no faultd {:.0}, faultd {:.0}, no-op program {:.0}",
             round + 1,
             cfg.reps,
             costs.join(", "),
+            noop.egress,
+            noop.ingress,
             cfg.compare_level,
             compare.faultd.last().unwrap(),
             compare.iptables.last().unwrap(),

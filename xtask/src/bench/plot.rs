@@ -76,7 +76,21 @@ fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>
         // A program that never ran (XDP is not attached to lo) has nothing to plot.
         .filter(|(_, v): &(&str, Vec<Vec<f64>>)| v.iter().any(|runs| !runs.is_empty()))
         .collect();
-    let baseline: Vec<Vec<f64>> = r.levels.iter().map(|l| l.baseline_ns.clone()).collect();
+    let noops: [(&str, Vec<Vec<f64>>, i32); 2] = [
+        (
+            "a no-op program at egress, measured alike",
+            r.levels.iter().map(|l| l.baseline_ns.clone()).collect(),
+            5,
+        ),
+        (
+            "a no-op program at ingress, measured alike",
+            r.levels
+                .iter()
+                .map(|l| l.baseline_ingress_ns.clone())
+                .collect(),
+            2,
+        ),
+    ];
     // From the medians, with room for the legend above the lines: a round slowed down by
     // other work on the machine would squash them (its whisker is cut at the top).
     let top = costs
@@ -108,16 +122,18 @@ fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>
     for (k, (name, v)) in costs.iter().enumerate() {
         series(&mut chart, name, v, COLORS[k % COLORS.len()], top)?;
     }
-    let points: Vec<_> = medians(&baseline)
-        .into_iter()
-        .enumerate()
-        .filter(|(_, y)| y.is_finite())
-        .map(|(i, y)| (at(i), y))
-        .collect();
-    chart
-        .draw_series(DashedLineSeries::new(points, 5, 4, GREY.stroke_width(2)))?
-        .label("a no-op program, measured alike")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREY.stroke_width(2)));
+    for (label, noop, dash) in noops {
+        let points: Vec<_> = medians(&noop)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, y)| y.is_finite())
+            .map(|(i, y)| (at(i), y))
+            .collect();
+        chart
+            .draw_series(DashedLineSeries::new(points, dash, 4, GREY.stroke_width(2)))?
+            .label(label)
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREY.stroke_width(2)));
+    }
     // Last, so that a program right at the target does not hide it.
     chart
         .draw_series(DashedLineSeries::new(

@@ -122,6 +122,7 @@ struct Headline {
     cost_at_top: f64,
     top_level: usize,
     baseline: f64,
+    baseline_ingress: f64,
     faultd_ratio: f64,
     iptables_ratio: f64,
     proxy_ratio: f64,
@@ -177,6 +178,12 @@ fn headline(r: &Results) -> Headline {
             &r.levels
                 .iter()
                 .flat_map(|l| l.baseline_ns.iter().copied())
+                .collect::<Vec<_>>(),
+        ),
+        baseline_ingress: median(
+            &r.levels
+                .iter()
+                .flat_map(|l| l.baseline_ingress_ns.iter().copied())
                 .collect::<Vec<_>>(),
         ),
         faultd_ratio: ratio(&r.compare.faultd, &r.compare.bare),
@@ -271,7 +278,7 @@ pub fn markdown(r: &Results, plot: &str) -> String {
     let _ = writeln!(s, "| measurement | target | result | |\n|---|---|---|---|");
     let _ = writeln!(
         s,
-        "| per-packet cost, pass-through, above a no-op program measured alike in the same rounds (slowest program) | ≤ 30 ns at every number of faults up to {} | {:.0} ns at 0 faults, {:.0} ns at {} (worst {:.0} ns; absolute: {:.0} ns and {:.0} ns, the no-op {:.0} ns) | {} |",
+        "| per-packet cost, pass-through, above a no-op program measured alike (same hook, same rounds; slowest program) | ≤ 30 ns at every number of faults up to {} | {:.0} ns at 0 faults, {:.0} ns at {} (worst {:.0} ns; absolute: {:.0} ns and {:.0} ns, the no-op {:.0} ns at egress and {:.0} ns at ingress) | {} |",
         count(h.top_level),
         h.over_noop_zero,
         h.over_noop_top,
@@ -280,6 +287,7 @@ pub fn markdown(r: &Results, plot: &str) -> String {
         h.cost_at_zero,
         h.cost_at_top,
         h.baseline,
+        h.baseline_ingress,
         verdict(h.over_noop_worst <= 30.0),
     );
     let _ = writeln!(
@@ -391,7 +399,7 @@ pub fn markdown(r: &Results, plot: &str) -> String {
         rule.push_str("---:|");
     }
     header.push_str(
-        " no-op program ns/packet | faultd Gbit/s | no faultd Gbit/s | ratio | faultd RSS | BPF maps (kernel) | adds/s |",
+        " no-op ns/packet (egress / ingress) | faultd Gbit/s | no faultd Gbit/s | ratio | faultd RSS | BPF maps (kernel) | adds/s |",
     );
     rule.push_str("---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(s, "{header}\n{rule}");
@@ -421,8 +429,9 @@ pub fn markdown(r: &Results, plot: &str) -> String {
         };
         let _ = writeln!(
             row,
-            " {:.1} | {:.1} | {:.1} | {:.1} % | {:.1} MB | {:.1} MB | {adds} |",
+            " {:.1} / {:.1} | {:.1} | {:.1} | {:.1} % | {:.1} MB | {:.1} MB | {adds} |",
             median(&l.baseline_ns),
+            median(&l.baseline_ingress_ns),
             median(&l.faultd_gbps),
             median(&l.bare_gbps),
             ratio(&l.faultd_gbps, &l.bare_gbps) * 100.0,
@@ -440,11 +449,13 @@ pub fn markdown(r: &Results, plot: &str) -> String {
         s,
         "\nEach program ran {} to {} times per round (about two packets per ping-pong). \
          The accounting itself costs something (two clock reads per run), so the figures \
-         are upper bounds; the *no-op program* column is a program that only returns \
-         `TC_ACT_OK`, attached by TCX at the egress of another namespace's `lo` and measured \
-         the same way in the same rounds: what running any program costs here, against which \
-         faultd's own work reads; the *above no-op* columns are each program's cost less the \
-         no-op's in the same round, the median over rounds. Throughput is measured with the accounting off. Costs are \
+         are upper bounds; the *no-op* column is two programs that only return \
+         `TC_ACT_OK`, attached by TCX at the egress and at the ingress of another namespace's \
+         `lo` and measured the same way in the same rounds: what running any program costs \
+         at each hook, against which faultd's own work reads (ingress, run in the softirq \
+         after the egress, costs even a no-op more); the *above no-op* columns are each \
+         program's cost less the no-op's at its own hook in the same round, the median over \
+         rounds. Throughput is measured with the accounting off. Costs are \
          the median over rounds; with other work on the machine a round can be much slower \
          (see `target/bench/results.json`). faultd's RSS is its own \
          memory; the BPF maps (rules, flows, counters, preallocated at load) are kernel memory, \
