@@ -1,6 +1,6 @@
 //! The configuration file (`faultd --config faultd.toml`): the daemon's flags as TOML, and
-//! `[[fault]]` entries installed at start. Unknown keys and bad values are errors that
-//! name the file, line and column; `[[fault]]` entries go through the API's own
+//! `[[fault]]` and `[[partition]]` entries installed at start. Unknown keys and bad values
+//! are errors that name the file, line and column; entries go through the API's own
 //! validation (`api::spec_from_proto`), so a fault is checked once, the same way, whether
 //! it comes from a file or a call. Flags given on the command line override the file.
 //!
@@ -14,8 +14,12 @@
 //!
 //! [[fault]]
 //! action = "drop"
-//! port = 2379
+//! port = "2379-2381"
 //! for = "30s"
+//!
+//! [[partition]]
+//! between = ["127.0.0.2"]
+//! and = ["127.0.0.3", "127.0.0.4"]
 //! ```
 
 use std::fmt;
@@ -26,6 +30,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+use faultd_api::units::{Ports, parse_ports};
 
 use crate::api::spec_from_proto;
 use crate::faults::{FaultError, FaultSpec};
@@ -54,9 +60,12 @@ pub struct Config {
     pub access: Access,
     #[serde(default)]
     pub limits: Limits,
-    /// `[[fault]]` entries, installed at start in this order.
+    /// `[[fault]]` entries, installed at start in the file's order (with the partitions).
     #[serde(default, rename = "fault")]
     pub faults: Vec<Spanned<FaultEntry>>,
+    /// `[[partition]]` entries: `faultctl partition --between … --and …`.
+    #[serde(default, rename = "partition")]
+    pub partitions: Vec<Spanned<PartitionEntry>>,
 }
 
 /// `[access]`: who may call the API, and TLS for a remote one.
@@ -100,7 +109,10 @@ pub enum IdOrName {
 #[serde(deny_unknown_fields)]
 pub struct FaultEntry {
     pub action: ActionName,
-    pub port: u32,
+    /// `2379`, or a range as faultctl's `--port` takes it: `"2379-2381"`.
+    pub port: PortValue,
+    /// `--remote-port`: a port tuple.
+    pub remote_port: Option<u32>,
     pub protocol: Option<ProtocolName>,
     pub direction: Option<DirectionName>,
     pub peer: Option<String>,
@@ -133,6 +145,72 @@ pub struct FaultEntry {
     /// slice: the spacing of segments (`bytes` is the segment size).
     #[serde(default, deserialize_with = "duration")]
     pub delay: Option<Duration>,
+}
+
+/// A `[[partition]]`: `faultctl partition`'s address form, by its flag names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionEntry {
+    /// One side: addresses or CIDRs, IPv4 or IPv6.
+    pub between: Vec<String>,
+    /// The other side.
+    pub and: Vec<String>,
+    /// Cut only what goes from `between` to `and`.
+    #[serde(default)]
+    pub one_way: bool,
+    /// drop (default) or reset.
+    pub mode: Option<CutModeName>,
+    /// A share of the packets cut, in (0, 1], as drop's and reset's.
+    pub probability: Option<f64>,
+    /// By default any: a partition cuts TCP and UDP.
+    pub protocol: Option<ProtocolName>,
+    #[serde(default, rename = "for", deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    /// `partition` unless given, as faultctl's.
+    pub label: Option<String>,
+}
+
+/// `port`: a number, or text that `parse_ports` reads (`"2379-2381"`, `"2379"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortValue {
+    Number(u32),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port like 2379 or a range like \"2379-2381\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortValue, E> {
+                u32::try_from(v)
+                    .map(PortValue::Number)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortValue, E> {
+                Ok(PortValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl PortValue {
+    /// The first port and the range's last (0: one port), as the request carries them;
+    /// a number's range is the domain model's to check, as for any request.
+    fn wire(&self) -> Result<(u32, u32), FaultError> {
+        match self {
+            PortValue::Number(port) => Ok((*port, 0)),
+            PortValue::Text(text) => {
+                let Ports { first, last } =
+                    parse_ports(text).map_err(|e| FaultError::invalid("port", e))?;
+                Ok((first.into(), last.map_or(0, u32::from)))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -174,6 +252,13 @@ pub enum DirectionName {
 pub enum RefuseModeName {
     Rst,
     Drop,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CutModeName {
+    Drop,
+    Reset,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -274,18 +359,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     };
     let allow_uids = resolve(&config.access.allow_uid, crate::access::resolve_uid)?;
     let allow_groups = resolve(&config.access.allow_group, crate::access::resolve_gid)?;
+    // Each entry with where it starts, its kind's name and number (`partition #2`), and its
+    // spec; installed in the order written, whatever their kinds.
     let faults = std::mem::take(&mut config.faults)
         .into_iter()
         .enumerate()
-        .map(|(i, entry)| {
-            let span = entry.span();
+        .map(|(i, e)| (e.span(), "fault", i, e.into_inner().spec()));
+    let partitions = std::mem::take(&mut config.partitions)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (e.span(), "partition", i, e.into_inner().spec()));
+    let mut entries: Vec<_> = faults.chain(partitions).collect();
+    entries.sort_by_key(|(span, ..)| span.start);
+    let faults = entries
+        .into_iter()
+        .map(|(span, kind, i, spec)| {
             let (line, column) = line_col(text, span.start);
             let position = Position(format!("{}:{line}:{column}", path.display()));
-            entry
-                .into_inner()
-                .spec()
-                .map(|spec| (spec, position))
-                .map_err(|e| at(Some(span), format!("fault #{}: {e}", i + 1)))
+            spec.map(|spec| (spec, position))
+                .map_err(|e| at(Some(span), format!("{kind} #{}: {e}", i + 1)))
         })
         .collect::<Result<_, _>>()?;
     Ok(Loaded {
@@ -309,14 +401,13 @@ impl FaultEntry {
     /// The fault, validated by the API's own checks; errors name the entry's keys.
     pub fn spec(self) -> Result<FaultSpec, FaultError> {
         let kind = self.action_kind()?;
+        let (port, port_end) = self.port.wire()?;
         let request = proto::FaultSpec {
             target: Some(proto::Target {
-                port: self.port,
-                protocol: match self.protocol {
-                    None | Some(ProtocolName::Tcp) => proto::Protocol::Tcp,
-                    Some(ProtocolName::Udp) => proto::Protocol::Udp,
-                    Some(ProtocolName::Any) => proto::Protocol::Any,
-                } as i32,
+                port,
+                port_end,
+                remote_port: remote_port(self.remote_port)?,
+                protocol: protocol(self.protocol, proto::Protocol::Tcp),
                 direction: match self.direction {
                     None | Some(DirectionName::Both) => proto::Direction::Both,
                     Some(DirectionName::ToPort) => proto::Direction::ToPort,
@@ -329,13 +420,7 @@ impl FaultEntry {
             ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
             label: self.label,
         };
-        spec_from_proto(request).map_err(|e| match e {
-            FaultError::Invalid { field, reason } => FaultError::Invalid {
-                field: key_of(&field).to_string(),
-                reason,
-            },
-            other => other,
-        })
+        spec_from_proto(request).map_err(in_file_terms)
     }
 
     /// The action with its parameters; a parameter the action does not take is an error.
@@ -478,6 +563,82 @@ impl FaultEntry {
     }
 }
 
+impl PartitionEntry {
+    /// The partition as faultctl's `partition --between … --and …` sends it, validated by
+    /// the API's own checks; errors name the entry's keys.
+    pub fn spec(self) -> Result<FaultSpec, FaultError> {
+        // The request says "no partition" by two empty sides, and would then ask for a port.
+        if self.between.is_empty() && self.and.is_empty() {
+            return Err(FaultError::invalid(
+                "between",
+                "required: at least one address or CIDR",
+            ));
+        }
+        let probability = self.probability;
+        let kind = match self.mode {
+            None | Some(CutModeName::Drop) => {
+                proto::action::Kind::Drop(proto::Drop { probability })
+            }
+            Some(CutModeName::Reset) => proto::action::Kind::Reset(proto::Reset { probability }),
+        };
+        let request = proto::FaultSpec {
+            target: Some(proto::Target {
+                protocol: protocol(self.protocol, proto::Protocol::Unspecified),
+                between: self.between,
+                and_peers: self.and,
+                one_way: self.one_way,
+                ..Default::default()
+            }),
+            action: Some(proto::Action { kind: Some(kind) }),
+            ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
+            label: self.label.unwrap_or_else(|| "partition".into()),
+        };
+        // The sides are `between` and `and` here, in the field and in the overlap's reason.
+        spec_from_proto(request).map_err(|e| match in_file_terms(e) {
+            FaultError::Invalid { field, reason } if field == "and_peers" => FaultError::Invalid {
+                field: "and".into(),
+                reason: reason.replace("target.between", "between"),
+            },
+            other => other,
+        })
+    }
+}
+
+/// The request's protocol; `unset` when the file names none.
+fn protocol(name: Option<ProtocolName>, unset: proto::Protocol) -> i32 {
+    let protocol = match name {
+        None => unset,
+        Some(ProtocolName::Tcp) => proto::Protocol::Tcp,
+        Some(ProtocolName::Udp) => proto::Protocol::Udp,
+        Some(ProtocolName::Any) => proto::Protocol::Any,
+    };
+    protocol as i32
+}
+
+/// `remote_port` as the request carries it. The request's 0 means "any remote port", so a
+/// file's `remote_port = 0` would silently widen the fault: it is refused as faultctl's
+/// `--remote-port 0` is.
+fn remote_port(port: Option<u32>) -> Result<u32, FaultError> {
+    match port {
+        Some(0) => Err(FaultError::invalid(
+            "remote_port",
+            "0 is not a port (1..=65535)",
+        )),
+        port => Ok(port.unwrap_or(0)),
+    }
+}
+
+/// An error of the API's validation, naming the file's key rather than the request's field.
+fn in_file_terms(e: FaultError) -> FaultError {
+    match e {
+        FaultError::Invalid { field, reason } => FaultError::Invalid {
+            field: key_of(&field).to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
 /// Sets `flag` from the file unless the command line gave it (`id` is clap's id of the
 /// flag): flags override the file, and the file overrides the flags' defaults.
 pub fn pick<T>(matches: &clap::ArgMatches, id: &str, flag: &mut T, file: Option<T>) {
@@ -511,7 +672,8 @@ pub fn install(
 }
 
 /// The file's key for a field of the API's request (`target.port` → `port`,
-/// `action.delay.latency_us` → `latency`, `ttl_ms` → `for`).
+/// `action.delay.latency_us` → `latency`, `ttl_ms` → `for`; a partition's `and_peers` is
+/// `and`, which its entry renames).
 fn key_of(field: &str) -> &str {
     match field.rsplit('.').next().unwrap_or(field) {
         "ttl_ms" => "for",
@@ -519,6 +681,8 @@ fn key_of(field: &str) -> &str {
         "jitter_us" => "jitter",
         "after_ms" => "after",
         "delay_us" => "delay",
+        // A range's last port is written in `port` ("2379-2381").
+        "port_end" => "port",
         other => other,
     }
 }
@@ -699,10 +863,201 @@ then = "drop"
     }
 
     #[test]
+    fn ranges_tuples_and_partitions_come_from_their_keys() {
+        let faults = load_str(
+            r#"
+[[partition]]
+between = ["127.0.0.2", "fd00::/16"]
+and = ["127.0.0.3/32", "fd01::1"]
+one_way = true
+mode = "reset"
+probability = 0.5
+for = "30s"
+
+[[fault]]
+action = "drop"
+port = "2379-2381"
+
+[[fault]]
+action = "reset"
+port = 2380
+remote_port = 43210
+
+[[partition]]
+between = ["198.18.0.1"]
+and = ["198.18.0.2"]
+protocol = "udp"
+label = "split"
+"#,
+        )
+        .unwrap()
+        .faults;
+        assert_eq!(faults.len(), 4);
+        // In the file's order, whatever the entries' kinds.
+        let lines: Vec<&str> = faults
+            .iter()
+            .map(|(_, p)| p.0.rsplit_once(':').unwrap().0)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "faultd.toml:2",
+                "faultd.toml:10",
+                "faultd.toml:14",
+                "faultd.toml:19"
+            ]
+        );
+
+        let (cut, _) = &faults[0];
+        let partition = cut.target.partition.as_ref().expect("a partition");
+        let sides = |s: &[crate::faults::Peer]| s.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(sides(&partition.between), ["127.0.0.2/32", "fd00::/16"]);
+        assert_eq!(sides(&partition.and), ["127.0.0.3/32", "fd01::1/128"]);
+        assert!(partition.one_way);
+        assert_eq!(cut.action, Action::Reset { probability: 0.5 });
+        assert_eq!(cut.target.protocol, Protocol::Any);
+        assert_eq!(cut.ttl, Some(Duration::from_secs(30)));
+        assert_eq!(cut.label, "partition");
+
+        let range = &faults[1].0.target;
+        assert_eq!((range.port, range.last_port), (2379, Some(2381)));
+        assert_eq!(range.ports(), 2379..=2381);
+        assert_eq!(range.remote_port, None);
+
+        let tuple = &faults[2].0.target;
+        assert_eq!((tuple.port, tuple.last_port), (2380, None));
+        assert_eq!(tuple.remote_port, Some(43210));
+
+        let (split, _) = &faults[3];
+        let partition = split.target.partition.as_ref().expect("a partition");
+        assert!(!partition.one_way);
+        assert_eq!(split.action, Action::Drop { probability: 1.0 });
+        assert_eq!(split.target.protocol, Protocol::Udp);
+        assert_eq!(split.label, "split");
+    }
+
+    #[test]
+    fn a_port_written_as_text_is_one_port() {
+        let faults = load_str("[[fault]]\naction = \"drop\"\nport = \"2379\"\n")
+            .unwrap()
+            .faults;
+        assert_eq!(faults[0].0.target.port, 2379);
+        assert_eq!(faults[0].0.target.last_port, None);
+    }
+
+    #[test]
+    fn bad_ranges_and_tuples_name_the_entry_and_the_key() {
+        let at = |entry: &str| {
+            load_str(&format!(
+                "[[fault]]\naction = \"drop\"\nport = 80\n\n[[fault]]\n{entry}\n"
+            ))
+            .unwrap_err()
+        };
+        let err = at("action = \"drop\"\nport = \"2381-2379\"");
+        assert!(err.starts_with("faultd.toml:5:1: "), "{err}");
+        assert!(
+            err.contains("fault #2: port: the range 2381-2379 ends before it starts"),
+            "{err}"
+        );
+        let err = at("action = \"drop\"\nport = \"2379-\"");
+        assert!(err.contains("fault #2: port: \"\" is not a port"), "{err}");
+        let err = at("action = \"drop\"\nport = \"2379-70000\"");
+        assert!(
+            err.contains("fault #2: port: \"70000\" is not a port"),
+            "{err}"
+        );
+        let err = at("action = \"drop\"\nport = \"0-5\"");
+        assert!(err.contains("fault #2: port: \"0\" is not a port"), "{err}");
+        // Not a number nor text: at the value, saying what a port looks like.
+        let err = at("action = \"drop\"\nport = true");
+        assert!(err.starts_with("faultd.toml:7:8: "), "{err}");
+        assert!(
+            err.contains("expected a port like 2379 or a range"),
+            "{err}"
+        );
+        let err = at("action = \"drop\"\nport = -1");
+        assert!(err.starts_with("faultd.toml:7:8: "), "{err}");
+        assert!(err.contains("integer `-1`"), "{err}");
+        let err = at("action = \"drop\"\nport = 80\nremote_port = 0");
+        assert!(
+            err.contains("fault #2: remote_port: 0 is not a port"),
+            "{err}"
+        );
+        let err = at("action = \"drop\"\nport = 80\nremote_port = 70000");
+        assert!(err.contains("fault #2: remote_port: 70000"), "{err}");
+        let err = at("action = \"drop\"\nport = 80\nremote_port = \"43210\"");
+        assert!(err.starts_with("faultd.toml:8:15: "), "{err}");
+    }
+
+    #[test]
+    fn bad_partitions_name_the_entry_and_the_key() {
+        let at = |entry: &str| {
+            load_str(&format!(
+                "[[partition]]\nbetween = [\"127.0.0.2\"]\nand = [\"127.0.0.3\"]\n\n\
+                 [[fault]]\naction = \"drop\"\nport = 80\n\n[[partition]]\n{entry}\n"
+            ))
+            .unwrap_err()
+        };
+        let both = "between = [\"127.0.0.2\"]\nand = [\"127.0.0.3\"]";
+        let err = at("between = [\"banana\"]\nand = [\"127.0.0.3\"]");
+        assert!(err.starts_with("faultd.toml:9:1: "), "{err}");
+        assert!(err.contains("partition #2: between: "), "{err}");
+        assert!(err.contains("banana"), "{err}");
+        let err = at("between = [\"127.0.0.0/8\"]\nand = [\"127.0.0.3\"]");
+        assert!(
+            err.contains("partition #2: and: 127.0.0.3/32 overlaps"),
+            "{err}"
+        );
+        let err = at("between = []\nand = [\"127.0.0.3\"]");
+        assert!(err.contains("partition #2: between: required"), "{err}");
+        let err = at("between = [\"127.0.0.2\"]\nand = []");
+        assert!(err.contains("partition #2: and: required"), "{err}");
+        let err = at("between = []\nand = []");
+        assert!(err.contains("partition #2: between: required"), "{err}");
+        let err = at("between = [\"127.0.0.2\"]");
+        assert!(err.contains("missing field `and`"), "{err}");
+        let err = at(&format!("{both}\nprobability = 1.5"));
+        assert!(err.contains("partition #2: probability: "), "{err}");
+        let err = at(&format!("{both}\nmode = \"refuse\""));
+        assert!(err.starts_with("faultd.toml:12:8: "), "{err}");
+        let err = at(&format!("{both}\nport = 80"));
+        assert!(err.starts_with("faultd.toml:12:1: "), "{err}");
+        assert!(err.contains("unknown field `port`"), "{err}");
+        let err = at(&format!("{both}\nfor = \"0s\""));
+        assert!(err.starts_with("faultd.toml:12:7: "), "{err}");
+        let err = at("between = \"127.0.0.2\"\nand = [\"127.0.0.3\"]");
+        assert!(err.starts_with("faultd.toml:10:11: "), "{err}");
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/faultd.toml");
         let loaded = load(&path).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(loaded.config.interfaces.is_some());
         assert!(!loaded.faults.is_empty());
+    }
+
+    /// The example's commented "More targets" entries, uncommented, are valid and say what
+    /// their comments say.
+    #[test]
+    fn the_example_configs_commented_targets_are_valid() {
+        let text = include_str!("../../deploy/faultd.toml");
+        let (head, more) = text
+            .split_once("# More targets")
+            .expect("the example shows more targets");
+        let uncommented: String = more
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("# [") || l.starts_with("# ") && l.contains(" = "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let loaded = load_str(&format!("{head}{uncommented}")).unwrap();
+        let before = load_str(head).unwrap().faults.len();
+        let added: Vec<_> = loaded.faults[before..].iter().map(|(s, _)| s).collect();
+        assert_eq!(added.len(), 3, "{uncommented}");
+        assert_eq!(added[0].target.ports(), 2379..=2381);
+        assert_eq!(added[1].target.remote_port, Some(43210));
+        let partition = added[2].target.partition.as_ref().expect("a partition");
+        assert_eq!(partition.and.len(), 2);
     }
 }

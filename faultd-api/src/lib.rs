@@ -11,7 +11,7 @@
 //!   cut a partition, per node.
 //! - [`scenario`]: timed scenarios in TOML (`faultctl run`), parsed, checked and played here
 //!   so that every Rust client runs the same files.
-//! - [`units`]: durations and rates as people write them.
+//! - [`units`]: durations, rates and ports as people write them.
 
 pub mod backoff;
 pub mod capabilities;

@@ -1,5 +1,6 @@
-//! Durations and rates as people write them, for faultctl's arguments and scenario files
-//! alike: `500ms`, `30s`, `2m`; `1mbit`, `500kbit`, `2mbps`.
+//! Durations, rates and ports as people write them, for faultctl's arguments, scenario
+//! files and faultd's configuration file alike: `500ms`, `30s`, `2m`; `1mbit`, `500kbit`,
+//! `2mbps`; `2379`, `2379-2381`.
 
 use std::time::Duration;
 
@@ -45,6 +46,37 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok((value * bits_per_unit).round() as u64)
 }
 
+/// A port, or the first and last of a range (`--port 2379-2381`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub first: u16,
+    pub last: Option<u16>,
+}
+
+/// `2379` or `2379-2381` (ports 1-65535, the range not ending before it starts).
+pub fn parse_ports(text: &str) -> Result<Ports, String> {
+    let port = |t: &str| match t.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{t:?} is not a port (1-65535)")),
+    };
+    match text.split_once('-') {
+        None => Ok(Ports {
+            first: port(text)?,
+            last: None,
+        }),
+        Some((a, b)) => {
+            let (first, last) = (port(a)?, port(b)?);
+            if last < first {
+                return Err(format!("the range {first}-{last} ends before it starts"));
+            }
+            Ok(Ports {
+                first,
+                last: Some(last),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +102,27 @@ mod tests {
         assert_eq!(parse_rate("1.5mbps"), Ok(12_000_000));
         for bad in ["10furlongs", "fast", "", "mbit", "-1mbit"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(
+            parse_ports("2379"),
+            Ok(Ports {
+                first: 2379,
+                last: None
+            })
+        );
+        assert_eq!(
+            parse_ports("2379-2381"),
+            Ok(Ports {
+                first: 2379,
+                last: Some(2381)
+            })
+        );
+        for bad in ["0", "2381-2379", "1-65536", "a-b", "-5", "5-", ""] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }
 }

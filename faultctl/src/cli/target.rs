@@ -76,36 +76,9 @@ impl TargetArgs {
     }
 }
 
-/// `--port`: one port, or the first and last of a range.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Ports {
-    pub first: u16,
-    pub last: Option<u16>,
-}
-
-/// `2379` or `2379-2381` (ports 1-65535, the range not ending before it starts).
-pub fn parse_ports(text: &str) -> Result<Ports, String> {
-    let port = |t: &str| match t.trim().parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("{t:?} is not a port (1-65535)")),
-    };
-    match text.split_once('-') {
-        None => Ok(Ports {
-            first: port(text)?,
-            last: None,
-        }),
-        Some((a, b)) => {
-            let (first, last) = (port(a)?, port(b)?);
-            if last < first {
-                return Err(format!("the range {first}-{last} ends before it starts"));
-            }
-            Ok(Ports {
-                first,
-                last: Some(last),
-            })
-        }
-    }
-}
+/// `--port`: one port, or the first and last of a range; parsed as faultd's config file
+/// parses its `port`.
+pub use faultd_api::units::{Ports, parse_ports};
 
 /// Durations as people write them: `500ms`, `30s`, `2m`, `1h` (as scenario files do).
 pub use faultd_api::units::parse_duration;
@@ -129,27 +102,6 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         for bad in ["-1s", "soon", "", "0s", "10"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ports_and_ranges() {
-        assert_eq!(
-            parse_ports("2379"),
-            Ok(Ports {
-                first: 2379,
-                last: None
-            })
-        );
-        assert_eq!(
-            parse_ports("2379-2381"),
-            Ok(Ports {
-                first: 2379,
-                last: Some(2381)
-            })
-        );
-        for bad in ["0", "2381-2379", "1-65536", "a-b", "-5", "5-", ""] {
-            assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }
 
