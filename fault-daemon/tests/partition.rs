@@ -266,6 +266,35 @@ fn a_reset_partition_refuses_connections_across_it() {
     assert!(datagram_arrives(&mut nodes, 0, 2));
 }
 
+/// The node processes go with their test, also when it fails: each guard kills its node
+/// by PID (and reaps it) while the panic unwinds.
+#[test]
+fn node_processes_are_killed_when_their_test_fails() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("partnode");
+    let mut pids = Vec::new();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let nodes = start_nodes(&ns);
+        pids.extend(nodes.iter().map(NodeProcess::pid));
+        assert!(pids.iter().all(|pid| proc_entry(*pid).exists()));
+        panic!("a test fails with its nodes running");
+    }));
+    assert!(failed.is_err());
+    assert_eq!(pids.len(), NODES.len());
+    for pid in pids {
+        assert!(
+            !proc_entry(pid).exists(),
+            "node process {pid} was left running"
+        );
+    }
+}
+
+fn proc_entry(pid: u32) -> std::path::PathBuf {
+    format!("/proc/{pid}").into()
+}
+
 /// Bad input names the field and changes nothing.
 #[test]
 fn bad_partitions_are_refused_naming_the_field() {

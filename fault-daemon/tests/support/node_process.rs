@@ -21,6 +21,9 @@
 //! - `recv MSG WAIT`: whether a datagram MSG arrives within WAIT (others are skipped) →
 //!   `delivered FROM` | `none`.
 //!
+//! A node first answers `ready net:[INODE]`, the namespace it runs in, which the test checks
+//! is its own (or `failed binding …`).
+//!
 //! A node exits when its stdin closes (the test's end of the pipe goes with the test
 //! process), and is killed by its PID when its [`NodeProcess`] drops, so a failing test
 //! leaves none behind; PR_SET_PDEATHSIG kills it if the test process dies first.
@@ -279,7 +282,7 @@ pub struct NodeProcess {
     // Dropped first: closing the node's stdin is its cue to exit.
     stdin: ChildStdin,
     answers: Receiver<String>,
-    _process: test_harness::Process,
+    process: test_harness::Process,
 }
 
 impl NodeProcess {
@@ -309,10 +312,10 @@ impl NodeProcess {
         let (tx, answers) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(answer) = line.strip_prefix(ANSWER) {
-                    if tx.send(answer.to_string()).is_err() {
-                        break;
-                    }
+                if let Some(answer) = line.strip_prefix(ANSWER)
+                    && tx.send(answer.to_string()).is_err()
+                {
+                    break;
                 }
             }
         });
@@ -320,7 +323,7 @@ impl NodeProcess {
             addr: addr.to_string(),
             stdin,
             answers,
-            _process: process,
+            process,
         };
         let ready = node.answer("start", Duration::ZERO);
         // /proc/self/ns/net reads `net:[INODE]`, the inode of the namespace's file.
@@ -334,6 +337,10 @@ impl NodeProcess {
             ns.name
         );
         node
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Sends `command`, returns the node's answer (waiting for at most `wait` + [`SLACK`]).
