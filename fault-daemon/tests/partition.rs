@@ -129,7 +129,7 @@ fn expected(cut_forward: bool, cut_back: bool) -> Vec<(String, bool, bool)> {
 }
 
 /// A partition between {.2} and {.3, .4} stops exactly the flows across it, TCP and UDP,
-/// new and established, while .3 ↔ .4 keeps flowing; `faultctl rm` heals it, and the
+/// new and established, while .3 ↔ .4 keeps flowing, new and established; `faultctl rm` heals it, and the
 /// established connection delivers what was held, on the same socket.
 #[test]
 fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
@@ -148,6 +148,14 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
         );
     };
     assert!(nodes[1].accept("held", local, Duration::from_secs(2)));
+    // And one within a side: .3's "side" to .4.
+    let Connect::Opened(local) = nodes[1].connect("side", NODES[2], Duration::from_secs(2)) else {
+        panic!(
+            "{} -> {}: no connection before the partition",
+            NODES[1], NODES[2]
+        );
+    };
+    assert!(nodes[2].accept("side", local, Duration::from_secs(2)));
     let id = ns.faultctl_ok(&[
         "partition",
         "--between",
@@ -172,6 +180,10 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
     ));
     assert_eq!(nodes[0].tcp_state("held"), TCP_ESTABLISHED);
     assert_eq!(nodes[1].tcp_state("held"), TCP_ESTABLISHED);
+    // The connection within a side carries on, both ways.
+    let wait = Duration::from_secs(2);
+    assert!(delivers(&mut nodes, (1, "side"), (2, "side"), "on", wait));
+    assert!(delivers(&mut nodes, (2, "side"), (1, "side"), "on", wait));
     let stats: serde_json::Value =
         serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
     assert!(
