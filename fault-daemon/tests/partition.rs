@@ -1,107 +1,111 @@
-//! System test of address-only partitions (`faultctl partition --between … --and …`): three
-//! endpoints on 127.0.0.2, .3 and .4 of a test namespace's `lo` exchange TCP and UDP, and
-//! what the applications observe is asserted: connects that time out or are refused, bytes
-//! that do or do not arrive, datagrams lost or delivered, and the same connection resuming
-//! after the partition heals.
+//! System test of address-only partitions (`faultctl partition --between … --and …`):
+//! three node processes on 127.0.0.2, .3 and .4 of a test namespace's `lo` (the test binary
+//! re-executed, see `support/node_process.rs`) exchange TCP and UDP as the test drives
+//! them, and what each process's sockets observe is asserted: connects that time out or
+//! are refused, bytes that do or do not arrive, datagrams lost or delivered, and the same
+//! connection resuming after the partition heals. The nodes are killed by their PIDs when
+//! a test ends, passed or failed.
 
 mod harness;
+#[path = "support/node_process.rs"]
+mod node_process;
 
-use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use harness::*;
-use socket2::{Domain, Socket, Type};
+use node_process::{Connect, NodeProcess, Read};
 
 const NODES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
-const TCP_PORT: u16 = 7000;
-const UDP_PORT: u16 = 7001;
 
-/// Each node's TCP listener and UDP socket.
-struct Node {
-    addr: &'static str,
-    listener: TcpListener,
-    udp: UdpSocket,
+/// Not a test: the entry point of the node processes the tests start, which run this
+/// binary again with only this test (see `support/node_process.rs`).
+#[test]
+#[ignore = "a node process of the partition tests, which start it themselves"]
+fn partition_node() {
+    node_process::serve_if_node();
 }
 
-fn nodes() -> Vec<Node> {
+/// A node process on each of [`NODES`], inside `ns`.
+fn start_nodes(ns: &Netns) -> Vec<NodeProcess> {
     NODES
         .iter()
-        .map(|&addr| {
-            let listener = TcpListener::bind((addr, TCP_PORT)).unwrap();
-            let udp = UdpSocket::bind((addr, UDP_PORT)).unwrap();
-            udp.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            Node {
-                addr,
-                listener,
-                udp,
-            }
-        })
+        .map(|addr| NodeProcess::start(ns, addr))
         .collect()
 }
 
-/// Connects from `from` (as the source address) to `to`'s listener within `wait`.
-fn connect(from: &str, to: &Node, wait: Duration) -> std::io::Result<(TcpStream, TcpStream)> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&src.into())?;
-    let dst: SocketAddr = format!("{}:{TCP_PORT}", to.addr).parse().unwrap();
-    socket.connect_timeout(&dst.into(), wait)?;
-    let client: TcpStream = socket.into();
-    let (server, _) = to.listener.accept()?;
-    Ok((client, server))
+/// Whether `msg` written by node `from` on its stream `out` arrives whole on node `to`'s
+/// stream `inn` within `wait`.
+fn delivers(
+    nodes: &mut [NodeProcess],
+    (from, out): (usize, &str),
+    (to, inn): (usize, &str),
+    msg: &str,
+    wait: Duration,
+) -> bool {
+    nodes[from].write(out, msg);
+    nodes[to].read(inn, msg.len(), wait) == Read::Bytes(msg.as_bytes().to_vec())
 }
 
-/// Whether `msg` written on `from` arrives whole on `to` within `wait`.
-fn delivers(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
-    from.write_all(msg).unwrap();
-    read_exact_within(to, msg.len(), wait).unwrap() == msg
-}
-
-/// Whether a datagram from `from`'s UDP socket reaches `to`'s within its read timeout.
-fn datagram_arrives(from: &Node, to: &Node) -> bool {
-    let msg = format!("{}>{}", from.addr, to.addr);
-    from.udp
-        .send_to(msg.as_bytes(), (to.addr, UDP_PORT))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    loop {
-        match to.udp.recv_from(&mut buf) {
-            // A late datagram of an earlier check: skip it.
-            Ok((n, _)) if &buf[..n] != msg.as_bytes() => continue,
-            Ok(_) => return true,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(e) => panic!("recv on {}: {e}", to.addr),
+/// Whether node `from` opens a new TCP connection to node `to`, which accepts it, and the
+/// two carry bytes both ways on it. A connect across a dropping partition must time out.
+fn tcp_flows(nodes: &mut [NodeProcess], from: usize, to: usize) -> bool {
+    let to_addr = nodes[to].addr.clone();
+    match nodes[from].connect("c", &to_addr, Duration::from_millis(700)) {
+        Connect::Opened(local) => {
+            let flows = nodes[to].accept("s", local, Duration::from_secs(2))
+                && delivers(
+                    nodes,
+                    (from, "c"),
+                    (to, "s"),
+                    "ping",
+                    Duration::from_secs(2),
+                )
+                && delivers(
+                    nodes,
+                    (to, "s"),
+                    (from, "c"),
+                    "pong",
+                    Duration::from_secs(2),
+                );
+            nodes[from].close("c");
+            nodes[to].close("s");
+            flows
         }
+        Connect::TimedOut => false,
+        other => panic!(
+            "{} -> {to_addr}: a dropped SYN times out, got {other:?}",
+            nodes[from].addr
+        ),
+    }
+}
+
+/// Whether a datagram node `from` sends reaches node `to`, from `from`'s address.
+fn datagram_arrives(nodes: &mut [NodeProcess], from: usize, to: usize) -> bool {
+    let (from_addr, to_addr) = (nodes[from].addr.clone(), nodes[to].addr.clone());
+    let msg = format!("{from_addr}>{to_addr}");
+    nodes[from].send(&to_addr, &msg);
+    match nodes[to].recv(&msg, Duration::from_millis(300)) {
+        Some(source) => {
+            assert_eq!(source, from_addr, "the datagram {msg}'s source");
+            true
+        }
+        None => false,
     }
 }
 
 /// Each ordered pair of nodes: whether a new TCP connection opens and carries bytes both
 /// ways, and whether a datagram arrives.
-fn reachability(nodes: &[Node]) -> Vec<(String, bool, bool)> {
+fn reachability(nodes: &mut [NodeProcess]) -> Vec<(String, bool, bool)> {
     let mut seen = Vec::new();
-    for from in nodes {
-        for to in nodes.iter().filter(|n| n.addr != from.addr) {
-            let tcp = match connect(from.addr, to, Duration::from_millis(700)) {
-                Ok((mut c, mut s)) => {
-                    delivers(&mut c, &mut s, b"ping", Duration::from_secs(2))
-                        && delivers(&mut s, &mut c, b"pong", Duration::from_secs(2))
-                }
-                Err(e) => {
-                    assert!(
-                        matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
-                        "{} -> {}: a dropped SYN times out, got {e}",
-                        from.addr,
-                        to.addr
-                    );
-                    false
-                }
-            };
-            let udp = datagram_arrives(from, to);
-            seen.push((format!("{}->{}", from.addr, to.addr), tcp, udp));
+    for from in 0..nodes.len() {
+        for to in (0..nodes.len()).filter(|&to| to != from) {
+            let tcp = tcp_flows(nodes, from, to);
+            let udp = datagram_arrives(nodes, from, to);
+            seen.push((
+                format!("{}->{}", nodes[from].addr, nodes[to].addr),
+                tcp,
+                udp,
+            ));
         }
     }
     seen
@@ -125,7 +129,7 @@ fn expected(cut_forward: bool, cut_back: bool) -> Vec<(String, bool, bool)> {
 }
 
 /// A partition between {.2} and {.3, .4} stops exactly the flows across it, TCP and UDP,
-/// new and established, while .3 ↔ .4 keeps flowing; `faultctl rm` heals it, and the
+/// new and established, while .3 ↔ .4 keeps flowing, new and established; `faultctl rm` heals it, and the
 /// established connection delivers what was held, on the same socket.
 #[test]
 fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
@@ -134,12 +138,24 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
     }
     let ns = Netns::new("part");
     let _daemon = Daemon::start(&ns, &["lo"]);
-    let nodes = ns.run(nodes);
-    assert_eq!(ns.run(|| reachability(&nodes)), expected(false, false));
-    // An established connection across the coming partition.
-    let (mut across_c, mut across_s) = ns
-        .run(|| connect(NODES[0], &nodes[1], Duration::from_secs(2)))
-        .unwrap();
+    let mut nodes = start_nodes(&ns);
+    assert_eq!(reachability(&mut nodes), expected(false, false));
+    // An established connection across the coming partition: .2's "held" to .3.
+    let Connect::Opened(local) = nodes[0].connect("held", NODES[1], Duration::from_secs(2)) else {
+        panic!(
+            "{} -> {}: no connection before the partition",
+            NODES[0], NODES[1]
+        );
+    };
+    assert!(nodes[1].accept("held", local, Duration::from_secs(2)));
+    // And one within a side: .3's "side" to .4.
+    let Connect::Opened(local) = nodes[1].connect("side", NODES[2], Duration::from_secs(2)) else {
+        panic!(
+            "{} -> {}: no connection before the partition",
+            NODES[1], NODES[2]
+        );
+    };
+    assert!(nodes[2].accept("side", local, Duration::from_secs(2)));
     let id = ns.faultctl_ok(&[
         "partition",
         "--between",
@@ -153,16 +169,21 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
     assert_eq!(list[0]["and"][1], "127.0.0.4/32", "{list}");
     assert_eq!(list[0]["action"], "drop", "{list}");
 
-    assert_eq!(ns.run(|| reachability(&nodes)), expected(true, true));
+    assert_eq!(reachability(&mut nodes), expected(true, true));
     // Held, not reset: the bytes do not arrive and the connection stays open.
     assert!(!delivers(
-        &mut across_c,
-        &mut across_s,
-        b"held",
+        &mut nodes,
+        (0, "held"),
+        (1, "held"),
+        "held",
         Duration::from_millis(1500)
     ));
-    assert_eq!(tcp_state(&across_c), TCP_ESTABLISHED);
-    assert_eq!(tcp_state(&across_s), TCP_ESTABLISHED);
+    assert_eq!(nodes[0].tcp_state("held"), TCP_ESTABLISHED);
+    assert_eq!(nodes[1].tcp_state("held"), TCP_ESTABLISHED);
+    // The connection within a side carries on, both ways.
+    let wait = Duration::from_secs(2);
+    assert!(delivers(&mut nodes, (1, "side"), (2, "side"), "on", wait));
+    assert!(delivers(&mut nodes, (2, "side"), (1, "side"), "on", wait));
     let stats: serde_json::Value =
         serde_json::from_str(&ns.faultctl_ok(&["stats", "--json"])).unwrap();
     assert!(
@@ -174,11 +195,11 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
     );
 
     ns.faultctl_ok(&["rm", &id]);
-    assert_eq!(ns.run(|| reachability(&nodes)), expected(false, false));
+    assert_eq!(reachability(&mut nodes), expected(false, false));
     // TCP retransmits the held bytes on the very same connection.
     assert_eq!(
-        read_exact_within(&mut across_s, 4, Duration::from_secs(15)).unwrap(),
-        b"held"
+        nodes[1].read("held", 4, Duration::from_secs(15)),
+        Read::Bytes(b"held".to_vec())
     );
 }
 
@@ -191,7 +212,7 @@ fn a_one_way_partition_cuts_one_direction_only() {
     }
     let ns = Netns::new("part1w");
     let _daemon = Daemon::start(&ns, &["lo"]);
-    let nodes = ns.run(nodes);
+    let mut nodes = start_nodes(&ns);
     ns.faultctl_ok(&[
         "partition",
         "--between",
@@ -202,11 +223,13 @@ fn a_one_way_partition_cuts_one_direction_only() {
         "127.0.0.4",
         "--one-way",
     ]);
-    assert_eq!(ns.run(|| reachability(&nodes)), expected(true, false));
+    assert_eq!(reachability(&mut nodes), expected(true, false));
 }
 
 /// `--mode reset`: a connect across the partition fails at once with ECONNREFUSED (its SYN
-/// is answered with a RST); within a side it opens.
+/// is answered with a RST), both ways; a connection established before it is reset at
+/// each end on its next write, and datagrams across it are dropped. From .2 to .4 (not in
+/// this partition) connections open and datagrams arrive.
 #[test]
 fn a_reset_partition_refuses_connections_across_it() {
     if !require_root() {
@@ -214,7 +237,14 @@ fn a_reset_partition_refuses_connections_across_it() {
     }
     let ns = Netns::new("partrst");
     let _daemon = Daemon::start(&ns, &["lo"]);
-    let nodes = ns.run(nodes);
+    let mut nodes = start_nodes(&ns);
+    let Connect::Opened(local) = nodes[0].connect("old", NODES[1], Duration::from_secs(2)) else {
+        panic!(
+            "{} -> {}: no connection before the partition",
+            NODES[0], NODES[1]
+        );
+    };
+    assert!(nodes[1].accept("old", local, Duration::from_secs(2)));
     ns.faultctl_ok(&[
         "partition",
         "--between",
@@ -224,12 +254,57 @@ fn a_reset_partition_refuses_connections_across_it() {
         "--mode",
         "reset",
     ]);
-    let err = ns
-        .run(|| connect(NODES[0], &nodes[1], Duration::from_secs(2)))
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-    ns.run(|| connect(NODES[0], &nodes[2], Duration::from_secs(2)))
-        .unwrap();
+    assert_eq!(
+        nodes[0].connect("c", NODES[1], Duration::from_secs(2)),
+        Connect::Refused
+    );
+    assert_eq!(
+        nodes[1].connect("c", NODES[0], Duration::from_secs(2)),
+        Connect::Refused
+    );
+    // Each end's write is answered with a RST, which its next read reports.
+    for node in [0, 1] {
+        nodes[node].write("old", "x");
+        let read = nodes[node].read("old", 1, Duration::from_secs(2));
+        assert!(
+            matches!(&read, Read::Failed(e) if e.starts_with("ConnectionReset")),
+            "{}: {read:?}",
+            NODES[node]
+        );
+    }
+    assert!(!datagram_arrives(&mut nodes, 0, 1));
+    assert!(!datagram_arrives(&mut nodes, 1, 0));
+    assert!(tcp_flows(&mut nodes, 0, 2));
+    assert!(datagram_arrives(&mut nodes, 0, 2));
+}
+
+/// The node processes go with their test, also when it fails: each guard kills its node
+/// by PID (and reaps it) while the panic unwinds.
+#[test]
+fn node_processes_are_killed_when_their_test_fails() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("partnode");
+    let mut pids = Vec::new();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let nodes = start_nodes(&ns);
+        pids.extend(nodes.iter().map(NodeProcess::pid));
+        assert!(pids.iter().all(|pid| proc_entry(*pid).exists()));
+        panic!("a test fails with its nodes running");
+    }));
+    assert!(failed.is_err());
+    assert_eq!(pids.len(), NODES.len());
+    for pid in pids {
+        assert!(
+            !proc_entry(pid).exists(),
+            "node process {pid} was left running"
+        );
+    }
+}
+
+fn proc_entry(pid: u32) -> std::path::PathBuf {
+    format!("/proc/{pid}").into()
 }
 
 /// Bad input names the field and changes nothing.
