@@ -172,10 +172,11 @@ pub fn peek(data: usize, data_end: usize, link: u32) -> Option<Peek> {
 /// [`peek`]'s work, answering in one register: `l3 << 48 | family << 40 | protocol << 32 |
 /// src_port << 16 | dst_port`, or [`NOT_PEEKED`].
 ///
-/// Not inlined, and reading single bytes through checked pointers rather than copying
-/// headers out: its caller's stack frame stays as it was, as 6.1's verifier sums the frames
-/// along the deepest call chain (tc → try_tc → decide → …) against 512 bytes.
-#[inline(never)]
+/// Reading single bytes through checked pointers rather than copying headers out: it needs
+/// no stack, so inlined into [`parse`] (off the deepest call chain, whose frames 6.1's
+/// verifier sums against 512 bytes) it costs no frame, and saves a call on every packet
+/// (about 10 ns of the pass-through's 20 in BPF_PROG_TEST_RUN on 6.18).
+#[inline(always)]
 fn peek_packed(data: usize, data_end: usize, link: u32) -> u64 {
     let (ether_type, l3) = match link {
         LINK_ETHERNET => match ptr_at::<[u8; ETH_HLEN]>(data, data_end, 0) {
