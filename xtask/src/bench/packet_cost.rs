@@ -143,10 +143,10 @@ pub fn ping_pong(ns: &Netns, port: u16, round_trips: usize) -> anyhow::Result<()
 /// Programs that do nothing (`return TC_ACT_OK`), attached by TCX at the egress and at the
 /// ingress of a namespace's `lo` through the raw bpf(2) calls: measured exactly like
 /// faultd's programs, they give the cost of running any program at each hook with the
-/// accounting on, against which faultd's own work at that hook can be read. The two hooks
-/// differ (ingress runs in the softirq after the egress, and costs a no-op about 20 ns more
-/// on these machines), so each of faultd's programs is compared with the no-op at its own
-/// hook. Detached when dropped (their fds close).
+/// accounting on, against which faultd's own work at that hook can be read. Each of
+/// faultd's programs is compared with the no-op at its own hook: the hooks run in different
+/// contexts (ingress in the softirq after the egress), so one no-op for both would be a
+/// comparison of unlike things. Detached when dropped (their fds close).
 pub struct Baseline {
     egress: Noop,
     ingress: Noop,

@@ -452,8 +452,7 @@ pub fn markdown(r: &Results, plot: &str) -> String {
          are upper bounds; the *no-op* column is two programs that only return \
          `TC_ACT_OK`, attached by TCX at the egress and at the ingress of another namespace's \
          `lo` and measured the same way in the same rounds: what running any program costs \
-         at each hook, against which faultd's own work reads (ingress, run in the softirq \
-         after the egress, costs even a no-op more); the *above no-op* columns are each \
+         at each hook, against which faultd's own work reads; the *above no-op* columns are each \
          program's cost less the no-op's at its own hook in the same round, the median over \
          rounds. Throughput is measured with the accounting off. Costs are \
          the median over rounds; with other work on the machine a round can be much slower \
