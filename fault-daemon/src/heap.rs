@@ -16,8 +16,10 @@
 
 use std::time::Duration;
 
-/// How often the free heap is looked at: cheap (mallinfo2 walks the free lists).
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the free heap is looked at: cheap (mallinfo2 walks the free lists). Every
+/// second: at 2 s, a ListFaults of 100 000 faults was once still resident 3 s after its
+/// answer (RSS 60 MB against 48.5 MB in the next run), its buffers freed after a check.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Free heap worth trimming (a trim of a 50 MB heap costs well under a millisecond);
 /// below, the next requests reuse it anyway.

@@ -404,7 +404,7 @@ fn sweep(cfg: &Config, faultd: &Path) -> anyhow::Result<(Vec<Level>, Compare)> {
     let ns_noop = netns::new("noop")?;
     let baseline = packet_cost::Baseline::attach(&ns_noop)?;
     // What each faultd keeps, not the moment's peak of the ListFaults that counted its
-    // faults: faultd hands freed heap back within 2 s (faultd::heap).
+    // faults: faultd hands freed heap back within 1 s (faultd::heap).
     std::thread::sleep(Duration::from_secs(3));
     for (level, (_, daemon, _)) in levels.iter_mut().zip(&daemons) {
         level.memory = memory::sample(daemon.pid())?;

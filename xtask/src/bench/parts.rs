@@ -120,7 +120,7 @@ fn memory_part(cfg: &Config, faultd: &Path, result: &mut PartsResult) -> anyhow:
             bail!("faultd holds {have} faults, expected {level}");
         }
         note("after ListFaults", level)?;
-        // What faultd keeps of it (its heap trimmer looks every 2 s).
+        // What faultd keeps of it (its heap trimmer looks every second).
         std::thread::sleep(std::time::Duration::from_secs(3));
         note("3 s later", level)?;
         result.add_secs.push((level, secs));
