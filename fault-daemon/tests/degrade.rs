@@ -584,7 +584,15 @@ fn delay_adds_its_latency_or_is_refused_without_fq() {
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     eprintln!("delay 20ms ± 5ms: added between {lo:.2} and {hi:.2} ms");
-    assert!(lo >= 15.0 - 2.0 && hi <= 25.0 + 2.0 + 5.0, "{added:?}");
+    // No packet may leave before latency − jitter: that bound is faultd's alone. A late
+    // one can be the machine's (a qemu guest once took a 34 ms round trip, 9 ms over the
+    // rest), so most, not all, must be within latency + jitter.
+    assert!(lo >= 15.0 - 2.0, "a delay below 20 − 5 ms: {added:?}");
+    let within = added.iter().filter(|&&x| x <= 25.0 + 2.0).count();
+    assert!(
+        within * 10 >= added.len() * 9,
+        "fewer than 90 % of the delays within 20 + 5 ms (+2 ms): {added:?}"
+    );
     assert!(hi - lo >= 2.0, "no jitter seen: {added:?}");
     s.faultctl(&["rm", &id]);
     assert_eq!(
