@@ -901,7 +901,7 @@ fn decode_spec(spec: proto::FaultSpec) -> Result<FaultSpec, FaultError> {
         target,
         action: action_from_proto(kind, protocol)?,
         ttl: spec.ttl_ms.map(Duration::from_millis),
-        label: spec.label,
+        label: spec.label.into(),
     })
 }
 
@@ -1064,7 +1064,7 @@ pub fn fault_to_proto(fault: &Fault) -> proto::Fault {
             }),
             action: Some(proto::Action { kind: Some(action) }),
             ttl_ms: fault.spec.ttl.map(|d| d.as_millis() as u64),
-            label: fault.spec.label.clone(),
+            label: fault.spec.label.to_string(),
         }),
         created_unix_ms: unix_ms(fault.created),
         expires_unix_ms: fault.expires.map_or(0, unix_ms),

@@ -756,7 +756,7 @@ then = "drop"
         assert_eq!(spec.target.protocol, Protocol::Udp);
         assert_eq!(spec.target.direction, Direction::ToPort);
         assert_eq!(spec.ttl, Some(Duration::from_secs(30)));
-        assert_eq!(spec.label, "etcd");
+        assert_eq!(&*spec.label, "etcd");
         assert_eq!(spec.action, Action::Drop { probability: 1.0 });
         assert!(position.0.starts_with("faultd.toml:"), "{position}");
         assert!(matches!(
@@ -917,7 +917,7 @@ label = "split"
         assert_eq!(cut.action, Action::Reset { probability: 0.5 });
         assert_eq!(cut.target.protocol, Protocol::Any);
         assert_eq!(cut.ttl, Some(Duration::from_secs(30)));
-        assert_eq!(cut.label, "partition");
+        assert_eq!(&*cut.label, "partition");
 
         let range = &faults[1].0.target;
         assert_eq!((range.port, range.last_port), (2379, Some(2381)));
@@ -933,7 +933,7 @@ label = "split"
         assert!(!partition.one_way);
         assert_eq!(split.action, Action::Drop { probability: 1.0 });
         assert_eq!(split.target.protocol, Protocol::Udp);
-        assert_eq!(split.label, "split");
+        assert_eq!(&*split.label, "split");
     }
 
     #[test]

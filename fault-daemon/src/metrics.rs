@@ -83,7 +83,7 @@ impl Collector for FaultCollector {
                     ("id", fault.id.to_string()),
                     ("action", fault.spec.action.name().to_string()),
                     ("port", fault.spec.target.port.to_string()),
-                    ("label", fault.spec.label.clone()),
+                    ("label", fault.spec.label.to_string()),
                 ]
             })
             .collect();

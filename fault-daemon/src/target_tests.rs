@@ -283,7 +283,7 @@ mod wire {
                 kind: Some(proto::action::Kind::Drop(proto::Drop { probability: None })),
             }),
             ttl_ms: None,
-            label: String::new(),
+            label: "".into(),
         }
     }
 

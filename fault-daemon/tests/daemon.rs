@@ -281,7 +281,7 @@ fn plant_stale_filters(iface: &str, port: u16) {
         target: Target::port(port, Protocol::Tcp),
         action: Action::Drop { probability: 1.0 },
         ttl: None,
-        label: String::new(),
+        label: "".into(),
     };
     FaultTable::new(vec![])
         .add(drop, std::time::SystemTime::now(), &mut datapath)

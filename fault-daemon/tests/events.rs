@@ -54,7 +54,7 @@ fn events_lost_to_a_full_kernel_ring_are_counted_and_announced() {
                 target: Target::port(80, Protocol::Tcp),
                 action: Action::Record,
                 ttl: None,
-                label: String::new(),
+                label: "".into(),
             },
             SystemTime::now(),
             &mut dp,
