@@ -199,7 +199,13 @@ pub const ROLE_L3: u32 = 8;
 /// when a block is marked, in the fine bits: traffic on ports without faults pays an array
 /// read, never a hash lookup. The daemon sets a port's bits before it writes the port's rule
 /// and clears them after the rule is gone, so a rule is never hidden from the programs.
-pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64 + 2;
+/// Last, the partitions' gate ([`PARTITIONS_GATE_WORD`]), in the summaries' cache line.
+pub const FAULTED_PORT_WORDS: u32 = 2 * 65_536 / 64 + 3;
+
+/// The faulted-ports word that is non-zero while any address partition is in force: the
+/// pass-through test reads it beside the summary words rather than a map of its own. The
+/// daemon sets it before a partition starts acting and clears it after the last one stopped.
+pub const PARTITIONS_GATE_WORD: u32 = 2 * 65_536 / 64 + 2;
 
 /// Where (protocol, port) lives in the faulted-ports bitmap.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -563,7 +569,7 @@ mod tests {
         assert_eq!(bits(PROTO_UDP, 0), (1024, 1, 2049, 1));
         assert_eq!(
             bits(PROTO_UDP, 65_535),
-            (2047, 1 << 63, FAULTED_PORT_WORDS - 1, 1 << 63)
+            (2047, 1 << 63, PARTITIONS_GATE_WORD - 1, 1 << 63)
         );
         assert_eq!(faulted_port_bits(1, 80), None);
         // Every port has its own fine bit, and its block's summary bit covers it.

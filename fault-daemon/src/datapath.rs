@@ -16,8 +16,8 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use fault_common::{
-    FAULTED_PORT_WORDS, FaultCounters, FlowKey, FlowState, LOW_IFINDEXES, PortKey, PortRule,
-    ROLE_EGRESS, ROLE_INGRESS, ROLE_L3, ROLE_LOOPBACK, faulted_port_bits,
+    FAULTED_PORT_WORDS, FaultCounters, FlowKey, FlowState, LOW_IFINDEXES, PARTITIONS_GATE_WORD,
+    PortKey, PortRule, ROLE_EGRESS, ROLE_INGRESS, ROLE_L3, ROLE_LOOPBACK, faulted_port_bits,
 };
 use tracing::{info, warn};
 
@@ -551,7 +551,17 @@ impl RuleSink for Datapath {
         &mut self,
         compiled: &crate::partitions::CompiledPartitions,
     ) -> Result<(), FaultError> {
-        self.partitions.write(compiled)
+        // The gate of the pass-through test opens before a partition starts acting and
+        // closes after the last one stopped: no packet a partition cuts passes untouched.
+        let in_force = compiled.state.active != 0;
+        if in_force {
+            self.write_faulted_word(PARTITIONS_GATE_WORD, 1)?;
+        }
+        self.partitions.write(compiled)?;
+        if !in_force {
+            self.write_faulted_word(PARTITIONS_GATE_WORD, 0)?;
+        }
+        Ok(())
     }
 
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError> {

@@ -8,7 +8,8 @@
 //! lookups per packet give the source's and the destination's words; a few bit operations
 //! ([`partitions_cutting`]) the partitions that cut the pair.
 //!
-//! Cost when no partition is installed: one array read (`PARTITION_STATE.active == 0`).
+//! Cost when no partition is installed: the pass-through test reads the gate word beside the
+//! faulted ports' summary words (rules::partitions_gated_in), and none of this runs.
 
 use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
@@ -107,10 +108,11 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
 /// Whether a partition could cut a packet that [`peek`](crate::packet::peek) read: one in
 /// force, TCP or UDP, and both addresses in the filter. `false` lets it pass untouched
 /// before the full parse (see rules::passes_untouched); `true` sends it to [`decide`].
-/// Cost when no partition is in force: the one read of `PARTITION_STATE`.
+/// Cost when no partition is in force: the gate word, in the cache line of the faulted
+/// ports' summary words (see rules::partitions_gated_in).
 #[inline(always)]
 pub fn may_cut(peek: &Peek, data: usize, data_end: usize) -> bool {
-    if PARTITION_STATE.get(0).is_none_or(|state| state.active == 0) {
+    if !crate::rules::partitions_gated_in() {
         return false;
     }
     if peek.protocol != PROTO_TCP && peek.protocol != PROTO_UDP {

@@ -17,9 +17,9 @@ use fault_common::{
     ACTION_RESET, ACTION_SLICE, ACTION_STALL, CORRUPT_DENSITY, DELAY_HORIZON_NS, DIR_FROM_PORT,
     DIR_TO_PORT, EVENT_FIRST_HIT, EVENT_FLOW_CUT, EVENT_FLOW_UNTRACKED, EVENT_SYN,
     EVENT_SYN_REFUSED, FAULTED_PORT_WORDS, FaultCounters, FaultSlot, FlowKey, FlowState,
-    LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES, PEER_ANY, PROTO_TCP,
-    PROTO_UDP, PortBits, PortRule, RATE_PACE, ROLE_EGRESS, ROLE_INGRESS, RULE_INDEX_ENTRIES,
-    THEN_RESET, faulted_port_bits, hooks_for,
+    LOW_IFINDEXES, MAX_FAULTS, MAX_FAULTS_PER_PORT, MAX_FLOWS, MAX_PORT_RULES,
+    PARTITIONS_GATE_WORD, PEER_ANY, PROTO_TCP, PROTO_UDP, PortBits, PortRule, RATE_PACE,
+    ROLE_EGRESS, ROLE_INGRESS, RULE_INDEX_ENTRIES, THEN_RESET, faulted_port_bits, hooks_for,
 };
 
 use crate::events;
@@ -305,6 +305,15 @@ fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
 pub fn passes_untouched(peek: &Peek, data: usize, data_end: usize) -> bool {
     !ports_faulted(peek.protocol, peek.dst_port, peek.src_port)
         && !crate::partition::may_cut(peek, data, data_end)
+}
+
+/// Whether an address partition may be in force: the gate word beside the summary words
+/// (see fault_common::PARTITIONS_GATE_WORD), in the cache line the port test just read.
+#[inline(always)]
+pub(crate) fn partitions_gated_in() -> bool {
+    FAULTED_PORTS
+        .get(PARTITIONS_GATE_WORD)
+        .is_some_and(|w| *w != 0)
 }
 
 /// Whether the packet's protocol has a rule on either of its ports: their bits in
