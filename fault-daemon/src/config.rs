@@ -594,13 +594,7 @@ impl PartitionEntry {
             label: self.label.unwrap_or_else(|| "partition".into()),
         };
         // The sides are `between` and `and` here, in the field and in the overlap's reason.
-        spec_from_proto(request).map_err(|e| match in_file_terms(e) {
-            FaultError::Invalid { field, reason } if field == "and_peers" => FaultError::Invalid {
-                field: "and".into(),
-                reason: reason.replace("target.between", "between"),
-            },
-            other => other,
-        })
+        spec_from_proto(request).map_err(in_file_terms)
     }
 }
 
@@ -629,11 +623,13 @@ fn remote_port(port: Option<u32>) -> Result<u32, FaultError> {
 }
 
 /// An error of the API's validation, naming the file's key rather than the request's field.
+/// A refusal in the file's words: its key for the request's field, and in the reason too
+/// (a partition's overlap names the other side, `target.between`).
 fn in_file_terms(e: FaultError) -> FaultError {
     match e {
         FaultError::Invalid { field, reason } => FaultError::Invalid {
             field: key_of(&field).to_string(),
-            reason,
+            reason: reason.replace("target.between", "between"),
         },
         other => other,
     }
@@ -683,6 +679,8 @@ fn key_of(field: &str) -> &str {
         "delay_us" => "delay",
         // A range's last port is written in `port` ("2379-2381").
         "port_end" => "port",
+        // `[[partition]]`'s second side, `and` as faultctl's --and.
+        "and_peers" => "and",
         other => other,
     }
 }

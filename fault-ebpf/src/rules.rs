@@ -493,7 +493,8 @@ const SLOT_RESET: u32 = 2;
 /// 128) → decide (128) → walk_slot (32) already takes 288 of them. With the work inlined
 /// here, a log call below it would add a frame; as siblings under this small frame the
 /// deepest chain is 288 + 32 + 192 (match_and_act's 168 bytes) = 512, the whole budget:
-/// code that grows match_and_act's frame past 192, or decide's past 128, breaks 6.1. They are also why the log is not called from
+/// code that grows match_and_act's frame past 192, or decide's past 128, breaks 6.1.
+/// They are also why the log is not called from
 /// walk_slot: there the verifier takes every number this can return into the log call,
 /// once per bpf_loop iteration it walks, past its million instructions; here each path of
 /// match_and_act reaches it with its own constant.
