@@ -132,16 +132,13 @@ impl Peek {
 }
 
 /// Four bytes at `offset` in the order the packet carries them, read one by one through a
-/// checked pointer (no copy on the caller's stack: see [`peek_packed`]).
+/// checked pointer (no copy on the caller's stack: see [`peek`]).
 #[inline(always)]
 fn word_at(data: usize, data_end: usize, offset: usize) -> Option<u32> {
     let at = ptr_at::<[u8; 4]>(data, data_end, offset)?;
     // SAFETY: ptr_at checked the bounds.
     Some(unsafe { u32::from_ne_bytes([(*at)[0], (*at)[1], (*at)[2], (*at)[3]]) })
 }
-
-/// [`peek`]'s answer for a shape it does not know.
-const NOT_PEEKED: u64 = u64::MAX;
 
 /// The ports of the most common frames, read with two bounds checks: Ethernet without a
 /// VLAN tag, or no link header with the IP version known (`LINK_*` as for [`parse`]);
@@ -154,80 +151,59 @@ const NOT_PEEKED: u64 = u64::MAX;
 /// "ports" have no faults, after `parse` otherwise. IPv4 protocols other than TCP and UDP
 /// pass here too (no fault is on them), but an IPv6 next header other than TCP or UDP may be
 /// an extension header with TCP behind it, so it goes to `parse`.
-#[inline(always)]
-pub fn peek(data: usize, data_end: usize, link: u32) -> Option<Peek> {
-    let packed = peek_packed(data, data_end, link);
-    if packed == NOT_PEEKED {
-        return None;
-    }
-    Some(Peek {
-        protocol: (packed >> 32) as u8,
-        src_port: (packed >> 16) as u16,
-        dst_port: packed as u16,
-        family: (packed >> 40) as u8,
-        l3_offset: (packed >> 48) as u32 & 0xff,
-    })
-}
-
-/// [`peek`]'s work, answering in one register: `l3 << 48 | family << 40 | protocol << 32 |
-/// src_port << 16 | dst_port`, or [`NOT_PEEKED`].
 ///
 /// Reading single bytes through checked pointers rather than copying headers out: it needs
 /// no stack, so inlined into [`parse`] (off the deepest call chain, whose frames 6.1's
 /// verifier sums against 512 bytes) it costs no frame, and saves a call on every packet
 /// (about 10 ns of the pass-through's 20 in BPF_PROG_TEST_RUN on 6.18).
 #[inline(always)]
-fn peek_packed(data: usize, data_end: usize, link: u32) -> u64 {
+pub fn peek(data: usize, data_end: usize, link: u32) -> Option<Peek> {
     let (ether_type, l3) = match link {
-        LINK_ETHERNET => match ptr_at::<[u8; ETH_HLEN]>(data, data_end, 0) {
+        LINK_ETHERNET => {
+            let eth = ptr_at::<[u8; ETH_HLEN]>(data, data_end, 0)?;
             // SAFETY: ptr_at checked the bounds.
-            Some(eth) => unsafe { (u16::from_be_bytes([(*eth)[12], (*eth)[13]]), ETH_HLEN) },
-            None => return NOT_PEEKED,
-        },
-        LINK_L3_BY_VERSION => return NOT_PEEKED,
+            unsafe { (u16::from_be_bytes([(*eth)[12], (*eth)[13]]), ETH_HLEN) }
+        }
+        LINK_L3_BY_VERSION => return None,
         ether_type => (ether_type as u16, 0),
     };
     let (family, protocol, l4) = match ether_type {
         ETH_P_IP => {
-            let Some(ip) = ptr_at::<[u8; IPV4_HLEN]>(data, data_end, l3) else {
-                return NOT_PEEKED;
-            };
+            let ip = ptr_at::<[u8; IPV4_HLEN]>(data, data_end, l3)?;
             // SAFETY: ptr_at checked the bounds.
             let (first, protocol) = unsafe { ((*ip)[0], (*ip)[9]) };
             let header_len = (first & 0x0f) as usize * 4;
             if header_len < IPV4_HLEN {
-                return NOT_PEEKED;
+                return None;
             }
             (PEER_V4, protocol, l3 + header_len)
         }
         ETH_P_IPV6 => {
-            let Some(ip) = ptr_at::<[u8; 8]>(data, data_end, l3) else {
-                return NOT_PEEKED;
-            };
+            let ip = ptr_at::<[u8; 8]>(data, data_end, l3)?;
             // SAFETY: ptr_at checked the bounds.
             let next = unsafe { (*ip)[6] };
             if next != PROTO_TCP && next != PROTO_UDP {
-                return NOT_PEEKED;
+                return None;
             }
             (PEER_V6, next, l3 + IPV6_HLEN)
         }
-        _ => return NOT_PEEKED,
+        _ => return None,
     };
-    let Some(ports) = ptr_at::<[u8; 4]>(data, data_end, l4) else {
-        return NOT_PEEKED;
-    };
+    let ports = ptr_at::<[u8; 4]>(data, data_end, l4)?;
     // SAFETY: ptr_at checked the bounds.
-    let (src, dst) = unsafe {
+    let (src_port, dst_port) = unsafe {
         (
             u16::from_be_bytes([(*ports)[0], (*ports)[1]]),
             u16::from_be_bytes([(*ports)[2], (*ports)[3]]),
         )
     };
-    (l3 as u64) << 48
-        | (family as u64) << 40
-        | (protocol as u64) << 32
-        | (src as u64) << 16
-        | dst as u64
+    Some(Peek {
+        protocol,
+        src_port,
+        dst_port,
+        family,
+        l3_offset: l3 as u32,
+    })
 }
 
 /// [`parse`]'s answer for a frame that [`peek`] read and whose ports have no fault (see
