@@ -8,18 +8,28 @@
 //!   makes to check the count, and 3 s later.
 //! - `apply`: a faultd with no other faults, the fault-apply latency (the full run's 1 000
 //!   adds).
+//! - `cost`: the per-packet cost over the no-op program of three faultds, with 0, 10 and 0
+//!   faults, in 15 rounds of the full run's ping-pongs, taking turns: the median and the
+//!   spread of each program, for comparing two builds of the programs. Two alike show how
+//!   much of a difference comes from where the kernel placed each (their code and maps).
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use super::{ADD_CONCURRENCY, APPLY_PORT, Config, api, apply_latency, fault_port, memory, netns};
+use std::collections::BTreeMap;
+
+use super::{
+    ADD_CONCURRENCY, APPLY_PORT, Config, MEASURED_PORT, api, apply_latency, fault_port, memory,
+    netns, packet_cost,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Part {
     Memory,
     Apply,
+    Cost,
 }
 
 /// Parses one part's name (`--only memory,apply`: clap splits at the commas).
@@ -27,7 +37,8 @@ pub fn parse_part(text: &str) -> Result<Part, String> {
     match text.trim() {
         "memory" => Ok(Part::Memory),
         "apply" => Ok(Part::Apply),
-        other => Err(format!("{other:?} is not a part: memory or apply")),
+        "cost" => Ok(Part::Cost),
+        other => Err(format!("{other:?} is not a part: memory, apply or cost")),
     }
 }
 
@@ -38,6 +49,8 @@ struct PartsResult {
     memory: Vec<(String, usize, memory::Memory)>,
     add_secs: Vec<(usize, f64)>,
     apply: Option<apply_latency::ApplyResult>,
+    /// "faultd i (n faults), program" → its cost over the no-op at its hook in each round (ns).
+    cost: BTreeMap<String, Vec<f64>>,
 }
 
 pub fn run(cfg: &Config, faultd: &Path, profile: &str, parts: &[Part]) -> anyhow::Result<()> {
@@ -71,6 +84,9 @@ pub fn run(cfg: &Config, faultd: &Path, profile: &str, parts: &[Part]) -> anyhow
         result.apply = Some(apply);
         drop(daemon);
         drop(ns);
+    }
+    if parts.contains(&Part::Cost) {
+        cost_part(cfg, faultd, &mut result)?;
     }
     let json = cfg.out_dir.join("parts.json");
     std::fs::write(&json, serde_json::to_string_pretty(&result)?)
@@ -127,5 +143,65 @@ fn memory_part(cfg: &Config, faultd: &Path, result: &mut PartsResult) -> anyhow:
     }
     drop(daemon);
     drop(ns);
+    Ok(())
+}
+
+/// Rounds of the `cost` part, and its faultds' numbers of faults.
+const COST_ROUNDS: usize = 15;
+const COST_FAULTS: [usize; 3] = [0, 10, 0];
+
+fn cost_part(cfg: &Config, faultd: &Path, result: &mut PartsResult) -> anyhow::Result<()> {
+    let mut daemons = Vec::new();
+    for (i, faults) in COST_FAULTS.into_iter().enumerate() {
+        let ns = netns::new(&format!("cost{i}"))?;
+        let log = cfg.out_dir.join(format!("faultd-cost-{i}.log"));
+        let daemon = netns::start_faultd(&ns, faultd, log)?;
+        let specs: Vec<_> = (0..faults)
+            .map(|i| api::drop_spec(fault_port(i), api::proto::Protocol::Tcp))
+            .collect();
+        ns.block_on(|| async move {
+            let mut client = api::connect().await?;
+            api::add_many(&client, specs, ADD_CONCURRENCY).await?;
+            api::expect_count(&mut client, faults).await
+        })?;
+        let programs = packet_cost::programs(daemon.pid())?;
+        daemons.push((
+            format!("faultd {i} ({faults} faults)"),
+            ns,
+            daemon,
+            programs,
+        ));
+    }
+    let ns_noop = netns::new("cost-noop")?;
+    let baseline = packet_cost::Baseline::attach(&ns_noop)?;
+    for round in 0..COST_ROUNDS {
+        // The daemons in turn, each first in some rounds: an order effect shows as a spread.
+        let mut order: Vec<_> = daemons.iter().collect();
+        order.rotate_left(round % daemons.len());
+        let noop = baseline.measure(&ns_noop, MEASURED_PORT, cfg.round_trips)?;
+        for (who, ns, daemon, programs) in order {
+            let costs =
+                packet_cost::measure(ns, daemon.pid(), programs, MEASURED_PORT, cfg.round_trips)?;
+            for (name, cost) in costs {
+                let over = cost.ns_per_run - noop.for_program(&name);
+                result
+                    .cost
+                    .entry(format!("{who}, {name}"))
+                    .or_default()
+                    .push(over);
+            }
+        }
+        eprintln!("bench: cost round {}/{COST_ROUNDS} done", round + 1);
+    }
+    for (what, overs) in &result.cost {
+        let mut sorted = overs.clone();
+        sorted.sort_by(f64::total_cmp);
+        eprintln!(
+            "bench: {what}: over the no-op median {:+.1} ns (min {:+.1}, max {:+.1})",
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+    }
     Ok(())
 }
