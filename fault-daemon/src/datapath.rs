@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::ebpf_log::KernelLog;
 use crate::faults::{FaultError, Limits, RuleSink};
+use crate::global_array::GlobalArray;
 use crate::netlink::{self, Rtnl};
 use crate::rule_slots::{RuleSlots, slot_capacity};
 
@@ -35,6 +36,10 @@ pub const TC_EGRESS_PROGRAM: &str = "faultd_tc_egress";
 
 /// Where lock files live; one per (network namespace, interface).
 const LOCK_DIR: &str = "/run/faultd";
+
+/// The sections of the programs' global arrays (see crate::global_array).
+const FAULTED_PORTS_SECTION: &str = ".bss.faultports";
+const IFACES_SECTION: &str = ".bss.ifaces";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -161,15 +166,15 @@ pub struct Datapath {
     /// Per-CPU count of packets whose flow found `flows` full.
     flows_full: PerCpuArray<MapData, u64>,
     sizes: MapSizes,
-    /// One bit per (protocol, port) with a rule: the programs read it before RULES.
-    faulted_ports: aya::maps::Array<MapData, u64>,
-    /// What faultd wrote into FAULTED_PORTS (all zeros at load).
-    faulted_words: Vec<u64>,
+    /// One bit per (protocol, port) with a rule, the summaries and the partitions' gate: the
+    /// programs' FAULTED_PORTS.
+    faulted_ports: GlobalArray<u64, { FAULTED_PORT_WORDS as usize }>,
     counters: PerCpuArray<MapData, FaultCounters>,
     /// Per-fault rate state, indexed like the counters.
     buckets: aya::maps::Array<MapData, u64>,
-    /// Roles of interfaces by ifindex: below LOW_IFINDEXES in the array, others in the hash.
-    ifaces: aya::maps::Array<MapData, u32>,
+    /// Roles of interfaces by ifindex: below LOW_IFINDEXES in the programs' IFACES, others
+    /// in the hash.
+    ifaces: GlobalArray<u32, { LOW_IFINDEXES as usize }>,
     ifaces_high: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     /// The programs' own log: its level and the reader of its records.
@@ -219,14 +224,14 @@ impl Datapath {
             sizes.max_faults,
         )
         .map_err(|e| kernel("maps RULE_INDEX and RULE_SLOTS", e))?;
-        let faulted_ports = aya::maps::Array::try_from(take(&mut ebpf, "FAULTED_PORTS")?)
-            .map_err(|e| kernel("map FAULTED_PORTS", e))?;
+        let faulted_ports = GlobalArray::take(&mut ebpf, FAULTED_PORTS_SECTION)
+            .map_err(|e| kernel("FAULTED_PORTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
             .map_err(|e| kernel("map COUNTERS", e))?;
         let buckets = aya::maps::Array::try_from(take(&mut ebpf, "BUCKETS")?)
             .map_err(|e| kernel("map BUCKETS", e))?;
-        let ifaces = aya::maps::Array::try_from(take(&mut ebpf, "IFACES")?)
-            .map_err(|e| kernel("map IFACES", e))?;
+        let ifaces =
+            GlobalArray::take(&mut ebpf, IFACES_SECTION).map_err(|e| kernel("IFACES", e))?;
         let ifaces_high = HashMap::try_from(take(&mut ebpf, "IFACES_HIGH")?)
             .map_err(|e| kernel("map IFACES_HIGH", e))?;
         let flows =
@@ -251,7 +256,6 @@ impl Datapath {
             flows_full,
             sizes: *sizes,
             faulted_ports,
-            faulted_words: vec![0; FAULTED_PORT_WORDS as usize],
             counters,
             buckets,
             ifaces,
@@ -348,17 +352,20 @@ impl Datapath {
     /// Tells the programs which hooks act on interface `ifindex` (`ROLE_*` bits).
     pub fn set_role(&mut self, ifindex: u32, role: u32) -> Result<(), DatapathError> {
         if ifindex < LOW_IFINDEXES {
-            self.ifaces.set(ifindex, role, 0)
+            self.ifaces
+                .set(ifindex as usize, role)
+                .map_err(|e| kernel("IFACES", e))
         } else {
-            self.ifaces_high.insert(ifindex, role, 0)
+            self.ifaces_high
+                .insert(ifindex, role, 0)
+                .map_err(|e| kernel("writing map IFACES_HIGH", e))
         }
-        .map_err(|e| kernel("writing map IFACES", e))
     }
 
     /// The `ROLE_*` bits the programs have for interface `ifindex`, if any.
     pub fn role(&self, ifindex: u32) -> Option<u32> {
         if ifindex < LOW_IFINDEXES {
-            self.ifaces.get(&ifindex, 0).ok().filter(|&role| role != 0)
+            self.ifaces.get(ifindex as usize).filter(|&role| role != 0)
         } else {
             self.ifaces_high.get(&ifindex, 0).ok()
         }
@@ -467,7 +474,8 @@ impl Datapath {
         let Some(bits) = faulted_port_bits(key.protocol, key.port) else {
             return Ok(());
         };
-        let fine = self.faulted_words[bits.word as usize];
+        let word = |w: u32| self.faulted_ports.get(w as usize).unwrap_or(0);
+        let fine = word(bits.word);
         let fine = if faulted {
             fine | bits.mask
         } else {
@@ -476,8 +484,8 @@ impl Datapath {
         // The block's 16 fine words.
         let first = (bits.word & !15) as usize;
         let block_faulted = (first..first + 16)
-            .any(|w| if w == bits.word as usize { fine } else { self.faulted_words[w] } != 0);
-        let summary = self.faulted_words[bits.summary_word as usize];
+            .any(|w| if w == bits.word as usize { fine } else { word(w as u32) } != 0);
+        let summary = word(bits.summary_word);
         let summary = if block_faulted {
             summary | bits.summary_mask
         } else {
@@ -488,15 +496,12 @@ impl Datapath {
         self.write_faulted_word(bits.summary_word, summary)
     }
 
+    /// Writes one word of FAULTED_PORTS. A packet that reads the words as they are written
+    /// sees this word's bits old or new, each: the bit being changed, a moment early or late.
     fn write_faulted_word(&mut self, word: u32, value: u64) -> Result<(), FaultError> {
-        if self.faulted_words[word as usize] == value {
-            return Ok(());
-        }
         self.faulted_ports
-            .set(word, value, 0)
-            .map_err(|e| FaultError::Datapath(format!("faulted-ports map: {e}")))?;
-        self.faulted_words[word as usize] = value;
-        Ok(())
+            .set(word as usize, value)
+            .map_err(|e| FaultError::Datapath(e.to_string()))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod datapath;
 pub mod ebpf_log;
 pub mod events;
 pub mod faults;
+mod global_array;
 pub mod heap;
 pub mod logging;
 pub mod metrics;

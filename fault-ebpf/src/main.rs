@@ -15,7 +15,7 @@ mod rules;
 mod slice;
 mod spread;
 
-use core::mem::MaybeUninit;
+use core::mem::{MaybeUninit, offset_of};
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -50,6 +50,9 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
     } else {
         packet::LINK_ETHERNET
     };
+    if xdp_passes_untouched(ctx, link) {
+        return Verdict::Pass;
+    }
     let len = (ctx.data_end() - ctx.data()) as u32;
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let parsed = packet::parse(ctx.data(), ctx.data_end(), link, len, pkt.as_mut_ptr());
@@ -85,7 +88,9 @@ pub fn faultd_tc_egress(ctx: TcContext) -> i32 {
 
 /// Inlined into each program: 6.1's verifier sums the frames along the deepest call chain
 /// (program → decide → walk_slot → apply_slot → match_and_act) against 512 bytes, rounding
-/// each up to 32, and a separate try_tc frame under the program's own made it 544.
+/// each up to 32, and a separate try_tc frame under the program's own made it 544. For the
+/// same reason the pass-through test must not spill: the program's frame is 120 bytes, and
+/// one more 8-byte slot would take the chain past 512.
 #[inline(always)]
 fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
@@ -93,17 +98,14 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
-    // On a device without a link header the data starts at the IP header, and
-    // skb->protocol (network order) says which.
-    let link = if role & ROLE_L3 != 0 {
-        // SAFETY: the context pointer is valid for the program's run.
-        match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
-            p @ (packet::ETH_P_IP | packet::ETH_P_IPV6) => p as u32,
-            _ => packet::LINK_NOT_IP,
-        }
-    } else {
-        packet::LINK_ETHERNET
-    };
+    if tc_passes_untouched(ctx, role) {
+        return TC_ACT_OK;
+    }
+    // Read again rather than held through the test (see tc_passes_untouched).
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the context pointer is valid for the program's run.
+    let link = tc_link(role, unsafe { (*ctx.skb.skb).protocol });
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let parsed = packet::parse(
         ctx.data(),
@@ -163,6 +165,77 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// The pass-through test, first: a plain frame (see packet::peek) whose ports have no fault
+/// goes on untouched while no partition is in force. In the program itself, not in a
+/// function it calls: the ports' bits and the partitions' gate are words of global data,
+/// read with no helper call, so the test keeps what it reads in registers, adds nothing to
+/// the program's stack frame, and the packet pays for no call. While a partition is in
+/// force, `parse` tests the partitions' address filter as well (rules::passes_untouched),
+/// a map lookup whose call would spill this function's values onto its stack.
+#[inline(always)]
+fn passes_untouched(data: usize, data_end: usize, link: u32) -> bool {
+    packet::peek(data, data_end, link).is_some_and(|p| rules::unfaulted_and_unpartitioned(&p))
+}
+
+/// [`passes_untouched`] at TC. The frame's bounds and `skb->protocol` are loaded by
+/// [`context_field`], not by plain reads that LLVM would merge with the ones after the test:
+/// merged, their values would be held through the test for the code after it, and the
+/// test's own values would spill onto the program's stack frame, which lies on the deepest
+/// call chain (see [`try_tc`]).
+#[inline(always)]
+fn tc_passes_untouched(ctx: &TcContext, role: u32) -> bool {
+    use aya_ebpf::bindings::__sk_buff;
+    let skb = ctx.skb.skb.cast();
+    let data = context_field::<{ offset_of!(__sk_buff, data) }>(skb);
+    let data_end = context_field::<{ offset_of!(__sk_buff, data_end) }>(skb);
+    let protocol = context_field::<{ offset_of!(__sk_buff, protocol) }>(skb) as u32;
+    passes_untouched(data, data_end, tc_link(role, protocol))
+}
+
+/// [`passes_untouched`] at XDP, reading the frame's bounds as [`tc_passes_untouched`] does.
+#[inline(always)]
+fn xdp_passes_untouched(ctx: &XdpContext, link: u32) -> bool {
+    use aya_ebpf::bindings::xdp_md;
+    let md = ctx.ctx.cast();
+    let data = context_field::<{ offset_of!(xdp_md, data) }>(md);
+    let data_end = context_field::<{ offset_of!(xdp_md, data_end) }>(md);
+    passes_untouched(data, data_end, link)
+}
+
+/// The 32-bit field at `OFFSET` of the program's context, loaded in an assembly block that
+/// LLVM must run where it stands (it may write memory, as far as LLVM knows) and whose
+/// result it cannot merge with a plain read of the same field. The load fills the whole
+/// register, so the result is used as it is: a 32-bit cast would add shifts, which the
+/// verifier refuses on the pointers that `data` and `data_end` are.
+#[inline(always)]
+fn context_field<const OFFSET: usize>(ctx: *const core::ffi::c_void) -> usize {
+    let value: usize;
+    // SAFETY: the context pointer is valid for the program's run, and OFFSET is a field's.
+    unsafe {
+        core::arch::asm!(
+            "{value} = *(u32 *)({ctx} + {offset})",
+            ctx = in(reg) ctx,
+            offset = const OFFSET,
+            value = out(reg) value,
+            options(nostack),
+        );
+    }
+    value
+}
+
+/// How a TC hook's frames begin (`packet::LINK_*`): on a device without a link header the
+/// data starts at the IP header, and `skb->protocol` (network order) says which.
+#[inline(always)]
+fn tc_link(role: u32, skb_protocol: u32) -> u32 {
+    if role & ROLE_L3 == 0 {
+        return packet::LINK_ETHERNET;
+    }
+    match u16::from_be(skb_protocol as u16) {
+        p @ (packet::ETH_P_IP | packet::ETH_P_IPV6) => p as u32,
+        _ => packet::LINK_NOT_IP,
     }
 }
 
