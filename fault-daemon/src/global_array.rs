@@ -45,6 +45,20 @@ impl<T: Pod + Default + PartialEq, const N: usize> GlobalArray<T, N> {
         self.written.get(index).copied()
     }
 
+    /// Sets every element to `values`; writes nothing when they already hold them. On
+    /// failure the elements keep their old values, in the kernel and here.
+    pub fn set_all(&mut self, values: &[T; N]) -> Result<(), WriteError> {
+        if *self.written == *values {
+            return Ok(());
+        }
+        self.map.set(0, values, 0).map_err(|source| WriteError {
+            section: self.section,
+            source,
+        })?;
+        *self.written = *values;
+        Ok(())
+    }
+
     /// Sets element `index` (< N) to `value`; writes nothing when it already holds it. On
     /// failure the element keeps its old value, in the kernel and here.
     pub fn set(&mut self, index: usize, value: T) -> Result<(), WriteError> {

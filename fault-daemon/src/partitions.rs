@@ -146,6 +146,9 @@ fn overlaps(a: &Peer, b: &Peer) -> bool {
 }
 
 /// The partition maps' contents, as the daemon writes them (see `datapath`).
+/// The partitions' address filter: see fault_common::PARTITION_FILTER_WORDS.
+pub type Filter = [u64; PARTITION_FILTER_WORDS as usize];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPartitions {
     pub state: PartitionState,
@@ -153,8 +156,8 @@ pub struct CompiledPartitions {
     /// Prefix (masked address, length) → partition word, per family.
     pub v4: BTreeMap<([u8; 4], u8), u64>,
     pub v6: BTreeMap<([u8; 16], u8), u64>,
-    /// The address filter (fault_common::PARTITION_FILTER_WORDS words).
-    pub filter: Vec<u64>,
+    /// The address filter.
+    pub filter: Box<Filter>,
 }
 
 impl Default for CompiledPartitions {
@@ -164,7 +167,7 @@ impl Default for CompiledPartitions {
             slots: [PartitionSlot::default(); MAX_PARTITIONS as usize],
             v4: BTreeMap::new(),
             v6: BTreeMap::new(),
-            filter: vec![0; PARTITION_FILTER_WORDS as usize],
+            filter: Box::new([0; PARTITION_FILTER_WORDS as usize]),
         }
     }
 }
@@ -295,12 +298,12 @@ impl PartitionTable {
         for ((addr, prefix), word) in words {
             match addr {
                 IpAddr::V4(a) => {
-                    set_filter(&mut out.filter, 32 - u32::from(prefix), u32::from(a));
+                    set_filter(&mut *out.filter, 32 - u32::from(prefix), u32::from(a));
                     out.v4.insert((a.octets(), prefix), word);
                 }
                 IpAddr::V6(a) => {
                     set_filter(
-                        &mut out.filter,
+                        &mut *out.filter,
                         128 - u32::from(prefix),
                         u128::from(a) as u32,
                     );
@@ -387,11 +390,17 @@ pub struct PartitionMaps {
     slots: aya::maps::Array<aya::maps::MapData, PartitionSlot>,
     v4: LpmTrie<aya::maps::MapData, u32, u64>,
     v6: LpmTrie<aya::maps::MapData, [u32; 4], u64>,
-    filter: aya::maps::Array<aya::maps::MapData, u64>,
+    /// The programs' PARTITION_FILTER (global data: see crate::global_array).
+    filter: GlobalArray<u64, { PARTITION_FILTER_WORDS as usize }>,
     written: CompiledPartitions,
 }
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
+
+use crate::global_array::GlobalArray;
+
+/// The section of the programs' PARTITION_FILTER.
+const PARTITION_FILTER_SECTION: &str = ".bss.partfilter";
 
 impl PartitionMaps {
     /// Takes the maps out of the loaded object.
@@ -405,7 +414,7 @@ impl PartitionMaps {
             slots: aya::maps::Array::try_from(take("PARTITION_SLOTS")?)?,
             v4: LpmTrie::try_from(take("PARTITION_V4")?)?,
             v6: LpmTrie::try_from(take("PARTITION_V6")?)?,
-            filter: aya::maps::Array::try_from(take("PARTITION_FILTER")?)?,
+            filter: GlobalArray::take(ebpf, PARTITION_FILTER_SECTION)?,
             written: CompiledPartitions::default(),
         })
     }
@@ -426,13 +435,11 @@ impl PartitionMaps {
         self.written.state = both;
         // The filter lets through every address of the old and the new prefixes while the
         // tries change, and only the new ones after.
-        let union: Vec<u64> = old
-            .filter
-            .iter()
-            .zip(&new.filter)
-            .map(|(a, b)| a | b)
-            .collect();
-        self.write_filter(&union).map_err(|e| fail("filter", e))?;
+        let mut union = old.filter.clone();
+        for (word, new) in union.iter_mut().zip(new.filter.iter()) {
+            *word |= new;
+        }
+        self.write_filter(&union)?;
         for (i, slot) in new.slots.iter().enumerate() {
             if *slot != old.slots[i] {
                 self.slots
@@ -471,20 +478,19 @@ impl PartitionMaps {
             .set(0, new.state, 0)
             .map_err(|e| fail("state", e))?;
         self.written.state = new.state;
-        self.write_filter(&new.filter)
-            .map_err(|e| fail("filter", e))?;
+        self.write_filter(&new.filter)?;
         self.written = new.clone();
         Ok(())
     }
 
-    /// Writes the filter words that differ from what was written.
-    fn write_filter(&mut self, filter: &[u64]) -> Result<(), aya::maps::MapError> {
-        for (i, &w) in filter.iter().enumerate() {
-            if self.written.filter[i] != w {
-                self.filter.set(i as u32, w, 0)?;
-                self.written.filter[i] = w;
-            }
-        }
+    /// Writes the filter, whole. Each write changes its bits in one direction only (the
+    /// union of old and new sets bits, the new filter after it clears them), so a packet
+    /// reading it meanwhile sees every bit as it was or as it is going to be.
+    fn write_filter(&mut self, filter: &Filter) -> Result<(), FaultError> {
+        self.filter
+            .set_all(filter)
+            .map_err(|e| FaultError::Datapath(format!("partition filter: {e}")))?;
+        *self.written.filter = *filter;
         Ok(())
     }
 }

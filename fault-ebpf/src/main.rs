@@ -7,6 +7,7 @@
 mod alter;
 mod copies;
 mod events;
+mod global;
 mod log;
 mod packet;
 mod partition;
@@ -15,6 +16,7 @@ mod rules;
 mod slice;
 mod spread;
 
+use core::ffi::c_void;
 use core::mem::{MaybeUninit, offset_of};
 
 use aya_ebpf::{
@@ -25,7 +27,7 @@ use aya_ebpf::{
 };
 
 use fault_common::{EVENT_RST_SENT, ROLE_L3, ROLE_LOOPBACK};
-use packet::Packet;
+use packet::{Frame, Packet};
 use rules::{Hook, Verdict};
 
 /// Ingress, as early as possible: carries the actions that need no socket buffer.
@@ -44,22 +46,13 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
         Some(role) if role & ROLE_LOOPBACK == 0 => role,
         _ => return Verdict::Pass,
     };
-    // Generic XDP on a device without a link header starts at the IP header.
-    let link = if role & ROLE_L3 != 0 {
-        packet::LINK_L3_BY_VERSION
-    } else {
-        packet::LINK_ETHERNET
-    };
-    if xdp_passes_untouched(ctx, link) {
+    if passes_untouched::<AT_XDP>(ctx.ctx.cast(), role) {
         return Verdict::Pass;
     }
+    let link = xdp_link(role);
     let len = (ctx.data_end() - ctx.data()) as u32;
     let mut pkt = MaybeUninit::<Packet>::uninit();
     let parsed = packet::parse(ctx.data(), ctx.data_end(), link, len, pkt.as_mut_ptr());
-    // The pass-through path ended inside parse (see packet::UNFAULTED).
-    if parsed == packet::UNFAULTED {
-        return Verdict::Pass;
-    }
     if parsed != packet::PARSED {
         log::parse_failed(Hook::Xdp, parsed);
         return Verdict::Pass;
@@ -98,10 +91,10 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
-    if tc_passes_untouched(ctx, role) {
+    if passes_untouched::<AT_TC>(ctx.skb.skb.cast(), role) {
         return TC_ACT_OK;
     }
-    // Read again rather than held through the test (see tc_passes_untouched).
+    // Read again rather than held through the test (see `frame`).
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the context pointer is valid for the program's run.
@@ -114,10 +107,6 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
         ctx.len(),
         pkt.as_mut_ptr(),
     );
-    // The pass-through path ended inside parse (see packet::UNFAULTED).
-    if parsed == packet::UNFAULTED {
-        return TC_ACT_OK;
-    }
     // A copy a duplicate fault is sending out has been through the faults already. After
     // the pass-through test: copies are of faulted packets, so never pass there.
     if hook == Hook::TcEgress && copies::is_egress_copy() {
@@ -169,40 +158,69 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
 }
 
 /// The pass-through test, first: a plain frame (see packet::peek) whose ports have no fault
-/// goes on untouched while no partition is in force. In the program itself, not in a
-/// function it calls: the ports' bits and the partitions' gate are words of global data,
-/// read with no helper call, so the test keeps what it reads in registers, adds nothing to
-/// the program's stack frame, and the packet pays for no call. While a partition is in
-/// force, `parse` tests the partitions' address filter as well (rules::passes_untouched),
-/// a map lookup whose call would spill this function's values onto its stack.
+/// and which no partition may cut goes on untouched (rules::passes_untouched). In the
+/// program itself, not in a function it calls: what it reads is global data, with no helper
+/// call (see crate::global), so it keeps its values in registers, adds nothing to the
+/// program's stack frame, and the packet pays for no call. `ctx` is the program's context
+/// (`AT_TC`: a `__sk_buff`; `AT_XDP`: an `xdp_md`), `role` the interface's.
 #[inline(always)]
-fn passes_untouched(data: usize, data_end: usize, link: u32) -> bool {
-    packet::peek(data, data_end, link).is_some_and(|p| rules::unfaulted_and_unpartitioned(&p))
+fn passes_untouched<const TC: bool>(ctx: *const c_void, role: u32) -> bool {
+    let Frame {
+        data,
+        data_end,
+        link,
+    } = frame::<TC>(ctx, role);
+    // A match, not a closure: LLVM does not inline a closure it sees called from three
+    // programs, and the call would put the peeked fields on the stack.
+    match packet::peek(data, data_end, link) {
+        Some(peeked) => {
+            rules::passes_untouched(&peeked, || addresses_in_partition_filter::<TC>(ctx, role))
+        }
+        None => false,
+    }
 }
 
-/// [`passes_untouched`] at TC. The frame's bounds and `skb->protocol` are loaded by
-/// [`context_field`], not by plain reads that LLVM would merge with the ones after the test:
-/// merged, their values would be held through the test for the code after it, and the
-/// test's own values would spill onto the program's stack frame, which lies on the deepest
-/// call chain (see [`try_tc`]).
+const AT_TC: bool = true;
+const AT_XDP: bool = false;
+
+/// The frame of the program's context (see [`passes_untouched`]). Its bounds and
+/// `skb->protocol` are loaded by [`context_field`], not by plain reads that LLVM would merge
+/// with the ones after the pass-through test: merged, their values would be held through the
+/// test for the code after it, and the test's own values would spill onto the program's
+/// stack frame, which lies on the deepest call chain (see [`try_tc`]).
 #[inline(always)]
-fn tc_passes_untouched(ctx: &TcContext, role: u32) -> bool {
-    use aya_ebpf::bindings::__sk_buff;
-    let skb = ctx.skb.skb.cast();
-    let data = context_field::<{ offset_of!(__sk_buff, data) }>(skb);
-    let data_end = context_field::<{ offset_of!(__sk_buff, data_end) }>(skb);
-    let protocol = context_field::<{ offset_of!(__sk_buff, protocol) }>(skb) as u32;
-    passes_untouched(data, data_end, tc_link(role, protocol))
+fn frame<const TC: bool>(ctx: *const c_void, role: u32) -> Frame {
+    use aya_ebpf::bindings::{__sk_buff, xdp_md};
+    if TC {
+        let protocol = context_field::<{ offset_of!(__sk_buff, protocol) }>(ctx) as u32;
+        Frame {
+            data: context_field::<{ offset_of!(__sk_buff, data) }>(ctx),
+            data_end: context_field::<{ offset_of!(__sk_buff, data_end) }>(ctx),
+            link: tc_link(role, protocol),
+        }
+    } else {
+        Frame {
+            data: context_field::<{ offset_of!(xdp_md, data) }>(ctx),
+            data_end: context_field::<{ offset_of!(xdp_md, data_end) }>(ctx),
+            link: xdp_link(role),
+        }
+    }
 }
 
-/// [`passes_untouched`] at XDP, reading the frame's bounds as [`tc_passes_untouched`] does.
-#[inline(always)]
-fn xdp_passes_untouched(ctx: &XdpContext, link: u32) -> bool {
-    use aya_ebpf::bindings::xdp_md;
-    let md = ctx.ctx.cast();
-    let data = context_field::<{ offset_of!(xdp_md, data) }>(md);
-    let data_end = context_field::<{ offset_of!(xdp_md, data_end) }>(md);
-    passes_untouched(data, data_end, link)
+/// Whether both addresses of the frame are in the partitions' filter (see
+/// partition::may_cut): a call of its own, made only while a partition is in force, which
+/// reads the frame afresh from the context. The programs then hold nothing of the test
+/// through it but their context and the interface's role: holding the frame's bounds and
+/// the addresses' offsets through the port test would take more registers than they have
+/// to spare, and what spilled would grow their stack frames.
+#[inline(never)]
+fn addresses_in_partition_filter<const TC: bool>(ctx: *const c_void, role: u32) -> bool {
+    let Frame {
+        data,
+        data_end,
+        link,
+    } = frame::<TC>(ctx, role);
+    partition::addresses_filtered(data, data_end, link)
 }
 
 /// The 32-bit field at `OFFSET` of the program's context, loaded in an assembly block that
@@ -211,7 +229,7 @@ fn xdp_passes_untouched(ctx: &XdpContext, link: u32) -> bool {
 /// register, so the result is used as it is: a 32-bit cast would add shifts, which the
 /// verifier refuses on the pointers that `data` and `data_end` are.
 #[inline(always)]
-fn context_field<const OFFSET: usize>(ctx: *const core::ffi::c_void) -> usize {
+fn context_field<const OFFSET: usize>(ctx: *const c_void) -> usize {
     let value: usize;
     // SAFETY: the context pointer is valid for the program's run, and OFFSET is a field's.
     unsafe {
@@ -224,6 +242,17 @@ fn context_field<const OFFSET: usize>(ctx: *const core::ffi::c_void) -> usize {
         );
     }
     value
+}
+
+/// How an XDP hook's frames begin (`packet::LINK_*`): generic XDP on a device without a link
+/// header starts at the IP header.
+#[inline(always)]
+fn xdp_link(role: u32) -> u32 {
+    if role & ROLE_L3 != 0 {
+        packet::LINK_L3_BY_VERSION
+    } else {
+        packet::LINK_ETHERNET
+    }
 }
 
 /// How a TC hook's frames begin (`packet::LINK_*`): on a device without a link header the

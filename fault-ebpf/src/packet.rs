@@ -102,6 +102,15 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     ptr_at::<T>(data, data_end, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// A frame as the program sees it: where its data begins and ends, and how it begins
+/// (`LINK_*`, or the IP ethertype of an L3 device).
+#[derive(Copy, Clone)]
+pub struct Frame {
+    pub data: usize,
+    pub data_end: usize,
+    pub link: u32,
+}
+
 /// What the pass-through test needs of a packet: its IP protocol and ports, read by
 /// [`peek`] without the full parse.
 #[derive(Copy, Clone)]
@@ -224,11 +233,6 @@ unsafe fn load_u32(p: *const u32) -> u32 {
     value as u32
 }
 
-/// [`parse`]'s answer for a frame that [`peek`] read and whose ports have no fault (see
-/// `rules::passes_untouched`): it passes untouched, and `*out` is not written. Not a
-/// `LOG_PARSE_*` reason: nothing went wrong.
-pub const UNFAULTED: u32 = 0xfe;
-
 /// [`parse`]'s result: `PARSED`, or why the frame is not for the faults, in the low byte,
 /// with a detail (ethertype, offset, protocol…) above it, for the kernel-side log.
 pub const PARSED: u32 = 0;
@@ -256,16 +260,6 @@ fn need<T: Copy>(data: usize, data_end: usize, offset: usize) -> Result<T, u32> 
 /// The reason is a plain number, and only turned into words by crate::log, out of here.
 #[inline(never)]
 pub fn parse(data: usize, data_end: usize, link: u32, len: u32, out: *mut Packet) -> u32 {
-    // The pass-through test with the partitions' address filter, for the frames the
-    // programs' own test (main.rs, passes_untouched) sent here because a partition is in
-    // force: its map lookup, inlined there, would spill the programs' values onto their
-    // stack frames, which lie on the deepest call chain (… → decide → … → match_and_act)
-    // that 6.1's verifier holds to 512 bytes.
-    if peek(data, data_end, link)
-        .is_some_and(|p| crate::rules::passes_untouched(&p, data, data_end))
-    {
-        return UNFAULTED;
-    }
     // SAFETY: `out` points to a Packet-sized slot of the caller's stack.
     match unsafe { parse_into(data, data_end, link, len, &mut *out) } {
         Ok(()) => PARSED,

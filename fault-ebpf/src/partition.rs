@@ -22,7 +22,7 @@ use fault_common::{
     partition_filter_bit, partitions_cutting,
 };
 
-use crate::packet::{Packet, Peek};
+use crate::packet::Packet;
 use crate::rules::{COUNTERS, Seen, Verdict, count};
 
 /// Entry 0: which partitions are in force (see fault_common::PartitionState).
@@ -33,9 +33,14 @@ static PARTITION_STATE: Array<PartitionState> = Array::with_max_entries(1, 0);
 #[map]
 static PARTITION_SLOTS: Array<PartitionSlot> = Array::with_max_entries(MAX_PARTITIONS, 0);
 
-/// The address filter: see fault_common::PARTITION_FILTER_WORDS.
-#[map]
-static PARTITION_FILTER: Array<u64> = Array::with_max_entries(PARTITION_FILTER_WORDS, 0);
+/// The address filter: see fault_common::PARTITION_FILTER_WORDS. Global data (see
+/// crate::global), as the pass-through test reads it while a partition is in force. The
+/// daemon writes it whole, every changed bit in one direction per write (set, or cleared),
+/// so a packet reading it meanwhile sees each such bit a moment early or late.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.partfilter")]
+static mut PARTITION_FILTER: [u64; PARTITION_FILTER_WORDS as usize] =
+    [0; PARTITION_FILTER_WORDS as usize];
 
 /// IPv4 prefix (address in network byte order, as in the packet) → partition word.
 #[map]
@@ -106,20 +111,25 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
 }
 
 /// Whether a partition could cut a packet that [`peek`](crate::packet::peek) read: one in
-/// force, TCP or UDP, and both addresses in the filter. `false` lets it pass untouched
-/// before the full parse (see rules::passes_untouched); `true` sends it to [`decide`].
-/// Cost when no partition is in force: the gate word, in the cache line of the faulted
-/// ports' summary words (see rules::partitions_gated_in).
+/// force and both addresses in the filter, which `in_filter` tells (see
+/// [`addresses_filtered`]). `false` lets it pass untouched before the full parse (see
+/// rules::passes_untouched); `true` sends it to [`decide`]. Cost when no partition is in
+/// force: the gate word, in the cache line of the faulted ports' summary words (see
+/// rules::partitions_gated_in). Packets other than TCP and UDP, which partitions leave
+/// alone, are not told apart here: between partitioned addresses they take the full way,
+/// where the parse lets them pass.
 #[inline(always)]
-pub fn may_cut(peek: &Peek, data: usize, data_end: usize) -> bool {
-    if !crate::rules::partitions_gated_in() {
-        return false;
-    }
-    if peek.protocol != PROTO_TCP && peek.protocol != PROTO_UDP {
-        return false;
-    }
-    // A frame too short for its addresses goes the full way, which drops nothing it cannot
-    // read.
+pub fn may_cut(in_filter: impl FnOnce() -> bool) -> bool {
+    crate::rules::partitions_gated_in() && in_filter()
+}
+
+/// Whether both addresses of the frame are in the filter, or it is too short for them (it
+/// then goes the full way, which drops nothing it cannot read). The frame is peeked again.
+#[inline(always)]
+pub fn addresses_filtered(data: usize, data_end: usize, link: u32) -> bool {
+    let Some(peek) = crate::packet::peek(data, data_end, link) else {
+        return true;
+    };
     peek.address_tails(data, data_end)
         .is_none_or(|(src, dst)| filtered(src) && filtered(dst))
 }
@@ -128,7 +138,7 @@ pub fn may_cut(peek: &Peek, data: usize, data_end: usize) -> bool {
 #[inline(always)]
 fn filtered(last_word: u32) -> bool {
     let (word, mask) = partition_filter_bit(last_word);
-    PARTITION_FILTER.get(word).is_some_and(|w| *w & mask != 0)
+    crate::global::masked(&raw const PARTITION_FILTER, word) & mask != 0
 }
 
 #[inline(always)]

@@ -23,6 +23,7 @@ use fault_common::{
 };
 
 use crate::events;
+use crate::global;
 use crate::log;
 use crate::packet::{Packet, Peek, TCP_RST, TCP_SYN};
 
@@ -49,56 +50,26 @@ static RULE_SLOTS: HashMap<u32, PortRule> =
     HashMap::with_max_entries(MAX_PORT_RULES, BPF_F_NO_PREALLOC);
 
 /// One bit per (protocol, port) with a rule in RULE_INDEX, the summary words and the
-/// partitions' gate: see fault_common::FAULTED_PORT_WORDS. Global data (a `.bss` section,
-/// which aya loads as an array map of one 16 KiB value), not a map the programs look up: a
-/// word is read at a constant address, with no helper call. To LLVM a map lookup is a call,
-/// which takes the argument registers from it, so the pass-through test that made three
-/// lookups spilled and reloaded what it held around each; reading words, it keeps all in
-/// registers and needs no stack. The daemon writes the value whole (see
-/// `Datapath::write_faulted_word`): a reader may see a word half old and half new, which for
-/// bits that only one write at a time changes means the bit set a moment early or late.
+/// partitions' gate: see fault_common::FAULTED_PORT_WORDS. Global data (see crate::global):
+/// the pass-through test reads it with no helper call. The daemon writes it whole, one word
+/// changed at a time: a packet may see that word's bits each old or new, which for the one
+/// bit being changed means set a moment early or late.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".bss.faultports")]
 static mut FAULTED_PORTS: [u64; FAULTED_PORT_WORDS as usize] = [0; FAULTED_PORT_WORDS as usize];
 
-/// Word `index` of FAULTED_PORTS (`index` < FAULTED_PORT_WORDS, as LLVM must see it).
-#[inline(always)]
-fn faulted_word(index: u32) -> u64 {
-    // SAFETY: inside the array; a volatile read, as the daemon writes it at any time.
-    unsafe { read_volatile(core::ptr::addr_of!(FAULTED_PORTS[index as usize])) }
-}
-
-/// A fine word of FAULTED_PORTS (below the summaries): the index comes from a port taken
-/// through a byte swap, which 6.1's verifier does not follow (the result is any number to
-/// it), so it is masked to the fine words; LLVM, which knows the index is already below
-/// 2 048, would drop the mask, hence the [`opaque`] in front of it.
-#[inline(always)]
-fn fine_word(index: u32) -> u64 {
-    faulted_word(opaque(index) & (FINE_WORDS - 1))
-}
-
-const FINE_WORDS: u32 = 2 * 65_536 / 64;
-
-/// `v`, as a number LLVM knows nothing about (an assembly move of a register to itself,
-/// which "changes" it), so that a mask the verifier needs is not optimised away. Not an
-/// empty block: its line information would share an instruction offset with the next
-/// line's, which the kernel refuses.
-#[inline(always)]
-fn opaque(v: u32) -> u32 {
-    let mut v = v as u64;
-    // SAFETY: a register moved to itself.
-    unsafe { asm!("{v} = {v}", v = inout(reg) v, options(pure, nomem, nostack)) };
-    v as u32
-}
+/// The fine words of FAULTED_PORTS, below the summaries: what a port's word index is masked
+/// to (see crate::global::masked).
+const FINE_WORDS: usize = 2 * 65_536 / 64;
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<FaultCounters> =
     PerCpuArray::with_max_entries(MAX_FAULTS, 0);
 
 /// ifindex → ROLE_* bits, for ifindexes below LOW_IFINDEXES; 0 (no role): left alone.
-/// Global data, like FAULTED_PORTS and for the same reason: every packet reads it first,
-/// and a map lookup would be a call to LLVM. Written whole by the daemon; the role bits all
-/// lie in one byte of each word, so a reader sees a role as it was or as it is.
+/// Global data, like FAULTED_PORTS and for the same reason: every packet reads it first.
+/// Written whole by the daemon; the role bits all lie in one byte of each word, so a reader
+/// sees a role as it was or as it is.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".bss.ifaces")]
 static mut IFACES: [u32; LOW_IFINDEXES as usize] = [0; LOW_IFINDEXES as usize];
@@ -250,8 +221,7 @@ pub enum Verdict {
 #[inline(always)]
 pub fn role_at(hook: Hook, ifindex: u32) -> Option<u32> {
     let role = if ifindex < LOW_IFINDEXES {
-        // SAFETY: inside the array; volatile, as the daemon writes it at any time.
-        unsafe { read_volatile(core::ptr::addr_of!(IFACES[ifindex as usize])) }
+        global::element(&raw const IFACES, ifindex)
     } else {
         // SAFETY: the value is a plain u32 the daemon writes whole.
         *unsafe { IFACES_HIGH.get(&ifindex) }?
@@ -344,28 +314,19 @@ fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
 ///
 /// The one place for every cheap "could any fault want this packet?" test: the faulted
 /// ports bitmap, then the partitions' address filter (only read when a partition is in
-/// force). `data`/`data_end` are the frame `peek` read, for the addresses. The programs
-/// first test [`unfaulted_and_unpartitioned`], its part that reads no map; this, in
-/// `parse`, decides the packets that a partition in force sent on.
+/// force, through `in_filter`: see partition::may_cut). What this reads is global data (see
+/// crate::global), so the programs test it inline with nothing spilled.
 #[inline(always)]
-pub fn passes_untouched(peek: &Peek, data: usize, data_end: usize) -> bool {
+pub fn passes_untouched(peek: &Peek, in_filter: impl FnOnce() -> bool) -> bool {
     !ports_faulted(peek.protocol, peek.dst_port, peek.src_port)
-        && !crate::partition::may_cut(peek, data, data_end)
-}
-
-/// Whether no fault is on the peeked packet's ports and no partition is in force: the part
-/// of [`passes_untouched`] that reads only global data, which the programs test inline
-/// (see `passes_untouched` in main.rs).
-#[inline(always)]
-pub fn unfaulted_and_unpartitioned(peek: &Peek) -> bool {
-    !ports_faulted(peek.protocol, peek.dst_port, peek.src_port) && !partitions_gated_in()
+        && !crate::partition::may_cut(in_filter)
 }
 
 /// Whether an address partition may be in force: the gate word beside the summary words
 /// (see fault_common::PARTITIONS_GATE_WORD), in the cache line the port test just read.
 #[inline(always)]
 pub(crate) fn partitions_gated_in() -> bool {
-    faulted_word(PARTITIONS_GATE_WORD) != 0
+    global::element(&raw const FAULTED_PORTS, PARTITIONS_GATE_WORD) != 0
 }
 
 /// Whether the packet's protocol has a rule on either of its ports: their bits in
@@ -379,9 +340,11 @@ fn ports_faulted(protocol: u8, dst_port: u16, src_port: u16) -> bool {
     ) else {
         return false;
     };
-    let summary = faulted_word(dst.summary_word);
-    let set =
-        |bits: PortBits| summary & bits.summary_mask != 0 && fine_word(bits.word) & bits.mask != 0;
+    let summary = global::element(&raw const FAULTED_PORTS, dst.summary_word);
+    // The fine words are the array's first FINE_WORDS: the mask keeps a word among them.
+    let fine =
+        |word: u32| global::masked((&raw const FAULTED_PORTS).cast::<[u64; FINE_WORDS]>(), word);
+    let set = |bits: PortBits| summary & bits.summary_mask != 0 && fine(bits.word) & bits.mask != 0;
     set(dst) || set(src)
 }
 
