@@ -68,6 +68,24 @@ def test_a_fault_is_what_the_client_would_send():
     assert limit.target.protocol == pb.PROTOCOL_UDP
 
 
+def test_a_port_range_is_written_as_faultctl_writes_it():
+    def target(fault):
+        s = Scenario.from_string(f'[[step]]\nat = "0s"\nfaults = [{fault}]\n')
+        return s.steps[0].faults[0][0].target
+    assert (target('{ action = "drop", port = "2379-2381" }').port_end) == 2381
+    assert (target('{ action = "drop", port = "2379-2381" }').port) == 2379
+    assert (target('{ action = "drop", port = "2379" }').port_end) == 0
+    assert (target('{ action = "drop", port = 2379, port-end = 2381 }').port_end) == 2381
+    for fault, message in [
+        ('{ action = "drop", port = "2381-2379" }', "port: the range 2381-2379 ends before it starts"),
+        ('{ action = "drop", port = "http" }', 'port: "http" is not a port (1-65535)'),
+        ('{ action = "drop", port-end = 2381, port = "2379-2380" }', "`port-end` is given too"),
+    ]:
+        with pytest.raises(ScenarioError) as e:
+            target(fault)
+        assert message in str(e.value), str(e.value)
+
+
 def test_errors_say_line_and_column():
     line, column, message = error('[[step]]\nat = "5x"\nfault = { action = "drop", port = 1 }\n')
     assert (line, column) == (2, 6), message

@@ -21,7 +21,7 @@ use prost_reflect::{
 use toml::Spanned;
 
 use crate::proto;
-use crate::units::{parse_duration, parse_rate};
+use crate::units::{parse_duration, parse_ports, parse_rate};
 
 /// A fault as written: keys and values with where they are in the file.
 pub type FaultTable = std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>;
@@ -107,6 +107,11 @@ pub fn to_spec(
     let mut words = vec![dashed(action_field.name())];
     for (key, value) in entries {
         let name = key.get_ref().replace('-', "_");
+        if let ("port", toml::Value::String(text)) = (name.as_str(), value.get_ref()) {
+            port_range(&mut target, text, value.span())?;
+            words.push(format!("port={text}"));
+            continue;
+        }
         let (message, field) = [&mut target, &mut action, &mut spec]
             .into_iter()
             .find_map(|m| {
@@ -144,6 +149,23 @@ pub fn to_spec(
         .transcode_to::<proto::FaultSpec>()
         .expect("a message built from the descriptor of FaultSpec decodes as one");
     Ok((spec, words.join(" ")))
+}
+
+/// `port = "2379-2381"` (or `"2379"`): a port range written as faultctl's `--port` and the
+/// config file take it, read by the same parser, into the target's `port` and `port_end`.
+fn port_range(target: &mut DynamicMessage, text: &str, span: Range<usize>) -> Result<(), Located> {
+    let ports = parse_ports(text).map_err(|e| at(span.clone(), format!("port: {e}")))?;
+    if target.has_field_by_name("port_end") && ports.last.is_some() {
+        return Err(at(
+            span,
+            "port: a range, and `port-end` is given too".to_string(),
+        ));
+    }
+    target.set_field_by_name("port", Value::U32(u32::from(ports.first)));
+    if let Some(last) = ports.last {
+        target.set_field_by_name("port_end", Value::U32(u32::from(last)));
+    }
+    Ok(())
 }
 
 /// The field of `Action`'s oneof that `value` names.
@@ -400,6 +422,38 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_port_range_is_written_as_faultctl_writes_it() {
+        let target = |text: &str| spec(text).target.unwrap();
+        let range = target("action = \"drop\"\nport = \"2379-2381\"");
+        assert_eq!((range.port, range.port_end), (2379, 2381));
+        let one = target("action = \"drop\"\nport = \"2379\"");
+        assert_eq!((one.port, one.port_end), (2379, 0));
+        // The same range as two keys.
+        let keys = target("action = \"drop\"\nport = 2379\nport-end = 2381");
+        assert_eq!((keys.port, keys.port_end), (2379, 2381));
+
+        let e = error("action = \"drop\"\nport = \"2381-2379\"");
+        assert!(
+            e.message
+                .starts_with("port: the range 2381-2379 ends before"),
+            "{}",
+            e.message
+        );
+        let e = error("action = \"drop\"\nport = \"http\"");
+        assert!(
+            e.message.starts_with("port: \"http\" is not a port"),
+            "{}",
+            e.message
+        );
+        let e = error("action = \"drop\"\nport-end = 2381\nport = \"2379-2380\"");
+        assert!(
+            e.message.contains("`port-end` is given too"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -124,6 +124,23 @@ def parse_rate(text):
     return round(float(m.group(1)) * _RATE_UNITS[unit])
 
 
+def parse_ports(text):
+    """``"2379"`` or ``"2379-2381"`` → (first, last or None), as faultctl's ``--port`` reads it
+    (ports 1-65535, the range not ending before it starts)."""
+    def port(t):
+        stripped = t.strip()
+        if stripped.isdigit() and 0 < int(stripped) <= 65535:
+            return int(stripped)
+        raise ValueError(f'"{t}" is not a port (1-65535)')
+    if "-" not in text:
+        return port(text), None
+    a, b = text.split("-", 1)
+    first, last = port(a), port(b)
+    if last < first:
+        raise ValueError(f"the range {first}-{last} ends before it starts")
+    return first, last
+
+
 # --- a step's fault → FaultSpec, through the descriptors -------------------------------
 
 def _dashed(name):
@@ -276,6 +293,10 @@ def to_spec(table, label, where):
         if key == "action":
             continue
         wire = key.replace("-", "_")
+        if wire == "port" and isinstance(value, str):
+            _port_range(target, value, given, where + [key])
+            words.append(f"port={value}")
+            continue
         found = next(
             ((m, f) for m in (target, action, spec) if (f := _resolve(m.DESCRIPTOR, wire)) is not None),
             None,
@@ -299,6 +320,21 @@ def to_spec(table, label, where):
     spec.target.CopyFrom(target)
     getattr(spec.action, field.name).CopyFrom(action)
     return spec, " ".join(words)
+
+
+def _port_range(target, text, given, where):
+    """``port = "2379-2381"``: the range into the target's ``port`` and ``port_end``."""
+    try:
+        first, last = parse_ports(text)
+    except ValueError as e:
+        raise _Located(where, f"port: {e}") from None
+    if last is not None and (id(target), "port_end") in given:
+        raise _Located(where, "port: a range, and `port-end` is given too")
+    target.port = first
+    given.add((id(target), "port"))
+    if last is not None:
+        target.port_end = last
+        given.add((id(target), "port_end"))
 
 
 # --- where a key is in the text ---------------------------------------------------------
