@@ -314,7 +314,7 @@ pub struct Loaded {
     pub faults: Vec<(FaultSpec, Position)>,
 }
 
-/// Where an entry was written: `file:line:col`.
+/// Where an entry was written, and which it is: `file:line:col: partition #2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position(pub String);
 
@@ -375,9 +375,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         .into_iter()
         .map(|(span, kind, i, spec)| {
             let (line, column) = line_col(text, span.start);
-            let position = Position(format!("{}:{line}:{column}", path.display()));
+            let entry = format!("{kind} #{}", i + 1);
+            let position = Position(format!("{}:{line}:{column}: {entry}", path.display()));
             spec.map(|spec| (spec, position))
-                .map_err(|e| at(Some(span), format!("{kind} #{}: {e}", i + 1)))
+                .map_err(|e| at(Some(span), format!("{entry}: {e}")))
         })
         .collect::<Result<_, _>>()?;
     Ok(Loaded {
@@ -622,17 +623,37 @@ fn remote_port(port: Option<u32>) -> Result<u32, FaultError> {
     }
 }
 
-/// An error of the API's validation, naming the file's key rather than the request's field.
-/// A refusal in the file's words: its key for the request's field, and in the reason too
-/// (a partition's overlap names the other side, `target.between`).
+/// A refusal in the file's words: the file's key for each request field it names (`port`
+/// for `target.port_end`, `and` for `target.and_peers`), as the field and in the text
+/// (a partition's overlap names the other side, a fault over faultd's API port its port).
 fn in_file_terms(e: FaultError) -> FaultError {
     match e {
         FaultError::Invalid { field, reason } => FaultError::Invalid {
             field: key_of(&field).to_string(),
-            reason: reason.replace("target.between", "between"),
+            reason: file_words(&reason),
         },
+        FaultError::Refused(text) => FaultError::Refused(file_words(&text)),
+        FaultError::Exhausted(text) => FaultError::Exhausted(file_words(&text)),
         other => other,
     }
+}
+
+/// `text` with each request field it names (`target.between`) written as the file's key.
+fn file_words(text: &str) -> String {
+    const PREFIX: &str = "target.";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + PREFIX.len()..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(after.len());
+        out.push_str(key_of(&after[..name_len]));
+        rest = &after[name_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Sets `flag` from the file unless the command line gave it (`id` is clap's id of the
@@ -662,7 +683,7 @@ pub fn install(
     };
     for (spec, position) in faults {
         api.add(spec, owner.clone())
-            .map_err(|e| anyhow::anyhow!("{position}: fault: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{position}: {}", in_file_terms(e)))?;
     }
     Ok(())
 }
@@ -689,6 +710,27 @@ fn key_of(field: &str) -> &str {
 mod tests {
     use super::*;
     use crate::faults::{Action, Direction, Protocol};
+
+    #[test]
+    fn refusals_name_the_files_keys() {
+        let refused = FaultError::Refused(
+            "target.port: 7447 is faultd's own API port; a fault there would cut faultd off".into(),
+        );
+        assert_eq!(
+            in_file_terms(refused).to_string(),
+            "port: 7447 is faultd's own API port; a fault there would cut faultd off"
+        );
+        let overlap = FaultError::invalid(
+            "target.and_peers",
+            "127.0.0.3/32 overlaps 127.0.0.0/8 of target.between: the two sides must be apart",
+        );
+        assert_eq!(
+            in_file_terms(overlap).to_string(),
+            "and: 127.0.0.3/32 overlaps 127.0.0.0/8 of between: the two sides must be apart"
+        );
+        let full = FaultError::Exhausted("target.ttl_ms and target.port_end.".into());
+        assert_eq!(in_file_terms(full).to_string(), "for and port.");
+    }
 
     fn load_str(text: &str) -> Result<Loaded, String> {
         parse(Path::new("faultd.toml"), text).map_err(|e| e.to_string())
@@ -757,6 +799,7 @@ then = "drop"
         assert_eq!(&*spec.label, "etcd");
         assert_eq!(spec.action, Action::Drop { probability: 1.0 });
         assert!(position.0.starts_with("faultd.toml:"), "{position}");
+        assert!(position.0.ends_with(": fault #1"), "{position}");
         assert!(matches!(
             loaded.faults[1].0.action,
             Action::LimitAge {
@@ -891,18 +934,15 @@ label = "split"
         .unwrap()
         .faults;
         assert_eq!(faults.len(), 4);
-        // In the file's order, whatever the entries' kinds.
-        let lines: Vec<&str> = faults
-            .iter()
-            .map(|(_, p)| p.0.rsplit_once(':').unwrap().0)
-            .collect();
+        // In the file's order, whatever the entries' kinds, each named by its kind's count.
+        let positions: Vec<&str> = faults.iter().map(|(_, p)| p.0.as_str()).collect();
         assert_eq!(
-            lines,
+            positions,
             [
-                "faultd.toml:2",
-                "faultd.toml:10",
-                "faultd.toml:14",
-                "faultd.toml:19"
+                "faultd.toml:2:1: partition #1",
+                "faultd.toml:10:1: fault #1",
+                "faultd.toml:14:1: fault #2",
+                "faultd.toml:19:1: partition #2"
             ]
         );
 

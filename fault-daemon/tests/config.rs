@@ -100,7 +100,7 @@ fn a_refused_fault_in_the_file_stops_the_start_with_its_position() {
     let log = Daemon::try_start(&ns, &[], &["--config", file.arg()])
         .err()
         .expect("faultd refuses to start");
-    let position = format!("{}:3:1: fault:", file.arg());
+    let position = format!("{}:3:1: fault #1: port: 7447 is faultd's own API port", file.arg());
     assert!(log.contains(&position), "{log}");
 }
 
@@ -300,8 +300,10 @@ fn a_file_refused_at_start_leaves_the_traffic_as_it_was() {
     let log = Daemon::try_start(&ns, &[], &["--config", file.arg()])
         .err()
         .expect("faultd refuses to start");
-    let position = format!("{}:7:1: fault: ", file.arg());
+    // The entry's position and name, in the file's words.
+    let position = format!("{}:7:1: fault #1: ", file.arg());
     assert!(log.contains(&position), "{log}");
+    assert!(!log.contains("target."), "a wire field name: {log}");
     assert!(log.contains("7447 is faultd's own API port"), "{log}");
     assert!(
         ns.run(|| datagram_arrives("127.0.0.2:0", "127.0.0.3:5390")),
