@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 
 use fault_common::{EVENT_RST_SENT, ROLE_L3, ROLE_LOOPBACK};
-use packet::{Frame, Packet};
+use packet::{Frame, FrameSource, Packet};
 use rules::{Hook, Verdict};
 
 /// Ingress, as early as possible: carries the actions that need no socket buffer.
@@ -46,7 +46,10 @@ fn try_xdp(ctx: &XdpContext) -> Verdict {
         Some(role) if role & ROLE_LOOPBACK == 0 => role,
         _ => return Verdict::Pass,
     };
-    if passes_untouched::<AT_XDP>(ctx.ctx.cast(), role) {
+    if passes_untouched(Context::<AT_XDP> {
+        ctx: ctx.ctx.cast(),
+        role,
+    }) {
         return Verdict::Pass;
     }
     let link = xdp_link(role);
@@ -91,10 +94,13 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(role) = rules::role_at(hook, ifindex) else {
         return TC_ACT_OK;
     };
-    if passes_untouched::<AT_TC>(ctx.skb.skb.cast(), role) {
+    if passes_untouched(Context::<AT_TC> {
+        ctx: ctx.skb.skb.cast(),
+        role,
+    }) {
         return TC_ACT_OK;
     }
-    // Read again rather than held through the test (see `frame`).
+    // Read again rather than held through the test (see `Context::frame`).
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the context pointer is valid for the program's run.
@@ -161,66 +167,58 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
 /// and which no partition may cut goes on untouched (rules::passes_untouched). In the
 /// program itself, not in a function it calls: what it reads is global data, with no helper
 /// call (see crate::global), so it keeps its values in registers, adds nothing to the
-/// program's stack frame, and the packet pays for no call. `ctx` is the program's context
-/// (`AT_TC`: a `__sk_buff`; `AT_XDP`: an `xdp_md`), `role` the interface's.
+/// program's stack frame, and the packet pays for no call.
 #[inline(always)]
-fn passes_untouched<const TC: bool>(ctx: *const c_void, role: u32) -> bool {
+fn passes_untouched<const TC: bool>(context: Context<TC>) -> bool {
     let Frame {
         data,
         data_end,
         link,
-    } = frame::<TC>(ctx, role);
+    } = context.frame();
     // A match, not a closure: LLVM does not inline a closure it sees called from three
     // programs, and the call would put the peeked fields on the stack.
     match packet::peek(data, data_end, link) {
-        Some(peeked) => {
-            rules::passes_untouched(&peeked, || addresses_in_partition_filter::<TC>(ctx, role))
-        }
+        Some(peeked) => rules::passes_untouched(&peeked, &context),
         None => false,
     }
+}
+
+/// A program's context (`TC`: a `__sk_buff`; else an `xdp_md`) and the interface's role:
+/// where the pass-through test reads the frame from, again when it needs the addresses.
+#[derive(Copy, Clone)]
+struct Context<const TC: bool> {
+    ctx: *const c_void,
+    role: u32,
 }
 
 const AT_TC: bool = true;
 const AT_XDP: bool = false;
 
-/// The frame of the program's context (see [`passes_untouched`]). Its bounds and
-/// `skb->protocol` are loaded by [`context_field`], not by plain reads that LLVM would merge
-/// with the ones after the pass-through test: merged, their values would be held through the
-/// test for the code after it, and the test's own values would spill onto the program's
-/// stack frame, which lies on the deepest call chain (see [`try_tc`]).
-#[inline(always)]
-fn frame<const TC: bool>(ctx: *const c_void, role: u32) -> Frame {
-    use aya_ebpf::bindings::{__sk_buff, xdp_md};
-    if TC {
-        let protocol = context_field::<{ offset_of!(__sk_buff, protocol) }>(ctx) as u32;
-        Frame {
-            data: context_field::<{ offset_of!(__sk_buff, data) }>(ctx),
-            data_end: context_field::<{ offset_of!(__sk_buff, data_end) }>(ctx),
-            link: tc_link(role, protocol),
-        }
-    } else {
-        Frame {
-            data: context_field::<{ offset_of!(xdp_md, data) }>(ctx),
-            data_end: context_field::<{ offset_of!(xdp_md, data_end) }>(ctx),
-            link: xdp_link(role),
+impl<const TC: bool> FrameSource for Context<TC> {
+    /// The frame's bounds and `skb->protocol` are loaded by [`context_field`], not by plain
+    /// reads that LLVM would merge with the ones after the pass-through test: merged, their
+    /// values would be held through the test for the code after it, and the test's own
+    /// values would spill onto the program's stack frame, which lies on the deepest call
+    /// chain (see [`try_tc`]).
+    #[inline(always)]
+    fn frame(&self) -> Frame {
+        use aya_ebpf::bindings::{__sk_buff, xdp_md};
+        let ctx = self.ctx;
+        if TC {
+            let protocol = context_field::<{ offset_of!(__sk_buff, protocol) }>(ctx) as u32;
+            Frame {
+                data: context_field::<{ offset_of!(__sk_buff, data) }>(ctx),
+                data_end: context_field::<{ offset_of!(__sk_buff, data_end) }>(ctx),
+                link: tc_link(self.role, protocol),
+            }
+        } else {
+            Frame {
+                data: context_field::<{ offset_of!(xdp_md, data) }>(ctx),
+                data_end: context_field::<{ offset_of!(xdp_md, data_end) }>(ctx),
+                link: xdp_link(self.role),
+            }
         }
     }
-}
-
-/// Whether both addresses of the frame are in the partitions' filter (see
-/// partition::may_cut): a call of its own, made only while a partition is in force, which
-/// reads the frame afresh from the context. The programs then hold nothing of the test
-/// through it but their context and the interface's role: holding the frame's bounds and
-/// the addresses' offsets through the port test would take more registers than they have
-/// to spare, and what spilled would grow their stack frames.
-#[inline(never)]
-fn addresses_in_partition_filter<const TC: bool>(ctx: *const c_void, role: u32) -> bool {
-    let Frame {
-        data,
-        data_end,
-        link,
-    } = frame::<TC>(ctx, role);
-    partition::addresses_filtered(data, data_end, link)
 }
 
 /// The 32-bit field at `OFFSET` of the program's context, loaded in an assembly block that

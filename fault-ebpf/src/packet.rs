@@ -111,6 +111,12 @@ pub struct Frame {
     pub link: u32,
 }
 
+/// Where a program reads its frame from, as often as it needs it: reading it again is cheaper
+/// than holding it through code that needs the registers (see main.rs, `Context`).
+pub trait FrameSource {
+    fn frame(&self) -> Frame;
+}
+
 /// What the pass-through test needs of a packet: its IP protocol and ports, read by
 /// [`peek`] without the full parse.
 #[derive(Copy, Clone)]

@@ -22,7 +22,7 @@ use fault_common::{
     partition_filter_bit, partitions_cutting,
 };
 
-use crate::packet::Packet;
+use crate::packet::{Frame, FrameSource, Packet};
 use crate::rules::{COUNTERS, Seen, Verdict, count};
 
 /// Entry 0: which partitions are in force (see fault_common::PartitionState).
@@ -111,7 +111,7 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
 }
 
 /// Whether a partition could cut a packet that [`peek`](crate::packet::peek) read: one in
-/// force and both addresses in the filter, which `in_filter` tells (see
+/// force and both addresses of its frame in the filter (read from `source` again, see
 /// [`addresses_filtered`]). `false` lets it pass untouched before the full parse (see
 /// rules::passes_untouched); `true` sends it to [`decide`]. Cost when no partition is in
 /// force: the gate word, in the cache line of the faulted ports' summary words (see
@@ -119,18 +119,21 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
 /// alone, are not told apart here: between partitioned addresses they take the full way,
 /// where the parse lets them pass.
 #[inline(always)]
-pub fn may_cut(in_filter: impl FnOnce() -> bool) -> bool {
-    crate::rules::partitions_gated_in() && in_filter()
+pub fn may_cut(source: &impl FrameSource) -> bool {
+    crate::rules::partitions_gated_in() && addresses_filtered(source.frame())
 }
 
 /// Whether both addresses of the frame are in the filter, or it is too short for them (it
-/// then goes the full way, which drops nothing it cannot read). The frame is peeked again.
+/// then goes the full way, which drops nothing it cannot read). The frame is peeked again:
+/// what the port test read is not held through it, which would take more registers than
+/// the programs have to spare (what spilled would grow their stack frames, which lie on the
+/// deepest call chain: see main.rs, try_tc).
 #[inline(always)]
-pub fn addresses_filtered(data: usize, data_end: usize, link: u32) -> bool {
-    let Some(peek) = crate::packet::peek(data, data_end, link) else {
+fn addresses_filtered(frame: Frame) -> bool {
+    let Some(peek) = crate::packet::peek(frame.data, frame.data_end, frame.link) else {
         return true;
     };
-    peek.address_tails(data, data_end)
+    peek.address_tails(frame.data, frame.data_end)
         .is_none_or(|(src, dst)| filtered(src) && filtered(dst))
 }
 

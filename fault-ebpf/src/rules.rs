@@ -25,7 +25,7 @@ use fault_common::{
 use crate::events;
 use crate::global;
 use crate::log;
-use crate::packet::{Packet, Peek, TCP_RST, TCP_SYN};
+use crate::packet::{FrameSource, Packet, Peek, TCP_RST, TCP_SYN};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -314,12 +314,12 @@ fn rule_for(protocol: u8, port: u16) -> Option<&'static PortRule> {
 ///
 /// The one place for every cheap "could any fault want this packet?" test: the faulted
 /// ports bitmap, then the partitions' address filter (only read when a partition is in
-/// force, through `in_filter`: see partition::may_cut). What this reads is global data (see
-/// crate::global), so the programs test it inline with nothing spilled.
+/// force, from the frame `source` gives again: see partition::may_cut). What this reads is
+/// global data (see crate::global), so the programs test it inline with nothing spilled.
 #[inline(always)]
-pub fn passes_untouched(peek: &Peek, in_filter: impl FnOnce() -> bool) -> bool {
+pub fn passes_untouched(peek: &Peek, source: &impl FrameSource) -> bool {
     !ports_faulted(peek.protocol, peek.dst_port, peek.src_port)
-        && !crate::partition::may_cut(in_filter)
+        && !crate::partition::may_cut(source)
 }
 
 /// Whether an address partition may be in force: the gate word beside the summary words
