@@ -100,7 +100,10 @@ fn a_refused_fault_in_the_file_stops_the_start_with_its_position() {
     let log = Daemon::try_start(&ns, &[], &["--config", file.arg()])
         .err()
         .expect("faultd refuses to start");
-    let position = format!("{}:3:1: fault #1: port: 7447 is faultd's own API port", file.arg());
+    let position = format!(
+        "{}:3:1: fault #1: port: 7447 is faultd's own API port",
+        file.arg()
+    );
     assert!(log.contains(&position), "{log}");
 }
 
