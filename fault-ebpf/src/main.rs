@@ -85,8 +85,8 @@ pub fn faultd_tc_egress(ctx: TcContext) -> i32 {
 /// Inlined into each program: 6.1's verifier sums the frames along the deepest call chain
 /// (program → decide → walk_slot → apply_slot → match_and_act) against 512 bytes, rounding
 /// each up to 32, and a separate try_tc frame under the program's own made it 544. For the
-/// same reason the pass-through test must not spill: the program's frame is 120 bytes, and
-/// one more 8-byte slot would take the chain past 512.
+/// same reason the pass-through test must spill no more than it does: the program's frame is
+/// 128 bytes, and one more 8-byte slot would take the chain past 512.
 #[inline(always)]
 fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
