@@ -11,6 +11,7 @@
 
 mod netns;
 mod process;
+pub mod skip;
 
 pub use netns::{
     CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, SERVER_IF, SERVER_V4, SERVER_V6, VethPair, join_veth,
@@ -19,6 +20,7 @@ pub use process::{
     Faultd, FaultdOptions, NotReady, Process, announced_socket, remove_left_socket, send_signal,
     stop_child, wait_for_log,
 };
+pub use skip::{kernel_fq, kernel_sock_destroy, skip};
 
 use std::process::Command;
 
@@ -28,6 +30,17 @@ use anyhow::{Context as _, bail};
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// The one line a test that needs root fails with when it is not root.
+pub const NEEDS_ROOT: &str = "needs root: run as root (cargo xtask test, or sudo -E cargo test); \
+                              this test loads eBPF programs or creates network namespaces";
+
+/// Fails the calling test, with [`NEEDS_ROOT`], unless this process is root: a test that
+/// needs root either runs or fails, never passes without having run.
+#[track_caller]
+pub fn require_root() {
+    assert!(is_root(), "{NEEDS_ROOT}");
 }
 
 /// Runs `cmd` to completion: its stdout, or an error naming the command and its stderr.

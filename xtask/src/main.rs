@@ -122,30 +122,14 @@ fn run(task: Task) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => {
-            setup::all()?;
+            // Before any work: without root the program and system tests could only fail.
             require_root(
                 "the program and system tests load eBPF programs and create network namespaces",
             )?;
-            // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
-            cargo(&["build", "--package", "faultctl"])?;
-            cargo(&["test", "--workspace", "--no-fail-fast"])?;
-            // The release tarball, built once (minutes from scratch, seconds when current),
-            // in a bare root and in a container.
-            dist_tests()?;
-            // The Python client and pytest plugin, against a real faultd.
-            python::tests()?;
-            fuzz::run(&fuzz::Options {
-                seconds: 60,
-                libfuzzer: Vec::new(),
-            })?;
-            // The kernel matrix's other column: the system tests on Debian's 6.1 in a VM (this
-            // machine's column is the `cargo test` above; `cargo xtask vm-test` prints both).
-            vm::run(&vm::Options {
-                no_host: true,
-                ..vm::Options::default()
-            })?;
-            // So that the bench cannot rot; it fails only on errors, never on a figure.
-            bench::run(true)
+            let mut stages = Stages::default();
+            let result = test_all(&mut stages);
+            stages.print();
+            result
         }
         Task::PythonTest => {
             setup::all()?;
@@ -164,6 +148,115 @@ fn run(task: Task) -> anyhow::Result<()> {
                 (None, None) => bench::run(quick),
             }
         }
+    }
+}
+
+/// `cargo xtask test`'s stages in order, each timed into `stages`.
+fn test_all(stages: &mut Stages) -> anyhow::Result<()> {
+    stages.run("setup", setup::all)?;
+    stages.run("host tests (cargo test --workspace)", host_tests)?;
+    // The release tarball, built once (minutes from scratch, seconds when current), in a bare
+    // root and in a container.
+    stages.run("dist tests", dist_tests)?;
+    // The Python client and pytest plugin, against a real faultd.
+    stages.run("python tests", python::tests)?;
+    stages.run("fuzz (60 s)", || {
+        fuzz::run(&fuzz::Options {
+            seconds: 60,
+            libfuzzer: Vec::new(),
+        })
+    })?;
+    // The kernel matrix's other column: the system tests on Debian's 6.1 in a VM (this
+    // machine's column is the `cargo test` above; `cargo xtask vm-test` prints both).
+    stages.run("VM tests (6.1, qemu TCG)", || {
+        vm::run(&vm::Options {
+            no_host: true,
+            ..vm::Options::default()
+        })
+    })?;
+    // So that the bench cannot rot; it fails only on errors, never on a figure.
+    stages.run("quick bench", || bench::run(true))
+}
+
+/// Every test of the workspace on this machine's kernel. Skips (`SKIP <test>: <reason>`,
+/// which the tests also append to the file `FAULTD_SKIP_LOG` names) are counted and checked
+/// against the skips this kernel allows: an unexpected skip fails the run.
+fn host_tests() -> anyhow::Result<()> {
+    // fault-daemon's system tests run faultctl, a crate of its own, from beside faultd.
+    cargo(&["build", "--package", "faultctl"])?;
+    let skip_log = workspace_root().join("target/host-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
+    let tests = cargo_env(
+        &["test", "--workspace", "--no-fail-fast"],
+        &[(test_harness::skip::SKIP_LOG_ENV, skip_log.as_os_str())],
+    );
+    let release = test_harness::skip::kernel_release();
+    let text = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let mut allowed = Vec::new();
+    let mut unexpected = Vec::new();
+    for (test, reason) in text.lines().filter_map(test_harness::skip::parse_skip) {
+        let line = format!("  {test}: {reason}");
+        if test_harness::skip::is_allowed(&release, test) {
+            allowed.push(line);
+        } else {
+            unexpected.push(line);
+        }
+    }
+    eprintln!(
+        "xtask: host tests on {release}: {} skipped as this kernel allows, {} unexpected skip(s)",
+        allowed.len(),
+        unexpected.len()
+    );
+    for l in allowed.iter().chain(&unexpected) {
+        eprintln!("{l}");
+    }
+    tests?;
+    if !unexpected.is_empty() {
+        bail!(
+            "{} test(s) skipped on {release} where no skip is allowed:\n{}",
+            unexpected.len(),
+            unexpected.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// How long each stage of `cargo xtask test` took, printed at the end (also when it fails).
+#[derive(Default)]
+struct Stages {
+    done: Vec<(&'static str, std::time::Duration, bool)>,
+}
+
+impl Stages {
+    fn run(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        eprintln!("xtask: == {name}");
+        let started = std::time::Instant::now();
+        let result = f();
+        let took = started.elapsed();
+        eprintln!(
+            "xtask: == {name}: {} in {:.0} s",
+            if result.is_ok() { "ok" } else { "FAILED" },
+            took.as_secs_f64()
+        );
+        self.done.push((name, took, result.is_ok()));
+        result
+    }
+
+    fn print(&self) {
+        let total: std::time::Duration = self.done.iter().map(|(_, d, _)| *d).sum();
+        eprintln!("\nxtask test: stages");
+        for (name, took, ok) in &self.done {
+            eprintln!(
+                "  {name:<36} {:>6.0} s  {}",
+                took.as_secs_f64(),
+                if *ok { "ok" } else { "FAILED" }
+            );
+        }
+        eprintln!("  {:<36} {:>6.0} s", "total", total.as_secs_f64());
     }
 }
 
@@ -214,9 +307,15 @@ fn as_root(program: &str, args: &[String]) -> Command {
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_env(args, &[])
+}
+
+/// `cargo ARGS…` with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

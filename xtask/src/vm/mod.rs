@@ -41,12 +41,6 @@ const NOT_IN_VM: &[(&str, &str)] = &[
 ];
 /// Binaries the VM runs first: the measurements only the VM can make.
 const FIRST_IN_VM: &[&str] = &["degrade"];
-/// Binaries that must not skip anything in the VM, and why: a skip there counts as a
-/// failure. The VM exists to run what this machine's kernel cannot.
-const NO_SKIPS_IN_VM: &[(&str, &str)] = &[(
-    "degrade",
-    "the VM has sch_fq, so delay, paced rate and the qdisc tests must run there",
-)];
 /// Programs from this machine the tests call (iproute2, util-linux's `setpriv`,
 /// prometheus's `promtool`, which checks faultd's metrics, and the many-node test's etcd),
 /// copied into the VM in place of busybox's smaller versions.
@@ -415,9 +409,11 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
         let outcome = match sections.iter().find(|(n, _, _)| n == name) {
             Some((_, lines, rc)) => {
                 let mut outcome = report::parse(lines, *rc);
-                if let Some((_, why)) = NO_SKIPS_IN_VM.iter().find(|(n, _)| n == name) {
-                    outcome.forbid_skips(why);
-                }
+                // Skips are checked against what this kernel may lack (the VM's 6.1 has
+                // sch_fq: nothing that needs fq may skip there).
+                outcome.check_skips(&kernel.release, |t| {
+                    test_harness::skip::is_allowed(&kernel.release, t)
+                });
                 outcome
             }
             None if !booted => Outcome::broken(format!(
@@ -513,7 +509,9 @@ fn host_column(
             .lines()
             .map(str::to_string)
             .collect();
-        results.push((name.clone(), report::parse(&lines, code)));
+        let mut outcome = report::parse(&lines, code);
+        outcome.check_skips(&release, |t| test_harness::skip::is_allowed(&release, t));
+        results.push((name.clone(), outcome));
     }
     Ok(Column {
         kernel: release,

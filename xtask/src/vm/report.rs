@@ -7,17 +7,17 @@ use std::fmt::Write as _;
 /// What one test binary did on one kernel.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
-    /// Passed without printing `SKIP:`.
+    /// Passed without printing a `SKIP <test>: <reason>` line.
     pub passed: u32,
-    /// Passed as far as libtest knows, but printed `SKIP: why` (something the test needs is
-    /// absent on this kernel or machine).
+    /// Passed as far as libtest knows, but printed `SKIP <test>: <reason>` (something the
+    /// test needs is absent from this kernel).
     pub skipped: u32,
     pub failed: u32,
     pub ignored: u32,
     pub seconds: Option<f64>,
     /// Names of the failed tests.
     pub failures: Vec<String>,
-    /// (test, reason) for each `SKIP:` line.
+    /// (test, reason) for each `SKIP <test>: <reason>` line.
     pub skips: Vec<(String, String)>,
     /// Why the binary produced no summary (crashed, killed at its time limit, not run…).
     pub problem: Option<String>,
@@ -42,20 +42,31 @@ impl Outcome {
         }
     }
 
-    /// Counts every skipped test as failed, saying why skips are not accepted here.
-    pub fn forbid_skips(&mut self, why: &str) {
-        let mut skipped: Vec<(String, String)> = Vec::new();
+    /// Counts every skip that `allowed(test)` does not allow as a failure, saying so: an
+    /// unexpected skip fails the run.
+    pub fn check_skips(&mut self, kernel: &str, allowed: impl Fn(&str) -> bool) {
+        let mut kept: Vec<(String, String)> = Vec::new();
+        let mut refused: Vec<(String, String)> = Vec::new();
         for (test, reason) in self.skips.drain(..) {
-            if !self.failures.contains(&test) && !skipped.iter().any(|(t, _)| *t == test) {
-                skipped.push((test, reason));
+            if self.failures.contains(&test) || kept.iter().chain(&refused).any(|(t, _)| *t == test)
+            {
+                continue;
+            }
+            if allowed(&test) {
+                kept.push((test, reason));
+            } else {
+                refused.push((test, reason));
             }
         }
-        for (test, reason) in skipped {
-            self.failures
-                .push(format!("{test} (skipped: {reason}; not allowed: {why})"));
+        for (test, reason) in &refused {
+            self.failures.push(format!(
+                "{test} (skipped: {reason}; not an allowed skip on {kernel})"
+            ));
         }
-        self.failed += self.skipped;
-        self.skipped = 0;
+        let n = (refused.len() as u32).min(self.skipped);
+        self.failed += n;
+        self.skipped -= n;
+        self.skips = kept;
     }
 
     /// Failed tests, counting a binary that did not finish as (at least) one failure.
@@ -130,8 +141,13 @@ pub fn parse(lines: &[String], exit: Option<i32>) -> Outcome {
             }
             text = after;
         }
-        if let Some(reason) = text.trim_start().strip_prefix("SKIP:") {
-            let test = current.clone().unwrap_or_else(|| "?".into());
+        if let Some((test, reason)) = test_harness::skip::parse_skip(text) {
+            // The line names its test; libtest's `test NAME ...` line is the fallback.
+            let test = if current.as_deref().is_some_and(|c| c.ends_with(test)) {
+                current.clone().unwrap_or_default()
+            } else {
+                test.to_string()
+            };
             out.skips.push((test, reason.trim().to_string()));
         }
     }
@@ -215,8 +231,9 @@ pub fn render(columns: &[Column]) -> String {
         .max(6);
     let _ = writeln!(
         s,
-        "\nkernel matrix: the system tests on each kernel (a test that printed SKIP: counts as \
-         skipped; \"not run\": left out on that kernel)\n"
+        "\nkernel matrix: the system tests on each kernel (a test that printed `SKIP <test>: \
+         <reason>` counts as skipped, and as failed unless that kernel allows it; \"not run\": \
+         left out on that kernel)\n"
     );
     let _ = writeln!(
         s,
@@ -322,7 +339,7 @@ mod tests {
     fn counts_passes_skips_and_failures() {
         let out = lines(
             "\nrunning 4 tests\n\
-             test a_delay ... SKIP: no sch_fq in this kernel\n\
+             test a_delay ... SKIP a_delay: no sch_fq in this kernel\n\
              ok\n\
              test b_drop ... ok\n\
              test c_reset ... \n\
@@ -354,21 +371,21 @@ mod tests {
     }
 
     #[test]
-    fn where_skips_are_forbidden_they_are_failures() {
+    fn skips_the_kernel_does_not_allow_are_failures() {
         let out = lines(
             "running 3 tests\n\
-             test a_delay ... SKIP: no sch_fq\n\
-             SKIP: still none\n\
+             test a_delay ... SKIP a_delay: no sch_fq\n\
+             SKIP a_delay: still none\n\
              ok\n\
              test b_rate ... ok\n\
-             test c_mq ... SKIP: no tun\n\
+             test c_mq ... SKIP c_mq: no tun\n\
              ok\n\
              \n\
              test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\n",
         );
         let mut o = parse(&out, Some(0));
         assert_eq!((o.passed, o.skipped, o.failed), (1, 2, 0));
-        o.forbid_skips("the VM has fq");
+        o.check_skips("6.1", |_| false);
         assert_eq!((o.passed, o.skipped, o.failed), (1, 0, 2));
         assert_eq!(o.failed_count(), 2);
         assert!(
@@ -391,6 +408,25 @@ mod tests {
             table.contains("vm-test: 1 passed, 2 failed, 0 skipped"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn allowed_skips_stay_skips() {
+        let out = lines(
+            "running 2 tests\n\
+             test degrade::a_delay ... SKIP degrade::a_delay: no sch_fq\n\
+             ok\n\
+             test degrade::c_mq ... SKIP degrade::c_mq: no tun\n\
+             ok\n\
+             \n\
+             test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\n",
+        );
+        let mut o = parse(&out, Some(0));
+        assert_eq!(o.skips[0].0, "degrade::a_delay");
+        o.check_skips("6.18", |t| t.ends_with("::a_delay"));
+        assert_eq!((o.passed, o.skipped, o.failed), (0, 1, 1));
+        assert_eq!(o.skips.len(), 1);
+        assert!(o.failures[0].starts_with("degrade::c_mq (skipped: no tun"));
     }
 
     #[test]
