@@ -211,9 +211,7 @@ fn assert_refused(out: &Output, uid: u32, what: &str) {
 /// changes nothing; root (the same faultctl) is admitted.
 #[test]
 fn an_unprivileged_user_is_refused_and_told_how_to_get_in() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("deny");
     let ns = Netns::new("deny");
     let daemon = daemon(&ns, &[], &[]);
@@ -267,9 +265,7 @@ fn an_unprivileged_user_is_refused_and_told_how_to_get_in() {
 /// the kernel (not through the socket).
 #[test]
 fn root_is_admitted_over_tcp_too() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("root");
     let _daemon = daemon(&ns, &[], &[]);
     let id = ns.faultctl_ok(&["--addr", "127.0.0.1:7447", "drop", "--port", "9000"]);
@@ -285,9 +281,7 @@ fn root_is_admitted_over_tcp_too() {
 /// uid the kernel records as a socket's owner.)
 #[test]
 fn every_service_refuses_an_unprivileged_caller() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("svc");
     let ns = Netns::new("svc");
     let _daemon = daemon(&ns, &["--retry-port", "9091"], &[]);
@@ -351,9 +345,7 @@ fn every_service_refuses_an_unprivileged_caller() {
 /// is recorded as the owner of what it adds.
 #[test]
 fn the_sudo_user_is_admitted() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("sudo");
     let ns = Netns::new("sudo");
     let uid = user.uid.to_string();
@@ -384,9 +376,7 @@ fn the_sudo_user_is_admitted() {
 /// of the calling process), and not the same user without the group.
 #[test]
 fn allow_uid_and_allow_group_admit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("au");
     let bob = TestUser::new("ag");
     let group = TestGroup::new("ag");
@@ -430,9 +420,7 @@ fn allow_uid_and_allow_group_admit() {
 /// `--no-auth` admits everyone and says so at start.
 #[test]
 fn no_auth_admits_everyone_and_warns() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("noauth");
     let ns = Netns::new("noauth");
     let daemon = daemon(&ns, &["--no-auth"], &[]);
@@ -451,9 +439,7 @@ fn no_auth_admits_everyone_and_warns() {
 /// attached or bound.
 #[test]
 fn plaintext_on_a_remote_address_is_refused_at_start() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pair = VethPair::new("plain");
     let listen = format!("{SERVER_V4}:7447");
     // A socket a killed faultd left in a namespace since deleted may be at that path.
@@ -550,9 +536,7 @@ impl Pki {
 /// owner); one from another CA, none at all, or plaintext is refused.
 #[test]
 fn remote_callers_need_a_client_certificate_from_the_ca() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pki = Pki::new();
     let pair = VethPair::new("mtls");
     let listen = format!("{SERVER_V4}:7447");
@@ -657,9 +641,7 @@ fn remote_callers_need_a_client_certificate_from_the_ca() {
 /// everyone else's; `clear --label` only that label's.
 #[test]
 fn list_shows_owners_and_clear_mine_leaves_others() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("mine");
     let ns = Netns::new("mine");
     let uid = user.uid.to_string();
@@ -705,9 +687,7 @@ fn list_shows_owners_and_clear_mine_leaves_others() {
 /// direction or peer; with `--listen 127.0.0.1:0` that is the port the kernel picked.
 #[test]
 fn a_fault_on_the_bound_api_port_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("self");
     let daemon = daemon(&ns, &["--listen", "127.0.0.1:0"], &[]);
     let listen: std::net::SocketAddr = ready_field(&daemon, "listen").parse().unwrap();
@@ -737,9 +717,7 @@ fn a_fault_on_the_bound_api_port_is_refused() {
 /// faultd ends, and a stale one (left by a killed faultd) is replaced.
 #[test]
 fn each_namespace_has_its_own_socket() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (a, b, c) = (Netns::new("nsa"), Netns::new("nsb"), Netns::new("nsc"));
     // What a SIGKILLed faultd leaves at c's path: a socket no one listens on.
     let stale = client_socket_path(&c);
@@ -780,9 +758,7 @@ fn each_namespace_has_its_own_socket() {
 /// saying why, and the first one keeps answering there.
 #[test]
 fn a_socket_a_live_faultd_listens_on_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (a, b) = (Netns::new("livea"), Netns::new("liveb"));
     let first = daemon(&a, &[], &[]);
     let socket = socket_of(&first);
@@ -804,9 +780,7 @@ fn a_socket_a_live_faultd_listens_on_is_refused() {
 /// that killed test daemons leave no files in /run/faultd.
 #[test]
 fn the_harness_removes_a_killed_faultds_socket() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("killsock");
     let mut killed = daemon(&ns, &[], &[]);
     let socket = socket_of(&killed);
@@ -824,9 +798,7 @@ fn the_harness_removes_a_killed_faultds_socket() {
 /// otherwise: another host (the veth peer) cannot reach it.
 #[test]
 fn the_daemons_retry_port_listens_on_loopback_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pair = VethPair::new("rbind");
     let log = std::env::temp_dir().join(format!("{}-faultd.log", pair.server.name));
     let child = pair

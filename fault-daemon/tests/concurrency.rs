@@ -166,9 +166,7 @@ fn protocols(p: i32) -> &'static [u8] {
 
 #[test]
 fn sixteen_clients_churning_leave_the_list_and_the_kernel_in_agreement() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("churn");
     let daemon = Daemon::try_start(&ns, &["lo"], &["--max-faults", &MAX_FAULTS.to_string()])
         .expect("faultd did not start");

@@ -60,9 +60,7 @@ fn check_config(file: &Path) -> Output {
 /// `[[fault]]` is listed, owned by faultd, and drops datagrams to its port.
 #[test]
 fn a_fault_from_the_config_file_is_installed_and_acts() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file = ConfigFile::new(
         r#"
 interfaces = ["lo"]
@@ -91,9 +89,7 @@ label = "from-config"
 /// the entry's position.
 #[test]
 fn a_refused_fault_in_the_file_stops_the_start_with_its_position() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file =
         ConfigFile::new("interfaces = [\"lo\"]\n\n[[fault]]\naction = \"drop\"\nport = 7447\n");
     let ns = Netns::new("confr");
@@ -182,9 +178,7 @@ fn tcp_connects(from: &str, to: &str) -> bool {
 /// as the range.
 #[test]
 fn a_port_range_from_the_config_file_acts_on_its_ports_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file = ConfigFile::new(
         "interfaces = [\"lo\"]\n\n[[fault]]\naction = \"drop\"\nport = \"5360-5362\"\nprotocol = \"udp\"\n",
     );
@@ -206,9 +200,7 @@ fn a_port_range_from_the_config_file_acts_on_its_ports_only() {
 /// either direction; 5370's traffic with another port flows.
 #[test]
 fn a_port_tuple_from_the_config_file_cuts_only_its_flow() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file = ConfigFile::new(
         "interfaces = [\"lo\"]\n\n[[fault]]\naction = \"drop\"\nport = 5370\nremote_port = 5371\nprotocol = \"udp\"\n",
     );
@@ -236,9 +228,7 @@ fn a_port_tuple_from_the_config_file_cuts_only_its_flow() {
 /// 127.0.0.4 → 127.0.0.5 one way (`one_way`); the other pairs keep flowing.
 #[test]
 fn partitions_from_the_config_file_cut_their_addresses_apart() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file = ConfigFile::new(
         r#"interfaces = ["lo"]
 
@@ -292,9 +282,7 @@ one_way = true
 /// installed before it no longer cuts once faultd has exited.
 #[test]
 fn a_file_refused_at_start_leaves_the_traffic_as_it_was() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let file = ConfigFile::new(
         "interfaces = [\"lo\"]\n\n[[partition]]\nbetween = [\"127.0.0.2\"]\nand = [\"127.0.0.3\"]\n\n\
          [[fault]]\naction = \"drop\"\nport = \"7440-7450\"\n",

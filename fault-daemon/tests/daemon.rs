@@ -219,16 +219,14 @@ fn check_the_next_faultd_removes_stale_filters(pair: &VethPair) {
 
 #[test]
 fn sigterm_leaves_the_interfaces_as_found() {
-    if require_root() {
-        check_signal_leaves_nothing(libc::SIGTERM);
-    }
+    require_root();
+    check_signal_leaves_nothing(libc::SIGTERM);
 }
 
 #[test]
 fn sigkill_leaves_nothing_attached() {
-    if require_root() {
-        check_signal_leaves_nothing(libc::SIGKILL);
-    }
+    require_root();
+    check_signal_leaves_nothing(libc::SIGKILL);
 }
 
 /// TC filters of faultd's programs that no running faultd owns — what a faultd killed on a
@@ -236,9 +234,7 @@ fn sigkill_leaves_nothing_attached() {
 /// library, so that every kernel runs this (the VM also gets them from a real SIGKILL).
 #[test]
 fn tc_filters_a_killed_faultd_left_are_removed_on_attach() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tcx = kernel_has_tcx();
     let pair = VethPair::new("stale");
     pair.server.run(|| plant_stale_filters(SERVER_IF, 9100));
@@ -305,9 +301,7 @@ fn plant_stale_filters(iface: &str, port: u16) {
 
 #[test]
 fn the_log_says_which_xdp_mode() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pair = VethPair::new("mode");
     // A bridge has no XDP of its own: faultd falls back to generic XDP there.
     pair.server.ip(&["link", "add", "fdbr0", "type", "bridge"]);
@@ -324,9 +318,7 @@ fn the_log_says_which_xdp_mode() {
 /// Startup errors are one clear line on stderr, exit code 1, and leave nothing behind.
 #[test]
 fn startup_errors_are_one_clear_line() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("start");
     let cases: &[(&[&str], &str)] = &[
         (
@@ -380,9 +372,7 @@ fn startup_errors_are_one_clear_line() {
 
 #[test]
 fn without_privilege_faultd_says_so() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("priv");
     // setpriv drops every capability; the kernel then refuses to load BPF.
     let out = ns
@@ -406,9 +396,7 @@ fn without_privilege_faultd_says_so() {
 /// Bad input to faultctl: a clear error naming the field, and nothing changes.
 #[test]
 fn bad_input_changes_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("bad");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let id = ns.faultctl_ok(&["drop", "--port", "4000", "--label", "keep"]);
@@ -512,14 +500,12 @@ fn load_within() -> Duration {
         .map_or(Duration::from_secs(60), Duration::from_secs)
 }
 
-/// What faultd promises between SIGTERM and its exit: 2 s (ten times that on an emulated
-/// CPU, where running `tc` alone takes a good part of a second).
+/// How long the tests wait for faultd to exit after SIGTERM: a deadline that catches a
+/// faultd that would wait forever, not the figure it promises (about a second, measured by
+/// `cargo xtask bench`); more on an emulated CPU, where running `tc` alone takes a good
+/// part of a second.
 fn exit_bound() -> Duration {
-    if emulated() {
-        Duration::from_secs(20)
-    } else {
-        Duration::from_secs(2)
-    }
+    if emulated() { 2 * WAIT } else { WAIT }
 }
 
 /// Waits until `log` shows `line`.
@@ -574,10 +560,8 @@ impl Drop for Follower {
 /// What SIGTERM must do whatever clients are connected: the streaming client and
 /// a connection that never says anything kept faultd waiting forever.
 #[test]
-fn sigterm_with_a_follower_and_an_idle_connection_exits_within_two_seconds() {
-    if !require_root() {
-        return;
-    }
+fn sigterm_with_a_follower_and_an_idle_connection_exits() {
+    require_root();
     let ns = Netns::new("follow");
     let mut daemon = Daemon::start(&ns, &["lo"]);
     ns.faultctl_ok(&["drop", "--port", "9000"]);
@@ -628,9 +612,7 @@ fn refused_attempts(ns: &Netns, port: u16, n: usize) {
 
 #[test]
 fn a_second_signal_exits_without_waiting_for_connections() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("second");
     let mut daemon = Daemon::start(&ns, &["lo"]);
     ns.faultctl_ok(&["refuse", "--port", "9001"]);
@@ -682,9 +664,7 @@ fn spawn_faultd(cmd: &mut std::process::Command, ns: &Netns, tag: &str) -> Daemo
 /// A signal while the verifier works: faultd finishes loading, detaches and exits 0.
 #[test]
 fn a_signal_during_loading_still_detaches_and_exits_cleanly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("loadsig");
     let mut daemon = spawn_faultd(
         ns.cmd(FAULTD)
@@ -727,9 +707,7 @@ fn a_signal_during_loading_still_detaches_and_exits_cleanly() {
 /// once instead of waiting for the kernel.
 #[test]
 fn a_second_signal_during_loading_exits_at_once() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("loadsig2");
     let mut daemon = spawn_faultd(
         ns.cmd(FAULTD)
@@ -756,9 +734,7 @@ fn a_second_signal_during_loading_exits_at_once() {
 /// ignored as asked.
 #[test]
 fn sighup_stops_faultd_cleanly_unless_nohup() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("hup");
     let mut daemon = Daemon::start(&ns, &["lo"]);
     ns.faultctl_ok(&["drop", "--port", "9000"]);
@@ -848,9 +824,7 @@ fn race(ns: &Netns, round: usize, holder: Option<Daemon>) -> Option<Daemon> {
 /// never both get the interface; alone, exactly one does.
 #[test]
 fn two_faultd_racing_for_one_interface_never_both_win() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("race");
     let mut holder = None;
     // Each race costs two program loads: 10 rounds here, fewer where the CPU is emulated.
@@ -885,9 +859,7 @@ fn two_faultd_racing_for_one_interface_never_both_win() {
 /// and C both attach: this test fails.)
 #[test]
 fn a_starter_that_opened_the_lock_file_before_the_holder_exited_loses() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("gate");
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
@@ -944,9 +916,7 @@ fn a_starter_that_opened_the_lock_file_before_the_holder_exited_loses() {
 /// and clearing the fault empties the table.
 #[test]
 fn a_full_flow_table_is_counted_announced_and_emptied() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("flows");
     let _daemon = Daemon::try_start(&ns, &["lo"], &["--max-flows", "16"]).unwrap();
     ns.faultctl_ok(&[

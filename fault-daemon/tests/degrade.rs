@@ -87,9 +87,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[test]
 fn loss_makes_tcp_retransmit_and_the_transfer_completes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("los", |s| {
         let listener = s.listen(5101);
         let (mut client, mut server) = s.pair(&listener, 5101);
@@ -127,9 +125,7 @@ fn loss_makes_tcp_retransmit_and_the_transfer_completes() {
 
 #[test]
 fn corruption_reaches_the_application_over_udp_and_tcp() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("cor", |s| {
         // UDP: every datagram arrives, each with exactly one byte flipped.
         let (receiver, sender) = udp_pair(s, 5102);
@@ -175,9 +171,7 @@ fn corruption_reaches_the_application_over_udp_and_tcp() {
 
 #[test]
 fn duplication_delivers_udp_datagrams_twice() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("dup", |s| {
         let (receiver, sender) = udp_pair(s, 5104);
         let id = added(
@@ -205,9 +199,7 @@ fn duplication_delivers_udp_datagrams_twice() {
 
 #[test]
 fn stall_blocks_the_sender_until_removed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("stl", |s| {
         let listener = s.listen(5105);
         let (mut client, mut server) = s.pair(&listener, 5105);
@@ -287,11 +279,22 @@ fn faulted_iface_bytes(s: &Scenario) -> u64 {
     if iface == "lo" { tx } else { tx + rx }
 }
 
-/// Payload bytes read per second in `window` while the other end writes as fast as it
-/// can, and the bytes per second the faulted interface carried meanwhile (see
-/// [`faulted_iface_bytes`]).
-fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> (f64, f64) {
+/// What a transfer under a rate fault delivered: `payload` bytes read by the application
+/// and `wire` bytes the faulted interface carried (see [`faulted_iface_bytes`]), within
+/// `took`, measured from before the connection was opened until both were read.
+struct Transfer {
+    payload: u64,
+    wire: u64,
+    took: Duration,
+}
+
+/// Opens a connection to `port` (its fault already in place) and reads `total` payload
+/// bytes while the other end writes as fast as it can; fails when they have not all come
+/// within a generous deadline (the rate must limit the flow, not stop it).
+fn transfer(s: &Scenario, port: u16, total: u64, way: Way) -> Transfer {
     let listener = s.listen(port);
+    let wire_before = faulted_iface_bytes(s);
+    let start = Instant::now();
     let (client, server) = s.pair(&listener, port);
     let (writer, mut reader) = match way {
         Way::ToPort => (client, server),
@@ -311,37 +314,36 @@ fn throughput(s: &Scenario, port: u16, window: Duration, way: Way) -> (f64, f64)
             }
         })
     };
-    // Let the flow settle, then count.
     let mut buf = vec![0u8; 1 << 20];
-    let settle = Instant::now() + Duration::from_millis(300);
     reader
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    while Instant::now() < settle {
-        let _ = reader.read(&mut buf);
-    }
-    // Each rate over its own interval: the counters' readings bracket the reads.
-    let wire_before = faulted_iface_bytes(s);
-    let start = Instant::now();
-    let mut bytes = 0usize;
-    while start.elapsed() < window {
+    let deadline = start + Duration::from_secs(120);
+    let mut payload = 0u64;
+    while payload < total && Instant::now() < deadline {
         if let Ok(n) = reader.read(&mut buf) {
-            bytes += n;
+            payload += n as u64;
         }
     }
-    let read_secs = start.elapsed().as_secs_f64();
     let wire = faulted_iface_bytes(s) - wire_before;
-    let wire_secs = start.elapsed().as_secs_f64();
+    // Taken last: the bounds below grow with it, so reading late only loosens them.
+    let took = start.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    (bytes as f64 / read_secs, wire as f64 / wire_secs)
+    assert!(
+        payload >= total,
+        "{way:?}: only {payload} of {total} bytes within {took:?}: the rate stopped the flow"
+    );
+    Transfer {
+        payload,
+        wire,
+        took,
+    }
 }
 
 #[test]
 fn rate_holds_a_transfer_to_the_limit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // What must happen follows from the kernel (whether it has sch_fq), never from the mode
     // faultd reports; that report is checked against it.
     let fq = kernel_fq();
@@ -366,37 +368,41 @@ fn rate_holds_a_transfer_to_the_limit() {
         let mut policed = false;
         for &way in ways {
             let paced = fq.is_ok() && (s.kind() == "lo" || way == Way::FromPort);
-            let (got, wire) = throughput(s, 5106, Duration::from_millis(1500), way);
+            // 1.5 s worth at the limit: the bounds below do not depend on how fast this
+            // machine is, only on what the rate lets through in the time the transfer took.
+            let t = transfer(s, 5106, 1_500_000, way);
+            let secs = t.took.as_secs_f64();
+            // Reported, never asserted: the accuracy is `cargo xtask bench`'s figure.
             eprintln!(
-                "rate 8mbit {way:?} ({}): {got:.0} payload bytes/s = {:.0}% of the limit, \
-                 {wire:.0} bytes/s through the interface = {:.0}%",
+                "MEASURE rate 8mbit {way:?} ({}): {} payload bytes in {secs:.2} s = {:.0}% of \
+                 the limit, {} bytes through the interface = {:.0}%",
                 if paced { "paced" } else { "policed" },
-                got * 100.0 / limit,
-                wire * 100.0 / limit
+                t.payload,
+                t.payload as f64 * 100.0 / (limit * secs),
+                t.wire,
+                t.wire as f64 * 100.0 / (limit * secs),
             );
             if paced {
-                // Packets wait for their turn, none is lost; the issue's bound, on what the
-                // rate counts (docs/actions/rate.md): whole packets, headers included, both
-                // ways. The payload alone falls short by the headers (on a veth at this rate
-                // TCP sends one MSS per packet: 86 of 1514 bytes for IPv6) and the ACKs,
-                // about 8 % together: it measured 90 % where faultd kept the rate exactly.
+                // Packets wait for their turn: what faultd counts (whole packets, headers
+                // included, both ways: docs/actions/rate.md) leaves no faster than the rate,
+                // give or take the packet in flight at each end of the window (a 64 KiB GSO
+                // packet each) and the handshake.
+                let allowed = limit * secs + 2.0 * 65_536.0 + 4096.0;
                 assert!(
-                    (wire - limit).abs() <= limit * 0.1,
-                    "{way:?}: {wire} bytes/s through the interface is not within 10% of the limit"
+                    t.wire as f64 <= allowed,
+                    "{way:?}: {} bytes through the interface in {secs:.2} s; the rate allows \
+                     {allowed:.0}",
+                    t.wire
                 );
             } else {
-                // Policed: over 1.5 s at most one burst (10 ms of the rate, at least
-                // 128 KiB) gets through beyond the limit. TCP loses throughput to the drops
-                // (30-90% of the limit seen here), so the lower bound only shows it flows.
+                // Policed: beyond the rate, at most one burst (10 ms of the rate, at least
+                // 128 KiB) gets through, and the lock-free race one packet more.
                 policed = true;
-                let burst = 131_072.0 / 1.5;
+                let allowed = limit * secs + 131_072.0 + 65_536.0;
                 assert!(
-                    got <= limit * 1.1 + burst,
-                    "{way:?}: {got} bytes/s is over the limit"
-                );
-                assert!(
-                    got >= limit * 0.1,
-                    "{way:?}: {got} bytes/s: the flow barely moved"
+                    t.payload as f64 <= allowed,
+                    "{way:?}: {} payload bytes in {secs:.2} s; the rate allows {allowed:.0}",
+                    t.payload
                 );
             }
         }
@@ -409,9 +415,7 @@ fn rate_holds_a_transfer_to_the_limit() {
 
 #[test]
 fn faults_compose_on_one_port() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("cmp", |s| {
         let (receiver, sender) = udp_pair(s, 5107);
         for verb in [
@@ -459,38 +463,8 @@ fn root_qdisc(ns: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Whether this kernel has sch_fq, tried in a throwaway namespace; `Err` says why not in
-/// the kernel's words.
-fn kernel_fq() -> Result<(), String> {
-    let ns = Netns::new("fqp");
-    let out = ns
-        .cmd("tc")
-        .args(["qdisc", "add", "dev", "lo", "root", "fq"])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "this kernel has no sch_fq (tc qdisc add … fq: {})",
-            stderr_text(&out).trim()
-        ))
-    }
-}
-
 fn kernel_has_fq() -> bool {
     kernel_fq().is_ok()
-}
-
-/// For tests of what faultd does with fq: `false`, after saying why, where there is none.
-fn need_fq() -> bool {
-    match kernel_fq() {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            false
-        }
-    }
 }
 
 /// Median round trip of a one-byte TCP ping-pong.
@@ -513,11 +487,20 @@ fn rtts(client: &mut TcpStream, server: &mut TcpStream, rounds: usize) -> Vec<Du
     (0..rounds).map(|_| median_rtt(client, server, 1)).collect()
 }
 
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+/// Whether a round trip shorter than `latency` comes within 200 tries: the delay is gone.
+fn undelayed(client: &mut TcpStream, server: &mut TcpStream, latency: Duration) -> bool {
+    (0..200).any(|_| median_rtt(client, server, 1) < latency)
+}
+
 #[test]
 fn delay_adds_its_latency_or_is_refused_without_fq() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let s = Scenario::lo_v4("dly");
     let ns = s.server_ns();
     let qdisc_before = root_qdisc(ns);
@@ -529,10 +512,10 @@ fn delay_adds_its_latency_or_is_refused_without_fq() {
         assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
         assert_eq!(ns.faults_json().as_array().unwrap().len(), 0);
         assert_eq!(root_qdisc(ns), qdisc_before, "the qdisc changed");
-        eprintln!(
-            "SKIP: delay measurement: {why}; refusal checked ({})",
+        skip(&format!(
+            "delay measurement: {why}; refusal checked ({})",
             err.trim()
-        );
+        ));
         return;
     }
     let listener = s.listen(5108);
@@ -555,11 +538,24 @@ fn delay_adds_its_latency_or_is_refused_without_fq() {
         root_qdisc(s.server_ns()).contains("\"fq\""),
         "no fq installed"
     );
-    let delayed = median_rtt(&mut client, &mut server, 21);
+    let samples = rtts(&mut client, &mut server, 21);
+    let delayed = median(&samples);
     let added_ms = (delayed.as_secs_f64() - base.as_secs_f64()) * 1e3;
-    eprintln!("delay 20ms: base {base:?}, delayed {delayed:?}, added {added_ms:.2} ms");
-    assert!((added_ms - 20.0).abs() <= 2.0, "added {added_ms:.2} ms");
+    // Reported, never asserted: the accuracy is `cargo xtask bench`'s figure.
+    eprintln!("MEASURE delay 20ms: base {base:?}, delayed {delayed:?}, added {added_ms:.2} ms");
+    // What faultd guarantees, however slow the machine: no packet leaves before its
+    // departure time, so no round trip is shorter than the latency.
+    let shortest = samples.iter().min().unwrap();
+    assert!(
+        *shortest >= Duration::from_millis(20),
+        "a round trip of {shortest:?} under a 20 ms delay: {samples:?}"
+    );
     s.faultctl(&["rm", &id]);
+    // And once it is removed, round trips are no longer held back.
+    assert!(
+        undelayed(&mut client, &mut server, Duration::from_millis(20)),
+        "every round trip still took 20 ms or more after the delay was removed"
+    );
 
     let id = added(
         &s,
@@ -583,17 +579,15 @@ fn delay_adds_its_latency_or_is_refused_without_fq() {
     let (lo, hi) = added
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-    eprintln!("delay 20ms ± 5ms: added between {lo:.2} and {hi:.2} ms");
-    // No packet may leave before latency − jitter: that bound is faultd's alone. A late
-    // one can be the machine's (a qemu guest once took a 34 ms round trip, 9 ms over the
-    // rest), so most, not all, must be within latency + jitter.
-    assert!(lo >= 15.0 - 2.0, "a delay below 20 − 5 ms: {added:?}");
-    let within = added.iter().filter(|&&x| x <= 25.0 + 2.0).count();
+    eprintln!("MEASURE delay 20ms ± 5ms: added between {lo:.2} and {hi:.2} ms");
+    // No packet may leave before latency − jitter: that bound is faultd's alone, and a slow
+    // machine only adds to it. (That departures spread over the whole range is checked on
+    // the program's own departure times: programs::degrade.)
+    let shortest = samples.iter().min().unwrap();
     assert!(
-        within * 10 >= added.len() * 9,
-        "fewer than 90 % of the delays within 20 + 5 ms (+2 ms): {added:?}"
+        *shortest >= Duration::from_millis(15),
+        "a round trip of {shortest:?} under a 20 ms ± 5 ms delay: {samples:?}"
     );
-    assert!(hi - lo >= 2.0, "no jitter seen: {added:?}");
     s.faultctl(&["rm", &id]);
     assert_eq!(
         root_qdisc(s.server_ns()),
@@ -604,9 +598,7 @@ fn delay_adds_its_latency_or_is_refused_without_fq() {
 
 #[test]
 fn bad_degradation_faults_change_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("bdg");
     let _daemon = Daemon::start(&ns, &["lo"]);
     for (args, field) in [
@@ -664,9 +656,7 @@ fn bad_degradation_faults_change_nothing() {
 
 #[test]
 fn doctor_reports_the_kernel_and_the_actions() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("doc");
     let daemon = Daemon::start(&ns, &["lo"]);
     let caps: Value = serde_json::from_str(&ns.faultctl_ok(&["doctor", "--json"])).unwrap();
@@ -697,9 +687,7 @@ fn doctor_reports_the_kernel_and_the_actions() {
 /// rate, and changes nothing. Without fq the rate is policed, which has no horizon.
 #[test]
 fn a_paced_rate_below_the_lowest_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("slo");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let slow = ["rate", "--port", "5112", "--limit", "8kbit"];
@@ -729,9 +717,7 @@ fn a_paced_rate_below_the_lowest_is_refused() {
 /// which faultd does not attach there. doctor tells the hooks the programs act by.
 #[test]
 fn doctor_on_a_loopback_names_the_hooks_that_act_there() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dlo");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let caps: Value = serde_json::from_str(&ns.faultctl_ok(&["doctor", "--json"])).unwrap();
@@ -767,9 +753,7 @@ fn doctor_on_a_loopback_names_the_hooks_that_act_there() {
 
 #[test]
 fn an_fq_left_by_a_killed_faultd_is_removed_by_the_next() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     if !need_fq() {
         return;
     }
@@ -942,9 +926,7 @@ fn multiqueue_tap(ns: &Netns, name: &str, queues: usize) -> MultiQueueTap {
 
 #[test]
 fn the_departure_qdisc_goes_on_the_root_and_comes_off_exactly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqr");
     let before = qdisc_lines(&ns, "lo");
     let mut departures = Departures::new(&ns, "lo");
@@ -963,9 +945,7 @@ fn the_departure_qdisc_goes_on_the_root_and_comes_off_exactly() {
 
 #[test]
 fn a_configured_root_qdisc_is_left_alone() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqc");
     run_ok_in(
         &ns,
@@ -989,9 +969,7 @@ fn a_configured_root_qdisc_is_left_alone() {
 /// `replace`, or a create without a handle, would take its place.
 #[test]
 fn the_create_refuses_a_root_that_appeared_meanwhile() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqx");
     run_ok_in(
         &ns,
@@ -1012,9 +990,7 @@ fn the_create_refuses_a_root_that_appeared_meanwhile() {
 
 #[test]
 fn a_tuned_departure_qdisc_is_left_where_it_is() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqt");
     let mut departures = Departures::new(&ns, "lo");
     departures.install().unwrap();
@@ -1037,9 +1013,7 @@ fn a_tuned_departure_qdisc_is_left_where_it_is() {
 
 #[test]
 fn a_multiqueue_nic_gets_the_departure_qdisc_under_each_queue() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqm");
     let _tap = multiqueue_tap(&ns, "fdq0", 4);
     let before = qdisc_lines(&ns, "fdq0");
@@ -1078,9 +1052,7 @@ fn a_multiqueue_nic_gets_the_departure_qdisc_under_each_queue() {
 
 #[test]
 fn what_a_killed_owner_installed_is_removed_by_the_next_only_if_unchanged() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("dqk");
     let before = qdisc_lines(&ns, "lo");
     let mut first = Departures::new(&ns, "lo");
@@ -1112,7 +1084,8 @@ fn run_ok_in(ns: &Netns, args: &[&str]) {
 
 #[test]
 fn fq_is_restored_on_sigterm() {
-    if !require_root() || !need_fq() {
+    require_root();
+    if !need_fq() {
         return;
     }
     let ns = Netns::new("fqt");
@@ -1130,7 +1103,8 @@ fn fq_is_restored_on_sigterm() {
 
 #[test]
 fn a_configured_root_qdisc_is_kept_and_the_delay_refused() {
-    if !require_root() || !need_fq() {
+    require_root();
+    if !need_fq() {
         return;
     }
     let ns = Netns::new("fqc");
@@ -1165,7 +1139,8 @@ fn a_configured_root_qdisc_is_kept_and_the_delay_refused() {
 
 #[test]
 fn an_fq_tuned_by_someone_else_stays_when_the_delay_goes() {
-    if !require_root() || !need_fq() {
+    require_root();
+    if !need_fq() {
         return;
     }
     let ns = Netns::new("fqu");
@@ -1189,7 +1164,8 @@ fn an_fq_tuned_by_someone_else_stays_when_the_delay_goes() {
 
 #[test]
 fn a_multiqueue_nic_gets_an_fq_per_queue_for_a_delay() {
-    if !require_root() || !need_fq() {
+    require_root();
+    if !need_fq() {
         return;
     }
     let ns = Netns::new("fqm");

@@ -27,9 +27,7 @@ fn echo_once(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {
 /// Another port is unaffected throughout.
 #[test]
 fn drop_silences_a_connection_that_resumes_after_rm() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("drop");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (mut client, mut server, mut other_c, mut other_s) = ns.run(|| {
@@ -90,9 +88,7 @@ fn drop_silences_a_connection_that_resumes_after_rm() {
 /// `--direction from-port` the server hears the client but the client hears nothing.
 #[test]
 fn one_way_drop_over_veth_in_both_families() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pair = VethPair::new("dir");
     let _daemon = Daemon::start(&pair.server, &[SERVER_IF]);
     for (server_addr, port) in [(SERVER_V4, 7001u16), (SERVER_V6, 7002)] {
@@ -127,9 +123,7 @@ fn one_way_drop_over_veth_in_both_families() {
 /// A UDP drop on a port, and a TTL that lifts the fault by itself.
 #[test]
 fn udp_drop_with_ttl_lifts_by_itself() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("udp");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (rx, tx) = ns.run(|| {
@@ -140,23 +134,25 @@ fn udp_drop_with_ttl_lifts_by_itself() {
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 64];
-    ns.faultctl_ok(&[
-        "drop",
-        "--port",
-        "5353",
-        "--protocol",
-        "udp",
-        "--for",
-        "1500ms",
-    ]);
+    let id = ns.faultctl_ok(&["drop", "--port", "5353", "--protocol", "udp", "--for", "3s"]);
     tx.send_to(b"dropped", "127.0.0.1:5353").unwrap();
     assert!(
         rx.recv(&mut buf).is_err(),
         "a datagram got through the drop"
     );
-    // Wait for the TTL; then datagrams flow again and the fault is gone from the list.
-    std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(ns.faults_json(), serde_json::json!([]));
+    // In that order: the datagram was sent while the fault was in force.
+    assert_eq!(
+        ns.faults_json()[0]["id"].to_string(),
+        id,
+        "the fault's TTL ran out before the datagram was sent: the machine is too slow for \
+         this test's 3 s TTL"
+    );
+    // The TTL lifts it by itself: the fault leaves the list, then datagrams flow again.
+    let took = wait_until("the fault removed by its TTL", || {
+        ns.faults_json() == serde_json::json!([])
+    });
+    eprintln!("MEASURE a 3 s TTL: the fault went {took:?} after the datagram's check");
+    rx.set_read_timeout(Some(WAIT)).unwrap();
     tx.send_to(b"through", "127.0.0.1:5353").unwrap();
     let n = rx.recv(&mut buf).expect("datagram after the TTL");
     assert_eq!(&buf[..n], b"through");

@@ -90,9 +90,7 @@ fn wait_kernel_lines(daemon: &Daemon, src_port: u16) -> Vec<String> {
 /// the hook that leaves the fault to another one says so.
 #[test]
 fn debug_logs_each_faults_verdict_with_its_id_and_ports() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("ebpflog-debug");
     let daemon = start_faultd(&ns, &["--ebpf-log", "debug"]);
     let id = drop_udp(&ns);
@@ -136,9 +134,7 @@ fn has(lines: &[String], what: &str) -> bool {
 /// arrived: the programs' records come through one ring buffer, in order.
 #[test]
 fn off_by_default_and_switched_at_runtime() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("ebpflog-switch");
     let daemon = start_faultd(&ns, &[]);
     let id = drop_udp(&ns);

@@ -40,9 +40,7 @@ fn syn_frame(port: u16) -> Vec<u8> {
 /// ring: it fills, and every event it cannot hold must be counted, then announced.
 #[test]
 fn events_lost_to_a_full_kernel_ring_are_counted_and_announced() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const RUNS: u32 = 30_000;
     let mut dp = Datapath::load().expect("loading the programs as root");
     // BPF_PROG_TEST_RUN gives XDP the loopback device's ifindex, 1.
@@ -126,31 +124,34 @@ fn events_lost_to_a_full_kernel_ring_are_counted_and_announced() {
     });
 }
 
-/// Connection attempts to `port`, each refused at once by a fault (reset or refuse).
-fn refused(ns: &Netns, port: u16, n: usize, gap: Duration) {
+/// Connection attempts to `port`, each refused at once by a fault (reset or refuse);
+/// when each began and was refused.
+fn refused(ns: &Netns, port: u16, n: usize, gap: Duration) -> Vec<Span> {
     ns.run(|| {
+        let mut spans = Vec::with_capacity(n);
         for i in 0..n {
             if i > 0 {
                 std::thread::sleep(gap);
             }
+            let before = Instant::now();
             let err = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+            spans.push((before, Instant::now()));
         }
-    });
+        spans
+    })
 }
 
 /// The case: `reset` emits an event per packet, and 12 000 of them push the
 /// refused SYNs out of the shared 10 000-event history; backoff must still see them.
 #[test]
 fn backoff_still_sees_its_attempts_after_a_flood_of_other_events() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("flood");
     let _daemon = Daemon::start(&ns, &["lo"]);
     ns.faultctl_ok(&["refuse", "--port", "7835", "--record"]);
     ns.faultctl_ok(&["reset", "--port", "9100"]);
-    refused(&ns, 7835, 4, Duration::from_millis(300));
+    let attempts = refused(&ns, 7835, 4, Duration::from_millis(300));
     refused(&ns, 9100, 12_000, Duration::ZERO);
     let events = ns.faultctl_ok(&["events", "--json"]);
     assert!(
@@ -169,17 +170,32 @@ fn backoff_still_sees_its_attempts_after_a_flood_of_other_events() {
         "0.2",
     ]);
     let text = String::from_utf8_lossy(&judged.stdout);
-    assert!(judged.status.success(), "{text}{}", stderr_text(&judged));
     assert!(text.contains("4 connection attempt(s)"), "{text}");
+    // The verdict, where the attempts' timing decides it (a slow machine may stretch a gap
+    // past the policy's window; that is not the kernel losing attempts).
+    let policy = faultd_api::backoff::Policy::new(
+        Duration::from_millis(300),
+        1.0,
+        faultd_api::backoff::GRPC_DEFAULT_MAX,
+        0.2,
+    )
+    .unwrap();
+    match expected_backoff_verdict(&attempts, &policy) {
+        Some(passed) => assert_eq!(
+            judged.status.success(),
+            passed,
+            "{text}{}",
+            stderr_text(&judged)
+        ),
+        None => eprintln!("MEASURE backoff verdict left to the timing: {text}"),
+    }
 }
 
 /// More attempts than a port's history holds: backoff says the history is incomplete and
 /// judges nothing, rather than judging the part it has.
 #[test]
 fn backoff_refuses_to_judge_an_incomplete_history() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("trunc");
     let _daemon = Daemon::start(&ns, &["lo"]);
     ns.faultctl_ok(&["refuse", "--port", "7836", "--record"]);

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// Reads until the socket fails; returns the error, panicking if it never fails.
 fn read_error(stream: &mut TcpStream) -> std::io::Error {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
         match read_for(stream, Duration::from_millis(100)) {
             Err(e) => return e,
@@ -35,9 +35,7 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 
 #[test]
 fn reset_gives_both_ends_econnreset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("rst", |s| {
         let listener = s.listen(7100);
         let (mut client, mut server) = s.pair(&listener, 7100);
@@ -60,9 +58,7 @@ fn reset_gives_both_ends_econnreset() {
 
 #[test]
 fn refuse_rst_fails_new_connections_at_once_and_spares_established_ones() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("ref", |s| {
         let listener = s.listen(7200);
         let (mut client, mut server) = s.pair(&listener, 7200);
@@ -79,9 +75,7 @@ fn refuse_rst_fails_new_connections_at_once_and_spares_established_ones() {
 
 #[test]
 fn refuse_drop_makes_connect_time_out() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("rfd", |s| {
         let listener = s.listen(7300);
         let (mut client, mut server) = s.pair(&listener, 7300);
@@ -98,9 +92,7 @@ fn refuse_drop_makes_connect_time_out() {
 
 #[test]
 fn limit_bytes_delivers_exactly_n_bytes_then_resets() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("lb", |s| {
         let listener = s.listen(7400);
         s.faultctl(&["limit-bytes", "--port", "7400", "--bytes", "100"]);
@@ -122,9 +114,7 @@ fn limit_bytes_delivers_exactly_n_bytes_then_resets() {
 
 #[test]
 fn limit_bytes_zero_closes_on_first_data() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let s = Scenario::lo_v4("lb0");
     let listener = s.listen(7401);
     s.faultctl(&[
@@ -154,14 +144,12 @@ fn limit_bytes_zero_closes_on_first_data() {
 /// packet and of the cut, while the client sends a byte every 10 ms.
 #[test]
 fn limit_age_cuts_at_the_age() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     Scenario::each("la", |s| {
         let listener = s.listen(7500);
         s.faultctl(&["limit-age", "--port", "7500", "--after", "1s"]);
         let (mut client, _server) = s.pair(&listener, 7500);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + WAIT;
         let err = loop {
             assert!(Instant::now() < deadline, "the connection was never cut");
             if let Err(e) = client.write_all(b".") {
@@ -197,9 +185,7 @@ fn limit_age_cuts_at_the_age() {
 /// `--peer` narrows a fault to one remote address; traffic from elsewhere is untouched.
 #[test]
 fn peer_filter_selects_the_remote_address() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pair = VethPair::new("peer");
     let _daemon = Daemon::start(&pair.server, &["lo", SERVER_IF]);
     let listener = pair
@@ -239,9 +225,7 @@ fn peer_filter_selects_the_remote_address() {
 
 #[test]
 fn udp_refuse_and_probability_drop() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("udp3");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (rx, tx) = ns.run(|| {
@@ -303,9 +287,7 @@ fn udp_refuse_and_probability_drop() {
 
 #[test]
 fn bad_connection_faults_change_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("bad3");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let cases: &[(&[&str], &str)] = &[

@@ -76,9 +76,7 @@ fn nodes_of(json: &Value) -> Vec<&str> {
 /// exactly the traffic across the partition stops, both ways, and `clear` heals it.
 #[test]
 fn one_faultctl_command_partitions_a_node_and_heals() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let cluster = Cluster::new("mnp", 3);
     for node in &cluster.nodes {
         node.listen(SERVICE);
@@ -149,9 +147,7 @@ fn one_faultctl_command_partitions_a_node_and_heals() {
 /// named on stderr and in --json, and faultctl exits 5.
 #[test]
 fn one_unreachable_node_is_reported_and_the_others_still_act() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let cluster = Cluster::new("mnf", 2);
     let live = cluster.nodes[0].socket.clone();
     // Plain addresses, without the node's IP: enough for every verb but partition.
@@ -204,9 +200,7 @@ fn one_unreachable_node_is_reported_and_the_others_still_act() {
 /// sockets, acting in the kernel, and healed by dropping the guards.
 #[test]
 fn the_rust_clients_nodes_partition_and_heal() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let cluster = Cluster::new("mnr", 3);
     for node in &cluster.nodes {
         node.listen(SERVICE);
@@ -390,9 +384,7 @@ fn wait_for_one_leader(cluster: &Cluster, what: &str) -> (Vec<u64>, usize) {
 /// the partition is readable on it after the heal, when the cluster agrees on a leader again.
 #[test]
 fn an_etcd_cluster_elects_without_the_partitioned_member_and_heals() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let cluster = Cluster::new("mne", 3);
     let _etcd = start_etcd(&cluster);
     let (ids, leader) = wait_for_one_leader(&cluster, "a leader at start");

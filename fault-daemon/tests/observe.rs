@@ -205,9 +205,7 @@ async fn health_status(client: &mut HealthClient<Channel>, service: &str) -> i32
 /// them: the fault is listed and drops what it should. Health answers SERVING.
 #[test]
 fn a_client_without_the_proto_finds_and_calls_the_api() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("refl");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (services, id, health) = ns.run(|| {
@@ -251,9 +249,7 @@ fn a_client_without_the_proto_finds_and_calls_the_api() {
 /// does not admit gets PERMISSION_DENIED from both.
 #[test]
 fn reflection_and_health_refuse_an_unadmitted_caller() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("reflg");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let nobody = 65534;
@@ -284,9 +280,7 @@ fn reflection_and_health_refuse_an_unadmitted_caller() {
 /// A health watcher sees NOT_SERVING when faultd is told to stop, before it goes.
 #[test]
 fn health_goes_not_serving_on_shutdown() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("hlth");
     let mut daemon = Daemon::start(&ns, &["lo"]);
     let pid = daemon.pid();
@@ -387,9 +381,7 @@ fn promtool_check(text: &str) -> Result<(), String> {
 /// exactly the datagrams it dropped.
 #[test]
 fn metrics_pass_promtool_and_count_what_a_fault_drops() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("metr");
     let _daemon =
         Daemon::try_start(&ns, &["lo"], &["--metrics", METRICS]).expect("faultd with metrics");
@@ -458,9 +450,7 @@ fn metrics_pass_promtool_and_count_what_a_fault_drops() {
 /// `--metrics` on a non-loopback address is refused unless --allow-remote.
 #[test]
 fn remote_metrics_are_refused_without_allow_remote() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("metrr");
     let log = Daemon::try_start(&ns, &["lo"], &["--metrics", "198.18.0.1:9747"])
         .err()

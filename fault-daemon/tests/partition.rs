@@ -133,9 +133,7 @@ fn expected(cut_forward: bool, cut_back: bool) -> Vec<(String, bool, bool)> {
 /// established connection delivers what was held, on the same socket.
 #[test]
 fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("part");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let mut nodes = start_nodes(&ns);
@@ -207,9 +205,7 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
 /// TCP, which needs both directions, opens neither way.
 #[test]
 fn a_one_way_partition_cuts_one_direction_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("part1w");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let mut nodes = start_nodes(&ns);
@@ -232,9 +228,7 @@ fn a_one_way_partition_cuts_one_direction_only() {
 /// this partition) connections open and datagrams arrive.
 #[test]
 fn a_reset_partition_refuses_connections_across_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("partrst");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let mut nodes = start_nodes(&ns);
@@ -282,9 +276,7 @@ fn a_reset_partition_refuses_connections_across_it() {
 /// by PID (and reaps it) while the panic unwinds.
 #[test]
 fn node_processes_are_killed_when_their_test_fails() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("partnode");
     let mut pids = Vec::new();
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -310,9 +302,7 @@ fn proc_entry(pid: u32) -> std::path::PathBuf {
 /// Bad input names the field and changes nothing.
 #[test]
 fn bad_partitions_are_refused_naming_the_field() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("partbad");
     let _daemon = Daemon::start(&ns, &["lo"]);
     for (args, field) in [

@@ -118,20 +118,31 @@ async fn stop(client: &mut ReconnectServiceClient<Channel>) -> ReconnectInfo {
     client.stop(Empty {}).await.expect("Stop").into_inner()
 }
 
+/// One connection to the retry port: its local port, when the client began to connect and
+/// when it saw the server close it. The server records the attempt between the two (it
+/// accepts, timestamps, records, then closes), however slow either side is.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    port: u16,
+    before: Instant,
+    closed: Instant,
+}
+
 /// Connects to the retry port once, then once more after each of `gaps` (measured from
 /// the first connection, so that sleeping late once does not shift every later attempt).
-/// Returns the local port of each attempt, in order.
-async fn reconnect_after(retry_port: u16, gaps: &[Duration]) -> Vec<u16> {
+/// Returns each attempt, in order.
+async fn reconnect_after(retry_port: u16, gaps: &[Duration]) -> Vec<Attempt> {
     let first = tokio::time::Instant::now();
     let mut due = first;
-    let mut ports = Vec::new();
+    let mut attempts = Vec::new();
     for gap in std::iter::once(&Duration::ZERO).chain(gaps) {
         due += *gap;
         tokio::time::sleep_until(due).await;
+        let before = Instant::now();
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", retry_port))
             .await
             .expect("connect to the retry port");
-        ports.push(stream.local_addr().unwrap().port());
+        let port = stream.local_addr().unwrap().port();
         // The server records the attempt, then closes: wait for the close, so that a Stop
         // sent next cannot overtake the attempt.
         let mut byte = [0u8; 1];
@@ -140,25 +151,53 @@ async fn reconnect_after(retry_port: u16, gaps: &[Duration]) -> Vec<u16> {
             matches!(closed, Ok(Ok(0) | Err(_))),
             "the retry port did not close the connection: {closed:?}"
         );
+        attempts.push(Attempt {
+            port,
+            before,
+            closed: Instant::now(),
+        });
     }
-    ports
+    attempts
 }
 
-fn assert_near(gaps_ms: &[i32], wanted: &[u64]) {
-    assert_eq!(
-        gaps_ms.len(),
-        wanted.len(),
-        "gaps {gaps_ms:?}, wanted {wanted:?}"
-    );
-    for (got, want) in gaps_ms.iter().zip(wanted) {
-        // Attempts are scheduled from the first one, so one late attempt makes its gap
-        // longer and the next one shorter; a loaded machine may be tens of ms late.
-        assert!(
-            got.abs_diff(*want as i32) <= 90,
-            "gaps {gaps_ms:?}, wanted about {wanted:?}"
-        );
+fn ports(attempts: &[Attempt]) -> Vec<u16> {
+    attempts.iter().map(|a| a.port).collect()
+}
+
+fn spans(attempts: &[Attempt]) -> Vec<harness::Span> {
+    attempts.iter().map(|a| (a.before, a.closed)).collect()
+}
+
+/// The gaps a recorder reported are where the client's attempts put them.
+fn assert_recorded(who: &str, gaps_ms: &[f64], attempts: &[Attempt], scheduled: &[u64]) {
+    harness::assert_gaps_recorded(who, gaps_ms, &spans(attempts), scheduled);
+}
+
+fn listener_gaps(info: &ReconnectInfo) -> Vec<f64> {
+    info.backoff_ms.iter().map(|&g| f64::from(g)).collect()
+}
+
+/// The verdict gRPC's policy (capped at `cap`) must give the attempts, where their timing
+/// decides it ([`harness::expected_backoff_verdict`]).
+fn expected_verdict(attempts: &[Attempt], cap: Duration) -> Option<bool> {
+    harness::expected_backoff_verdict(&spans(attempts), &faultd_api::backoff::Policy::grpc(cap))
+}
+
+/// `passed`, as the server reported it, is what the policy gives the attempts (where their
+/// timing decides it).
+fn assert_verdict(passed: bool, attempts: &[Attempt], cap: Duration, context: &str) {
+    match expected_verdict(attempts, cap) {
+        Some(want) => assert_eq!(passed, want, "{context}"),
+        None => eprintln!(
+            "MEASURE the attempts' gaps straddle a window's edge ({:?} ms): verdict {passed} not \
+             checked",
+            harness::gap_brackets(&spans(attempts))
+        ),
     }
 }
+
+/// gRPC's default cap, where `Start` names none (`max_reconnect_backoff_ms` 0).
+const DEFAULT_CAP: Duration = Duration::from_secs(120);
 
 /// Python stubs for proto/grpc/testing/reconnect.proto, generated into `dir`.
 fn python_stubs(dir: &Path) {
@@ -236,17 +275,37 @@ fn grpcs_own_client_reconnects_with_backoff_and_passes() {
         )
     });
     assert_eq!(result["retry_status"], "DEADLINE_EXCEEDED", "{result}");
-    assert_eq!(result["passed"], true, "{result}\nserver log:\n{log}");
     let gaps: Vec<u64> = result["backoff_ms"]
         .as_array()
         .unwrap()
         .iter()
         .map(|g| g.as_u64().unwrap())
         .collect();
-    assert!(gaps.len() >= 3, "too few reconnections in 7 s: {gaps:?}");
-    assert!((700..=1300).contains(&gaps[0]), "first backoff {gaps:?}");
-    assert!(out.status.success(), "{result}");
-    assert!(log.contains("PASS: "), "{log}");
+    eprintln!("MEASURE grpcio's gaps {gaps:?} ms");
+    // Two gaps show the backoff grow (1 s, then 1.6 s); a slow machine may fit no more in
+    // the 7 s deadline.
+    assert!(gaps.len() >= 2, "too few reconnections in 7 s: {gaps:?}");
+    // gRPC's client never comes back sooner than its policy allows; it may come back later
+    // on a slow machine, and only then may the server's verdict be a failure.
+    let mut at = Duration::ZERO;
+    let mut times = vec![at];
+    for g in &gaps {
+        at += Duration::from_millis(*g);
+        times.push(at);
+    }
+    let report = faultd_api::backoff::check(
+        &times,
+        &faultd_api::backoff::Policy::grpc(Duration::from_secs(2)),
+    );
+    use faultd_api::backoff::GapVerdict;
+    assert!(
+        report.gaps.iter().all(|g| g.verdict != GapVerdict::TooSoon),
+        "grpcio reconnected too soon: {gaps:?}\nserver log:\n{log}"
+    );
+    let late = report.gaps.iter().any(|g| g.verdict == GapVerdict::TooLate);
+    assert_eq!(result["passed"], !late, "{result}\nserver log:\n{log}");
+    assert_eq!(out.status.success(), !late, "{result}");
+    assert_eq!(log.contains("PASS: "), !late, "{log}");
 }
 
 #[tokio::test]
@@ -254,10 +313,17 @@ async fn reconnecting_every_500ms_fails_and_names_the_gaps() {
     let server = ReconnectServer::start();
     let mut client = server.client().await;
     start(&mut client, 0).await;
-    reconnect_after(server.retry_port, &[500 * MS, 500 * MS, 500 * MS]).await;
+    // 100 ms apart: too soon by 600 ms or more, so that no slow machine makes them fit.
+    let attempts = reconnect_after(server.retry_port, &[100 * MS, 100 * MS, 100 * MS]).await;
     let info = stop(&mut client).await;
     assert!(!info.passed);
-    assert_near(&info.backoff_ms, &[500, 500, 500]);
+    assert_eq!(expected_verdict(&attempts, DEFAULT_CAP), Some(false));
+    assert_recorded(
+        "listener",
+        &listener_gaps(&info),
+        &attempts,
+        &[100, 100, 100],
+    );
     let log = server.log_text();
     assert!(
         log.contains("FAIL: 3 of 3 gaps outside their windows"),
@@ -276,35 +342,39 @@ async fn a_second_start_waits_for_the_first_stop() {
     // A client of its own (its own connection) that arrives while the first is tested.
     let mut second = server.client().await;
     let second_start = tokio::spawn(async move {
-        let asked = Instant::now();
         start(&mut second, 0).await;
-        (second, asked, Instant::now())
+        (second, Instant::now())
     });
     // The first client's test sees one reconnection; the second's must not see it.
     reconnect_after(server.retry_port, &[]).await;
+    // However long we give it, the second Start waits while the first test runs.
     tokio::time::sleep(500 * MS).await;
     assert!(
         !second_start.is_finished(),
-        "the second Start returned early"
+        "the second Start returned while the first test ran"
     );
 
     let stop_asked = Instant::now();
     let first_info = stop(&mut first).await;
-    let (mut second, second_asked, second_started) = second_start.await.unwrap();
+    let (mut second, second_started) = second_start.await.unwrap();
     assert!(
         second_started >= stop_asked,
         "the second Start returned {:?} before the first Stop was sent",
         stop_asked - second_started
     );
-    assert!(second_started - second_asked >= 500 * MS);
     // One reconnection is no evidence of backoff: not a pass.
     assert!(!first_info.passed);
     assert!(first_info.backoff_ms.is_empty());
 
-    reconnect_after(server.retry_port, &[1000 * MS]).await;
+    let attempts = reconnect_after(server.retry_port, &[1000 * MS]).await;
     let second_info = stop(&mut second).await;
-    assert!(second_info.passed, "{second_info:?}");
-    assert_near(&second_info.backoff_ms, &[1000]);
+    assert_verdict(
+        second_info.passed,
+        &attempts,
+        DEFAULT_CAP,
+        &format!("{second_info:?}"),
+    );
+    assert_recorded("listener", &listener_gaps(&second_info), &attempts, &[1000]);
 }
 
 /// A client that calls `Start` and never `Stop` cannot hold the server: after the test
@@ -316,7 +386,6 @@ async fn an_abandoned_start_expires() {
     let mut abandoned = server.client().await;
     start(&mut abandoned, 0).await;
     let mut next = server.client().await;
-    let asked = Instant::now();
     let next_start = tokio::spawn(async move {
         start(&mut next, 0).await;
         next
@@ -325,11 +394,6 @@ async fn an_abandoned_start_expires() {
         .await
         .expect("the next Start still waits: the abandoned test never expired")
         .unwrap();
-    let waited = asked.elapsed();
-    assert!(
-        waited >= 800 * MS,
-        "the next Start returned after {waited:?}"
-    );
     // Once no test runs, the abandoned client's late Stop is told its test is gone.
     stop(&mut next).await;
     let status = abandoned.stop(Empty {}).await.unwrap_err();
@@ -362,9 +426,7 @@ fn a_busy_port_is_one_line_of_error() {
 
 #[test]
 fn the_daemon_serves_the_interop_service_with_retry_port() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("recon");
     let daemon = Daemon::try_start(&ns, &["lo"], &["--retry-port", "9091"])
         .unwrap_or_else(|log| panic!("faultd did not start: {log}"));
@@ -378,13 +440,19 @@ fn the_daemon_serves_the_interop_service_with_retry_port() {
             let api = format!("http://{}", faultd::DEFAULT_LISTEN);
             let mut client = ReconnectServiceClient::connect(api).await.unwrap();
             start(&mut client, 1000).await;
-            reconnect_after(9091, &[1000 * MS, 1000 * MS]).await;
-            stop(&mut client).await
+            let attempts = reconnect_after(9091, &[1000 * MS, 1000 * MS]).await;
+            (stop(&mut client).await, attempts)
         })
     });
+    let (info, attempts) = info;
     // With a 1 s cap the second gap is expected to be 1 s, not 1.6 s.
-    assert!(info.passed, "{info:?}\n{}", daemon.log_text());
-    assert_near(&info.backoff_ms, &[1000, 1000]);
+    assert_verdict(
+        info.passed,
+        &attempts,
+        Duration::from_secs(1),
+        &format!("{info:?}\n{}", daemon.log_text()),
+    );
+    assert_recorded("listener", &listener_gaps(&info), &attempts, &[1000, 1000]);
     // The fault API is still there beside it.
     assert_eq!(ns.faults_json(), serde_json::json!([]));
     assert!(daemon.log_text().contains("retry_port=9091"));
@@ -413,21 +481,15 @@ fn listener_peer_ports(log: &str) -> Vec<u16> {
 /// within a few ms (the SYN leaves `lo` a handshake and a wake-up before the accept).
 #[test]
 fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const RETRY: u16 = 9092;
-    /// The SYN's timestamp at `lo` egress vs. the listener's after the handshake and the
-    /// accept's wake-up (seen 0–5 ms apart with two builds running beside the test), plus
-    /// the listener's rounding to whole ms.
-    const TOLERANCE_MS: f64 = 10.0;
     let ns = Netns::new("recrec");
     let daemon = Daemon::try_start(&ns, &["lo"], &["--retry-port", &RETRY.to_string()])
         .unwrap_or_else(|log| panic!("faultd did not start: {log}"));
     ns.faultctl_ok(&["record", "--port", &RETRY.to_string()]);
 
     let gaps = [400 * MS, 1000 * MS, 250 * MS, 1600 * MS, 700 * MS];
-    let (info, ports) = ns.run(|| {
+    let (info, attempts) = ns.run(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -436,17 +498,21 @@ fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
             let api = format!("http://{}", faultd::DEFAULT_LISTEN);
             let mut client = ReconnectServiceClient::connect(api).await.unwrap();
             start(&mut client, 0).await;
-            let ports = reconnect_after(RETRY, &gaps).await;
-            (stop(&mut client).await, ports)
+            let attempts = reconnect_after(RETRY, &gaps).await;
+            (stop(&mut client).await, attempts)
         })
     });
     let log = daemon.log_text();
+    let scheduled = [400, 1000, 250, 1600, 700];
+    let ports = ports(&attempts);
 
-    // The listener: one gap per pair of attempts, about the scheduled ones, from our client.
-    assert_near(&info.backoff_ms, &[400, 1000, 250, 1600, 700]);
-    assert!(
-        !info.passed,
-        "400 ms is too soon for gRPC's policy: {info:?}"
+    // The listener: one gap per pair of attempts, each where the client's attempts put it.
+    assert_recorded("listener", &listener_gaps(&info), &attempts, &scheduled);
+    assert_verdict(
+        info.passed,
+        &attempts,
+        DEFAULT_CAP,
+        &format!("400 ms is too soon for gRPC's policy: {info:?}"),
     );
     assert_eq!(
         listener_peer_ports(&log),
@@ -470,7 +536,15 @@ fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
     // `faultctl backoff` from the kernel timestamps: same attempts, same gaps. It fails the
     // client (400 ms is too soon for gRPC's policy) and says so with exit status 4.
     let out = ns.faultctl(&["backoff", "--port", &RETRY.to_string(), "--json"]);
-    assert_eq!(out.status.code(), Some(4), "{}", harness::stderr_text(&out));
+    match expected_verdict(&attempts, DEFAULT_CAP) {
+        Some(passed) => assert_eq!(
+            out.status.code(),
+            Some(if passed { 0 } else { 4 }),
+            "{}",
+            harness::stderr_text(&out)
+        ),
+        None => eprintln!("MEASURE faultctl backoff: {:?}", out.status),
+    }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "faultctl backoff --json: {e}: {}",
@@ -490,15 +564,7 @@ fn the_kernel_recorder_sees_the_attempts_the_listener_sees() {
         "kernel gaps {kernel_gaps:?}, listener gaps {:?}",
         info.backoff_ms
     );
-    for (kernel, listener) in kernel_gaps.iter().zip(&info.backoff_ms) {
-        assert!(
-            (kernel - f64::from(*listener)).abs() <= TOLERANCE_MS,
-            "kernel gaps {kernel_gaps:?} ms, listener gaps {:?} ms: more than {TOLERANCE_MS} ms apart",
-            info.backoff_ms
-        );
-    }
-    eprintln!(
-        "kernel gaps {kernel_gaps:?} ms, listener gaps {:?} ms",
-        info.backoff_ms
-    );
+    // The kernel's SYN times lie within the same brackets (the SYN leaves between the
+    // client's `before` and the close it sees).
+    assert_recorded("kernel", &kernel_gaps, &attempts, &scheduled);
 }

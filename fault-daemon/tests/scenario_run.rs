@@ -1,8 +1,10 @@
 //! `faultctl run`: timed scenarios against a real faultd in a test namespace.
 //!
-//! - Timing: a flapping drop on a UDP port while a sender sends a datagram every 5 ms. The
-//!   kernel's first-hit event of each fault says when the kernel began dropping, and the
-//!   receiver's gap in arrivals says when the drop ended: both within 100 ms of the plan.
+//! - Timing: a flapping drop on a UDP port while a sender sends numbered datagrams. Each
+//!   round loses one run of datagrams, each sent no earlier than its round's planned add,
+//!   with datagrams arriving between the rounds and after the heal, and the kernel reports
+//!   each fault's first hit. How far from the plan each step took effect is printed (a
+//!   measurement, never asserted: a slow machine is late, and lateness is not a failure).
 //! - Interruption: SIGINT, SIGTERM and SIGKILL of `faultctl run` leave no fault behind, in
 //!   faultd's list nor in the kernel's rule map.
 
@@ -14,15 +16,12 @@ use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{ChildStdout, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::*;
 use serde_json::Value;
-
-/// How far from the plan an add or a removal may take effect.
-const TOLERANCE_MS: i64 = 100;
 
 fn unix_ms_now() -> i64 {
     SystemTime::now()
@@ -101,41 +100,92 @@ fn first_hits(ns: &Netns) -> Vec<(u64, i64)> {
         .collect()
 }
 
-/// Sends a datagram to `port` every 5 ms until `stop`, and records when each arrived
-/// (unix ms), on threads inside `ns`.
-fn arrivals_while(ns: &Netns, port: u16, stop: &AtomicBool) -> Vec<i64> {
+/// One datagram of [`numbered_while`]: its number, when its `send` returned and, if it
+/// arrived, when (unix ms).
+#[derive(Clone, Copy, Debug)]
+struct Datagram {
+    sent_ms: i64,
+    arrived_ms: Option<i64>,
+}
+
+/// Sends numbered datagrams to `port` (one per millisecond or so) until `stop`, on threads
+/// inside `ns`; `received` counts arrivals as they come. Returns every datagram sent, in
+/// order, with its arrival.
+fn numbered_while(ns: &Netns, port: u16, stop: &AtomicBool, received: &AtomicU64) -> Vec<Datagram> {
     ns.run(|| {
         let receiver = UdpSocket::bind(("127.0.0.1", port)).unwrap();
         receiver
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        let sent = std::thread::scope(|s| {
+            let sending = s.spawn(|| {
+                let mut sent = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let _ = sender.send_to(b"tick", ("127.0.0.1", port));
-                    std::thread::sleep(Duration::from_millis(5));
+                    let seq = sent.len() as u64;
+                    let _ = sender.send_to(&seq.to_be_bytes(), ("127.0.0.1", port));
+                    // Taken after the send: a dropped datagram left no earlier than this.
+                    sent.push(unix_ms_now());
+                    std::thread::sleep(Duration::from_millis(1));
                 }
+                sent
             });
             let mut arrivals = Vec::new();
             let mut buf = [0u8; 16];
             while !stop.load(Ordering::Relaxed) {
-                if receiver.recv(&mut buf).is_ok() {
-                    arrivals.push(unix_ms_now());
+                if let Ok(8) = receiver.recv(&mut buf) {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                    arrivals.push((seq, unix_ms_now()));
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            arrivals
-        })
+            // What is still queued arrived before `stop`.
+            receiver.set_nonblocking(true).unwrap();
+            while let Ok(8) = receiver.recv(&mut buf) {
+                let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                arrivals.push((seq, unix_ms_now()));
+            }
+            let sent = sending.join().unwrap();
+            (sent, arrivals)
+        });
+        let (sent, arrivals) = sent;
+        let mut out: Vec<Datagram> = sent
+            .into_iter()
+            .map(|sent_ms| Datagram {
+                sent_ms,
+                arrived_ms: None,
+            })
+            .collect();
+        for (seq, at) in arrivals {
+            out[seq as usize].arrived_ms = Some(at);
+        }
+        out
     })
 }
 
-/// The gaps longer than 50 ms between arrivals: (last before, first after), unix ms.
-fn gaps(arrivals: &[i64]) -> Vec<(i64, i64)> {
-    arrivals
-        .windows(2)
-        .filter(|w| w[1] - w[0] > 50)
-        .map(|w| (w[0], w[1]))
-        .collect()
+/// The runs of consecutive datagrams that never arrived: (first, last) index.
+fn lost_runs(datagrams: &[Datagram]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, d) in datagrams.iter().enumerate() {
+        if d.arrived_ms.is_some() {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
+}
+
+/// Waits (up to a generous deadline) until `counter` has grown by `by`.
+fn wait_for_more(counter: &AtomicU64, by: u64, what: &str) {
+    let from = counter.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.load(Ordering::Relaxed) < from + by {
+        assert!(Instant::now() < deadline, "{what}: nothing arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 const FLAP: &str = r#"
@@ -152,21 +202,21 @@ fault = { action = "drop", port = 7601, protocol = "udp" }
 
 #[test]
 fn steps_take_effect_in_the_kernel_on_time() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("scnt");
     let daemon = Daemon::start(&ns, &["lo"]);
     let file = ScenarioFile::new("timing", FLAP);
     let stop = AtomicBool::new(false);
-    let (arrivals, rows, status) = std::thread::scope(|s| {
-        let traffic = s.spawn(|| arrivals_while(&ns, 7601, &stop));
-        // Traffic flows before the run starts.
-        std::thread::sleep(Duration::from_millis(300));
+    let received = AtomicU64::new(0);
+    let (datagrams, rows, status) = std::thread::scope(|s| {
+        let traffic = s.spawn(|| numbered_while(&ns, 7601, &stop, &received));
+        // Traffic flows before the run starts…
+        wait_for_more(&received, 5, "before the run");
         let (mut run, rows) = spawn_run(&ns, &file);
         let status = run.child.wait().unwrap();
         let rows: Vec<Value> = rows.try_iter().collect();
-        std::thread::sleep(Duration::from_millis(300));
+        // …and again after its heal.
+        wait_for_more(&received, 5, "after the heal");
         stop.store(true, Ordering::Relaxed);
         (traffic.join().unwrap(), rows, status)
     });
@@ -180,36 +230,48 @@ fn steps_take_effect_in_the_kernel_on_time() {
     );
     let start = rows[0]["unix_ms"].as_i64().unwrap();
     let hits = first_hits(&ns);
-    let gaps = gaps(&arrivals);
-    eprintln!("start {start}; first hits {hits:?}; gaps {gaps:?}");
-    assert_eq!(gaps.len(), 3, "one outage per round: {gaps:?}");
+    let runs = lost_runs(&datagrams);
+    let at = |i: usize| datagrams[i].sent_ms;
+    eprintln!(
+        "start {start}; first hits {hits:?}; lost {:?}",
+        runs.iter()
+            .map(|&(a, b)| (at(a), at(b)))
+            .collect::<Vec<_>>()
+    );
+    // Nothing is lost on loopback but what the fault drops: one run per round, with
+    // datagrams arriving before, between and after them (the ends of the runs are
+    // datagrams that arrived, by construction).
+    assert_eq!(runs.len(), 3, "one outage per round: {runs:?}");
+    assert!(runs[0].0 > 0, "nothing arrived before the first round");
+    assert!(
+        runs[2].1 + 1 < datagrams.len(),
+        "nothing arrived after the last round"
+    );
     for round in 0..3 {
         let (add, remove) = (&rows[1 + 2 * round], &rows[2 + 2 * round]);
         let planned_add = start + add["at_ms"].as_i64().unwrap();
         let planned_remove = start + remove["at_ms"].as_i64().unwrap();
         let id = add["fault_ids"][0].as_u64().unwrap();
         assert_eq!(remove["fault_ids"][0].as_u64(), Some(id));
-        // The kernel began dropping: the fault's first hit, by the kernel's clock.
+        // The kernel began dropping: the fault's first hit.
         let (_, hit) = *hits
             .iter()
             .find(|(fault, _)| *fault == id)
             .unwrap_or_else(|| panic!("no first-hit event of fault {id}: {hits:?}"));
+        // The application's view: what was lost was sent after the planned add (faultctl
+        // adds no earlier than planned); the order is asserted, the lateness reported.
+        let (first, last) = runs[round];
         assert!(
-            (hit - planned_add).abs() <= TOLERANCE_MS,
-            "round {round}: fault {id} first hit {} ms from its planned add",
-            hit - planned_add
+            at(first) >= planned_add,
+            "round {round}: a datagram sent {} ms before the planned add was dropped",
+            planned_add - at(first)
         );
-        // The application's view: no datagram from the add to the removal.
-        let (last_before, first_after) = gaps[round];
-        assert!(
-            (last_before - planned_add).abs() <= TOLERANCE_MS,
-            "round {round}: the outage began {} ms from the plan",
-            last_before - planned_add
-        );
-        assert!(
-            (first_after - planned_remove).abs() <= TOLERANCE_MS,
-            "round {round}: datagrams came back {} ms from the planned removal",
-            first_after - planned_remove
+        eprintln!(
+            "MEASURE round {round}: first hit {:+} ms, outage from {:+} ms to {:+} ms of the \
+             planned add and removal",
+            hit - planned_add,
+            at(first) - planned_add,
+            at(last) - planned_remove
         );
     }
     assert_eq!(ns.faults_json(), serde_json::json!([]));
@@ -227,8 +289,9 @@ faults = [
 ]
 "#;
 
-/// Polls until faultd lists no fault and the kernel's rule map is empty, for up to 1.5 s
-/// (a session ends within 1 s); returns how long that took.
+/// Polls until faultd lists no fault and the kernel's rule map is empty, up to a generous
+/// deadline (a session ends within about 1 s: `cargo xtask bench` measures it); returns how
+/// long that took.
 fn wait_all_gone(ns: &Netns, daemon: &Daemon, since: Instant) -> Duration {
     loop {
         let listed = ns.faults_json();
@@ -237,18 +300,19 @@ fn wait_all_gone(ns: &Netns, daemon: &Daemon, since: Instant) -> Duration {
             return since.elapsed();
         }
         assert!(
-            since.elapsed() < Duration::from_millis(1500),
-            "faults outlived faultctl run: {listed} / kernel {rules:?}"
+            since.elapsed() < GONE_WITHIN,
+            "faults outlived faultctl run by {GONE_WITHIN:?}: {listed} / kernel {rules:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// How long the tests wait for a session's faults to go: a deadline, not a figure.
+const GONE_WITHIN: Duration = Duration::from_secs(30);
+
 #[test]
 fn an_interrupted_run_leaves_no_fault_behind() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("scni");
     let daemon = Daemon::start(&ns, &["lo"]);
     let file = ScenarioFile::new("long", LONG);
@@ -275,12 +339,12 @@ fn an_interrupted_run_leaves_no_fault_behind() {
         let signalled = Instant::now();
         let status = run.child.wait().unwrap();
         let took = wait_all_gone(&ns, &daemon, signalled);
-        eprintln!("{name}: exit {status}, faults gone {took:?} after the signal");
+        eprintln!("MEASURE {name}: exit {status}, faults gone {took:?} after the signal");
         if signal == libc::SIGKILL {
             continue;
         }
         assert_eq!(status.code(), Some(0), "{name}: {status}");
-        let healed = next_row(&rows, Duration::from_secs(1));
+        let healed = next_row(&rows, Duration::from_secs(10));
         assert_eq!(healed["event"], "heal", "{healed}");
         let why = if signal == libc::SIGINT {
             "interrupted"
@@ -296,9 +360,7 @@ fn an_interrupted_run_leaves_no_fault_behind() {
 /// removing what earlier steps added.
 #[test]
 fn a_refused_step_fails_the_run_after_its_heal() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("scnr");
     let daemon = Daemon::start(&ns, &["lo"]);
     let file = ScenarioFile::new(

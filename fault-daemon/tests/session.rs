@@ -107,17 +107,12 @@ fn sessions_of(ns: &Netns) -> Vec<u64> {
         .collect()
 }
 
-/// Polls faultd until no fault of `session` is left; returns how long that took.
-fn wait_gone(ns: &Netns, session: u64, since: Instant) -> Duration {
-    while sessions_of(ns).contains(&session) {
-        assert!(
-            since.elapsed() < Duration::from_secs(1),
-            "session {session}'s faults outlived 1 s: {}",
-            ns.faults_json()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    since.elapsed()
+/// Polls faultd until no fault of `session` is left (a deadline, not a budget: how soon is
+/// `cargo xtask bench`'s teardown figure); returns how long that took.
+fn wait_gone(ns: &Netns, session: u64) -> Duration {
+    wait_until(&format!("session {session}'s faults removed"), || {
+        !sessions_of(ns).contains(&session)
+    })
 }
 
 fn connect_pair(port: u16) -> (TcpStream, TcpStream) {
@@ -127,13 +122,11 @@ fn connect_pair(port: u16) -> (TcpStream, TcpStream) {
     (client, server)
 }
 
-/// The headline: SIGKILL of the client → within 1 s its faults are gone from faultd and
-/// from the kernel (the held data arrives); a fault of no session stays.
+/// The headline: SIGKILL of the client → its faults are gone from faultd and from the
+/// kernel (the held data arrives); a fault of no session stays.
 #[test]
-fn sigkill_of_the_client_removes_its_faults_within_a_second() {
-    if !require_root() {
-        return;
-    }
+fn sigkill_of_the_client_removes_its_faults() {
+    require_root();
     let ns = Netns::new("sess");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (mut client, mut server) = ns.run(|| connect_pair(7501));
@@ -158,9 +151,8 @@ fn sigkill_of_the_client_removes_its_faults_within_a_second() {
     );
 
     test_harness::send_signal(&mut holder.0, libc::SIGKILL);
-    let killed = Instant::now();
-    let took = wait_gone(&ns, session, killed);
-    eprintln!("session faults gone {took:?} after SIGKILL");
+    let took = wait_gone(&ns, session);
+    eprintln!("MEASURE session faults gone {took:?} after SIGKILL");
     let left = ns.faults_json();
     assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
     assert_eq!(
@@ -176,9 +168,7 @@ fn sigkill_of_the_client_removes_its_faults_within_a_second() {
 /// A client that ends its session (cancels the stream) but lives on: its faults go too.
 #[test]
 fn ending_the_session_removes_its_faults_while_the_client_lives() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("sessc");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let (child, session) = spawn_holder(&ns, "close");
@@ -186,8 +176,8 @@ fn ending_the_session_removes_its_faults_while_the_client_lives() {
     assert_eq!(sessions_of(&ns), [session, session]);
     let mut stdin = holder.0.stdin.take().unwrap();
     writeln!(stdin, "close").unwrap();
-    let took = wait_gone(&ns, session, Instant::now());
-    eprintln!("session faults gone {took:?} after the stream ended");
+    let took = wait_gone(&ns, session);
+    eprintln!("MEASURE session faults gone {took:?} after the stream ended");
     assert_eq!(ns.faults_json(), serde_json::json!([]));
     assert!(
         holder.0.try_wait().unwrap().is_none(),
@@ -198,9 +188,7 @@ fn ending_the_session_removes_its_faults_while_the_client_lives() {
 /// AddFault naming no open session is refused, naming `session_id`, and changes nothing.
 #[test]
 fn an_unknown_session_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("sessu");
     let _daemon = Daemon::start(&ns, &["lo"]);
     let status = ns.run(|| {
@@ -231,9 +219,7 @@ fn an_unknown_session_is_refused() {
 /// (a graceful shutdown waits for open calls) and the holder sees its stream end.
 #[test]
 fn faultd_stops_while_a_session_is_open() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("sesst");
     let mut daemon = Daemon::start(&ns, &["lo"]);
     let (child, _) = spawn_holder(&ns, "kill");

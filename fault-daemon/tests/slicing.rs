@@ -55,31 +55,10 @@ fn histogram(sizes: &[usize]) -> String {
     format!("{h:?}")
 }
 
-/// The kernel's facts about fq, as the delay tests read them.
-fn kernel_has_fq() -> Result<(), String> {
-    let ns = Netns::new("slfq");
-    let out = ns
-        .cmd("tc")
-        .args(["qdisc", "add", "dev", "lo", "root", "fq"])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("no sch_fq: {}", stderr_text(&out).trim()))
-    }
-}
-
-/// `slice --bytes 100 --delay 50ms`: a connection opened after it carries 2 000 bytes each
-/// way in segments of at most 100 bytes, 50 ms apart, so an application that reads as data
-/// comes never reads more than 100 bytes at once; the bytes are intact. A connection opened
-/// before the fault is not sliced. Needs fq for the spacing (the VM has it).
 #[test]
 fn sliced_streams_reach_the_application_in_reads_of_at_most_n_bytes() {
-    if !require_root() {
-        return;
-    }
-    if let Err(why) = kernel_has_fq() {
+    require_root();
+    if let Err(why) = kernel_fq() {
         // Refused as a delay is: one line naming the field and fq, nothing left behind.
         let s = Scenario::lo_v4("slq");
         let ns = s.server_ns();
@@ -93,7 +72,9 @@ fn sliced_streams_reach_the_application_in_reads_of_at_most_n_bytes() {
             "{err}"
         );
         assert_eq!(ns.faults_json().as_array().unwrap().len(), 0);
-        eprintln!("SKIP: slice --delay needs fq to space segments, and {why}; refusal checked");
+        skip(&format!(
+            "slice --delay needs fq to space segments, and {why}; refusal checked"
+        ));
         return;
     }
     each("slc", |s| {
@@ -136,9 +117,7 @@ fn sliced_streams_reach_the_application_in_reads_of_at_most_n_bytes() {
 /// them; the bound on reads is the spaced test's.
 #[test]
 fn sliced_streams_arrive_intact_in_small_reads() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     each("sln", |s| {
         let listener = s.listen(5302);
         s.faultctl(&["slice", "--port", "5302", "--bytes", "100"]);
@@ -167,9 +146,7 @@ fn sliced_streams_arrive_intact_in_small_reads() {
 /// and leave no fault behind.
 #[test]
 fn slices_below_the_minimum_or_on_udp_are_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let s = Scenario::lo_v4("slr");
     let ns = s.server_ns();
     for (args, field, says) in [
@@ -197,9 +174,7 @@ fn slices_below_the_minimum_or_on_udp_are_refused() {
 /// took them (valid checksums) without a retransmission storm.
 #[test]
 fn byte_percent_corrupts_a_binomial_share_of_the_bytes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     each("cbp", |s| {
         let listener = s.listen(5304);
         let (client, server) = s.pair(&listener, 5304);

@@ -80,13 +80,27 @@ pub fn require_faultctl() {
 /// Every namespace a test makes is named `fdt-<tag>-<pid>-<n>`.
 const PREFIX: &str = "fdt-";
 
-/// The privileged suites need root; say so loudly instead of failing obscurely.
-pub fn require_root() -> bool {
-    if !test_harness::is_root() {
-        eprintln!("SKIP: not root; this test loads eBPF programs and creates network namespaces");
-        return false;
+/// Fails the test with one line saying to run as root unless it is root: a test that needs
+/// root either runs or fails, never passes without having run.
+pub use test_harness::require_root;
+
+/// Records that the calling test skips, printing `SKIP <test>: <reason>` (counted and
+/// checked against the kernel's allowed skips by `cargo xtask test`); then return.
+pub use test_harness::skip;
+
+/// Whether the kernel has the `fq` qdisc, probed in a throwaway namespace (`Err`: why not).
+pub use test_harness::kernel_fq;
+
+/// For tests that only check what faultd does with fq: `false`, after recording the skip,
+/// where the kernel has none.
+pub fn need_fq() -> bool {
+    match kernel_fq() {
+        Ok(()) => true,
+        Err(why) => {
+            skip(&why);
+            false
+        }
     }
-    true
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -283,6 +297,94 @@ impl Drop for Daemon {
     }
 }
 
+/// How long a test waits for something that must happen: a deadline for the wait, never a
+/// figure the test asserts (how soon it happens is `cargo xtask bench`'s to measure).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `done` every 10 ms until it holds; fails the test, naming `what`, when it still
+/// does not after [`WAIT`]. Returns how long it took (to print as a measurement).
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let since = Instant::now();
+    while !done() {
+        assert!(since.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    since.elapsed()
+}
+
+/// When a client made one connection attempt: it began no earlier than `.0` and was over
+/// (answered, refused or closed) no later than `.1`. Whatever recorded the attempt (the
+/// kernel's SYN, a listener's accept) did so in between, however slow the machine.
+pub type Span = (Instant, Instant);
+
+/// The range, in ms, each gap between consecutive recorded attempts must fall in, by
+/// causality alone.
+pub fn gap_brackets(spans: &[Span]) -> Vec<(f64, f64)> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    spans
+        .windows(2)
+        .map(|w| {
+            (
+                ms(w[1].0.saturating_duration_since(w[0].1)),
+                ms(w[1].1 - w[0].0),
+            )
+        })
+        .collect()
+}
+
+/// The gaps a recorder reported (`who`) are the client's: one per pair of attempts, each
+/// within its bracket (±1 ms for rounding). How close each came to the client's schedule is
+/// printed, never asserted.
+#[track_caller]
+pub fn assert_gaps_recorded(who: &str, gaps_ms: &[f64], spans: &[Span], scheduled: &[u64]) {
+    let brackets = gap_brackets(spans);
+    eprintln!("MEASURE {who} gaps {gaps_ms:?} ms, scheduled {scheduled:?} ms");
+    assert_eq!(
+        gaps_ms.len(),
+        brackets.len(),
+        "{who}: gaps {gaps_ms:?} for {} attempts",
+        spans.len()
+    );
+    for (got, (lo, hi)) in gaps_ms.iter().zip(&brackets) {
+        assert!(
+            *got >= lo - 1.0 && *got <= hi + 1.0,
+            "{who}: gaps {gaps_ms:?} ms; the client's attempts allow {brackets:?}"
+        );
+    }
+}
+
+/// The verdict `policy` must give the client's attempts where their timing decides it:
+/// `Some(passed)` when every gap's bracket lies wholly inside its window, or one wholly
+/// outside; `None` when a bracket straddles a window's edge (a machine slow enough to put
+/// the answer in doubt), and then the verdict must not be asserted.
+pub fn expected_backoff_verdict(
+    spans: &[Span],
+    policy: &faultd_api::backoff::Policy,
+) -> Option<bool> {
+    use faultd_api::backoff::{GapVerdict, check};
+    let brackets = gap_brackets(spans);
+    let judged = |pick: fn(&(f64, f64)) -> f64| {
+        let mut t = 0.0;
+        let mut times = vec![Duration::ZERO];
+        for b in &brackets {
+            t += pick(b);
+            times.push(Duration::from_secs_f64(t / 1e3));
+        }
+        check(&times, policy)
+    };
+    let (low, high) = (judged(|b| b.0), judged(|b| b.1));
+    let mut all_ok = true;
+    for (l, h) in low.gaps.iter().zip(&high.gaps) {
+        match (l.verdict, h.verdict) {
+            (GapVerdict::Ok, GapVerdict::Ok) => {}
+            (a, b) if a == b => return Some(false),
+            _ => all_ok = false,
+        }
+    }
+    all_ok.then_some(true)
+}
+
 /// TCP state of a socket, from TCP_INFO (1 = ESTABLISHED, 7 = CLOSE, …).
 pub fn tcp_state(fd: &impl AsRawFd) -> u8 {
     let mut info = [0u8; 232];
@@ -402,7 +504,7 @@ pub fn stuck_event_stream() -> impl Send {
 pub fn udp_delivers(port: u16) -> bool {
     let receiver = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
     receiver
-        .set_read_timeout(Some(Duration::from_millis(500)))
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.send_to(b"ping", ("127.0.0.1", port)).unwrap();

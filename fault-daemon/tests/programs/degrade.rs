@@ -117,7 +117,7 @@ fn delay_spec(port: u16, latency: u64, jitter: u64) -> FaultSpec {
 /// untouched. Other ports keep their tstamp, and TC ingress and XDP never set one.
 #[test]
 fn delay_sets_the_departure_time_at_tc_egress() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     const LATENCY: u64 = 50 * MS;
     let fault = b.add(delay_spec(8100, LATENCY, 0));
     let delayed = [
@@ -168,7 +168,7 @@ fn delay_sets_the_departure_time_at_tc_egress() {
 /// than 10 s from now.
 #[test]
 fn delay_builds_on_an_earlier_departure_time_and_caps_at_the_horizon() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     const LATENCY: u64 = 50 * MS;
     const HORIZON: u64 = fault_common::DELAY_HORIZON_NS;
     b.add(delay_spec(8110, LATENCY, 0));
@@ -210,7 +210,7 @@ fn delay_builds_on_an_earlier_departure_time_and_caps_at_the_horizon() {
 /// the mean near 20 ms).
 #[test]
 fn delay_jitter_spreads_departures_over_the_range() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     const LATENCY: u64 = 20 * MS;
     const JITTER: u64 = 5 * MS;
     const N: usize = 200;
@@ -275,7 +275,7 @@ fn loss_drops_a_binomial_share() {
 /// ingress does not police.
 #[test]
 fn rate_police_passes_the_burst_then_drops_until_time_refills_it() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     const RATE: u64 = 100_000; // bytes per second
     const BURST_BYTES: u64 = 2 * 65_536; // police_burst(100 kB/s): the 128 KiB floor
     let fault = b.add(spec(
@@ -325,7 +325,11 @@ fn rate_police_passes_the_burst_then_drops_until_time_refills_it() {
         "{passed} passed, at most {} may in {elapsed} ns",
         allowed(elapsed)
     );
-    assert!(passed < N, "nothing was dropped");
+    // Something was dropped, unless the machine took so long over the N runs that the rate
+    // allowed them all (then the bound above is what shows the rate).
+    if allowed(elapsed) < N {
+        assert!(passed < N, "nothing was dropped");
+    }
     let c = b.counters(&fault);
     assert_eq!(c.matched_packets, N);
     assert_eq!(c.acted_packets, N - passed);
@@ -371,7 +375,7 @@ fn rate_police_passes_the_burst_then_drops_until_time_refills_it() {
 /// what comes in is policed at XDP: `rate_pace_polices_what_comes_in_elsewhere`.)
 #[test]
 fn rate_pace_spaces_departures_by_the_packet_time() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS | ROLE_LOOPBACK);
     // The lowest paced rate faultd accepts: a packet's time is longest there.
     const RATE: u64 = faultd::faults::MIN_PACED_RATE_BYTES;
@@ -444,7 +448,7 @@ fn rate_pace_spaces_departures_by_the_packet_time() {
 /// leaves `latency` from now and each next one a packet's time after the one before.
 #[test]
 fn rate_pace_and_delay_compose() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     // The lowest paced rate faultd accepts: a packet's time is longest there.
     const RATE: u64 = faultd::faults::MIN_PACED_RATE_BYTES;
     const LATENCY: u64 = 30 * MS;
@@ -487,7 +491,7 @@ fn rate_pace_and_delay_compose() {
 /// `BUCKETS[counter]`.
 #[test]
 fn rate_fault_in_a_reused_slot_starts_with_a_full_bucket() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let police = |bytes_per_sec| {
         spec(
             Action::Rate {
@@ -537,7 +541,7 @@ fn rate_fault_in_a_reused_slot_starts_with_a_full_bucket() {
 /// leaves the frame alone, and a packet without payload is neither changed nor acted on.
 #[test]
 fn corrupt_flips_one_payload_byte_with_a_valid_checksum() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(spec(
         Action::Corrupt { probability: 1.0 },
         8300,
@@ -693,7 +697,7 @@ fn corrupt_flips_one_payload_byte_with_a_valid_checksum() {
 /// byte for byte as they went in; the acted counter is the corrupted ones.
 #[test]
 fn corrupt_with_probability_alters_a_share() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(spec(
         Action::Corrupt { probability: 0.5 },
         8310,
@@ -732,7 +736,7 @@ fn corrupt_with_probability_alters_a_share() {
 /// and `from-port` stall only their direction.
 #[test]
 fn stall_zeroes_the_window_with_a_valid_checksum() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let stall = |port, direction| spec(Action::Stall, port, Protocol::Tcp, direction, None);
     let both = b.add(stall(8400, Direction::Both));
     let to_port = b.add(stall(8401, Direction::ToPort));
@@ -861,7 +865,7 @@ fn stall_zeroes_the_window_with_a_valid_checksum() {
 /// Faults compose on one port: corrupt + stall show both changes with one valid checksum.
 #[test]
 fn corrupt_and_stall_compose_with_a_valid_checksum() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let corrupt = b.add(spec(
         Action::Corrupt { probability: 1.0 },
         8500,
@@ -907,7 +911,7 @@ fn corrupt_and_stall_compose_with_a_valid_checksum() {
 /// delay's departure time; the delay sees (and counts) only those.
 #[test]
 fn loss_and_delay_compose_at_tc_egress() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     const LATENCY: u64 = 30 * MS;
     let loss = b.add(spec(
         Action::Loss { probability: 0.3 },
@@ -953,12 +957,10 @@ fn loss_and_delay_compose_at_tc_egress() {
 /// and loops back in; from TC ingress it is received on `lo`.
 #[test]
 fn duplicate_sends_a_real_copy_and_passes_the_original() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pdup");
     ns.run(|| {
-        let mut b = Bench::new().expect("root");
+        let mut b = Bench::new();
         let fault = b.add(spec(
             Action::Duplicate { probability: 1.0 },
             8700,
@@ -1019,7 +1021,7 @@ fn duplicate_sends_a_real_copy_and_passes_the_original() {
 /// so XDP polices them against the same bucket (a burst passes, then drops).
 #[test]
 fn rate_pace_polices_what_comes_in_elsewhere() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(spec(
         Action::Rate {
             bytes_per_sec: 100_000,

@@ -50,17 +50,9 @@ pub struct Run {
     pub out: Vec<u8>,
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIP: not root; program tests load eBPF programs and run BPF_PROG_TEST_RUN \
-             (the CI suite runs as root)"
-        );
-        return false;
-    }
-    true
-}
+/// Fails the test with one line saying to run as root unless it is root: program tests
+/// load eBPF programs and run BPF_PROG_TEST_RUN; they run or fail, never pass unrun.
+pub use test_harness::require_root;
 
 /// A private copy of the programs and their maps, with the daemon's fault table.
 pub struct Bench {
@@ -70,22 +62,20 @@ pub struct Bench {
 
 impl Bench {
     /// Programs loaded, with the test-run ifindex marked for every hook.
-    pub fn new() -> Option<Self> {
-        let mut bench = Self::bare()?;
+    pub fn new() -> Self {
+        let mut bench = Self::bare();
         bench.role(TEST_RUN_IFINDEX, ROLE_INGRESS | ROLE_EGRESS);
-        Some(bench)
+        bench
     }
 
-    /// Programs loaded, `IFACES` empty: no interface is faulted. `None` when not root.
-    pub fn bare() -> Option<Self> {
-        if !is_root() {
-            return None;
-        }
+    /// Programs loaded, `IFACES` empty: no interface is faulted. Fails the test when not root.
+    pub fn bare() -> Self {
+        require_root();
         let dp = Datapath::load().unwrap_or_else(|e| panic!("loading the programs as root: {e}"));
-        Some(Self {
+        Self {
             dp,
             table: FaultTable::default(),
-        })
+        }
     }
 
     pub fn role(&mut self, ifindex: u32, role: u32) {
@@ -325,7 +315,7 @@ pub fn drops_a_binomial_share(
     xdp_frame: &[u8],
     tc_frame: &[u8],
 ) {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let name = format!("{action:?}");
     let fault = b.add(spec(action, port, protocol, Direction::Both, None));
     const N: u64 = 10_000;
@@ -392,7 +382,7 @@ pub fn drops_a_binomial_share(
 /// under BPF_PROG_TEST_RUN, and the byte counters see the whole frame.
 #[test]
 fn test_run_runs_on_loopback_and_counts_whole_frames() {
-    let Some(mut b) = Bench::bare() else { return };
+    let mut b = Bench::bare();
     // SAFETY: a valid NUL-terminated string.
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
     assert_eq!(lo, TEST_RUN_IFINDEX, "loopback is ifindex 1 in every netns");
@@ -590,7 +580,7 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// read their results from it. (`len` is not copied back: it reads 0.)
 #[test]
 fn test_run_context_round_trips_mark_and_tstamp() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let frame = tcp("10.0.0.1:40000", "10.0.0.2:8000");
     for hook in [Hook::TcIngress, Hook::TcEgress] {
         let ctx = SkBuff::new()

@@ -28,7 +28,7 @@ const MARKS: [u32; 6] = [
 /// whatever their mark, at both TC hooks, with faults installed on other ports.
 #[test]
 fn foreign_marks_on_ports_without_faults_are_left_alone() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     b.add(spec(
         Action::Stall,
@@ -59,7 +59,7 @@ fn foreign_marks_on_ports_without_faults_are_left_alone() {
 /// dropped, or stalled with its mark kept.
 #[test]
 fn foreign_marks_do_not_exempt_packets_from_faults() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let dropped = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     b.add(spec(
         Action::Stall,
@@ -128,12 +128,10 @@ fn detach(b: &mut Bench, name: &str, link: aya::programs::tc::SchedClassifierLin
 /// sent out of `lo` once (and comes back in). Ingress: the copy is received once.
 #[test]
 fn duplicate_copies_are_recognised_without_a_mark() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pmark");
     ns.run(|| {
-        let mut b = Bench::new().expect("root");
+        let mut b = Bench::new();
         let fault = b.add(spec(
             Action::Duplicate { probability: 1.0 },
             8700,

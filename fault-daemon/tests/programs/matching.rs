@@ -14,7 +14,7 @@ use super::packets::*;
 /// at XDP and TC egress; other ports and UDP on the same port pass; counters add up.
 #[test]
 fn drop_tcp_port_drops_both_directions_on_v4_and_v6() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(2379, Protocol::Tcp, Direction::Both, None));
 
     let mut dropped = Vec::new();
@@ -54,7 +54,7 @@ fn drop_tcp_port_drops_both_directions_on_v4_and_v6() {
 /// the one fault. A `udp` fault leaves TCP alone.
 #[test]
 fn drop_any_protocol_catches_tcp_and_udp_and_udp_spares_tcp() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let any = b.add(drop_spec(53, Protocol::Any, Direction::Both, None));
     let only_udp = b.add(drop_spec(5353, Protocol::Udp, Direction::Both, None));
 
@@ -91,7 +91,7 @@ fn drop_any_protocol_catches_tcp_and_udp_and_udp_spares_tcp() {
 /// whose ports are both 8080 goes both ways: the destination entry matches `to-port`, the
 /// source entry `from-port`.
 fn one_way_drop(direction: Direction) {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(8080, Protocol::Any, direction, None));
     let to_port = direction == Direction::ToPort;
 
@@ -141,7 +141,7 @@ fn direction_from_port_drops_only_packets_from_the_port() {
 /// source of a packet to the port and the destination of a packet from it.
 #[test]
 fn peer_ipv4_cidr_drops_only_that_remote() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(
         6379,
         Protocol::Tcp,
@@ -183,7 +183,7 @@ fn peer_ipv4_cidr_drops_only_that_remote() {
 /// IPv6 peers: a single address (/128 by default) and a prefix, each only its remote.
 #[test]
 fn peer_ipv6_address_and_prefix_drop_only_that_remote() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let single = b.add(drop_spec(
         443,
         Protocol::Tcp,
@@ -284,7 +284,7 @@ fn drop_probability_is_binomial() {
 /// packets and bytes, over frames of many sizes; other traffic is not counted.
 #[test]
 fn counters_equal_what_was_sent_and_dropped() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(spec(
         Action::Drop { probability: 0.5 },
         5432,
@@ -330,7 +330,7 @@ fn counters_equal_what_was_sent_and_dropped() {
 /// (100 %) sees exactly the ones the first let through, and every packet is dropped once.
 #[test]
 fn composed_faults_see_what_earlier_ones_let_through() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let half = b.add(spec(
         Action::Drop { probability: 0.5 },
         7000,
@@ -380,7 +380,7 @@ fn composed_faults_see_what_earlier_ones_let_through() {
 /// ingress path (XDP, then TC ingress for what XDP let through) acts and counts once.
 #[test]
 fn tc_ingress_never_carries_drop() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     let frames = [
         tcp("10.0.0.1:40000", "10.0.0.2:2379"),
@@ -403,7 +403,7 @@ fn tc_ingress_never_carries_drop() {
 /// when it is ingress-only.
 #[test]
 fn interface_roles_decide_which_hooks_act() {
-    let Some(mut b) = Bench::bare() else { return };
+    let mut b = Bench::bare();
     let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     let frame = tcp("10.0.0.1:40000", "10.0.0.2:2379");
 
@@ -453,7 +453,7 @@ fn interface_roles_decide_which_hooks_act() {
 /// acts; with none left, packets pass and no counter moves.
 #[test]
 fn removed_faults_let_packets_pass_again() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let to_port = b.add(drop_spec(2379, Protocol::Tcp, Direction::ToPort, None));
     let any = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     let to = tcp("10.0.0.1:40000", "10.0.0.2:2379");

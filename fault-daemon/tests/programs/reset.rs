@@ -405,7 +405,7 @@ fn check_rst(out: &[u8], c: &RstCase, hook: Hook) {
 /// original) with its verdict, and the `silent` hooks pass the segment untouched.
 /// Counters: every acting run matched and acted on, whole frames.
 fn answers_each_segment(role: u32, acting: &[(Hook, Verdict)], silent: &[Hook]) {
-    let Some(mut b) = Bench::bare() else { return };
+    let mut b = Bench::bare();
     b.role(TEST_RUN_IFINDEX, role);
     let fault = b.add(reset_spec(2379, Direction::Both, 1.0));
     let cases = rst_cases();
@@ -461,7 +461,7 @@ fn reset_on_loopback_egress_turns_the_segment_into_the_rst() {
 /// (two faulted ends would otherwise ping-pong), and the RSTs faultd forges get through.
 #[test]
 fn rsts_pass_a_reset_untouched() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(reset_spec(2379, Direction::Both, 1.0));
     let mut rsts = Vec::new();
     for (client, server) in [
@@ -497,7 +497,7 @@ fn rsts_pass_a_reset_untouched() {
 /// the port's side), `to-port` only what is sent to it. Other traffic passes untouched.
 #[test]
 fn reset_follows_its_direction() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(reset_spec(2379, Direction::FromPort, 1.0));
     b.add(reset_spec(6379, Direction::ToPort, 1.0));
     let answered = [
@@ -551,7 +551,7 @@ fn reset_follows_its_direction() {
 /// original) or passed untouched, about half each; the acted counter is the RSTs sent.
 #[test]
 fn reset_with_probability_answers_a_share_and_passes_the_rest() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(reset_spec(2379, Direction::Both, 0.5));
     let cases = rst_cases();
     const N: usize = 400;
@@ -592,7 +592,7 @@ fn reset_with_probability_answers_a_share_and_passes_the_rest() {
 /// the established flow's segments, passes untouched.
 #[test]
 fn refuse_answers_syns_to_the_port_with_rst_ack() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(spec(
         Action::Refuse {
             mode: RefuseMode::Rst,

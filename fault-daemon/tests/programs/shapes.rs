@@ -41,7 +41,7 @@ fn both_ways(port: u16) -> Vec<(FrameBuilder, String)> {
 /// their fault whatever the tags, other ports' packets pass byte for byte.
 #[test]
 fn vlan_and_qinq_tagged_frames_get_their_faults() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     let mut acted = 0;
     for tags in [&[100u16][..], &[200, 300]] {
@@ -75,7 +75,7 @@ fn vlan_and_qinq_tagged_frames_get_their_faults() {
 /// segment came from; MACs, addresses and ports are swapped.
 #[test]
 fn reset_keeps_the_vlan_tags() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(spec(
         Action::Reset { probability: 1.0 },
         2379,
@@ -131,7 +131,7 @@ fn reset_keeps_the_vlan_tags() {
 /// (the first one dropped, the datagram cannot be reassembled anyway).
 #[test]
 fn ipv6_first_fragment_gets_its_fault_later_fragments_pass() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
         for more in [true, false] {
@@ -222,7 +222,7 @@ fn ext_chain(n: usize, port: u16) -> Vec<u8> {
 /// longer chain passes untouched and uncounted (docs/reference.md, "Packet shapes").
 #[test]
 fn long_ipv6_extension_chains_are_followed_up_to_the_limit() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_spec(2379, Protocol::Any, Direction::Both, None));
     for n in 0..=8 {
         // etherparse itself reads at most RFC 8200's order of headers, not such a chain.
@@ -279,7 +279,7 @@ fn zero_length(frame: &[u8], jumbo: bool) -> Vec<u8> {
 /// acknowledges sequence + payload length (RFC 793), so a length read as zero shows.
 #[test]
 fn big_tcp_and_jumbograms_have_their_real_length() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(spec(
         Action::Reset { probability: 1.0 },
         2379,
@@ -446,13 +446,11 @@ fn to_tun(tcp_syn: bool, port: u16, payload: &[u8]) -> Vec<u8> {
 /// a RST sent back out of the device as a bare IP packet; other ports' traffic flows.
 #[test]
 fn l3_devices_are_parsed_from_the_ip_header() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pl3");
     let tun = Tun::new(&ns);
     ns.run(|| {
-        let mut b = Bench::bare().expect("root");
+        let mut b = Bench::bare();
         let fd = tun.open();
         b.dp.attach("ftun0").expect("attaching to the tun");
         b.add(drop_spec(2380, Protocol::Udp, Direction::Both, None));
@@ -533,16 +531,14 @@ fn l3_devices_are_parsed_from_the_ip_header() {
 /// mode (a tun in TUN mode runs no native XDP program); a veth stays Ethernet.
 #[test]
 fn attach_marks_devices_without_ethernet() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pl3a");
     let dev = Tun::new(&ns);
     ns.ip(&[
         "link", "add", "fveth0", "type", "veth", "peer", "name", "fveth1",
     ]);
     ns.run(|| {
-        let mut b = Bench::bare().expect("root");
+        let mut b = Bench::bare();
         let tun = b.dp.attach("ftun0").expect("attaching to a tun");
         assert_eq!(tun.xdp_mode, "generic");
         assert_eq!(
@@ -640,13 +636,11 @@ fn setsockopt(fd: i32, level: i32, name: i32, value: &[u8]) {
 /// options are still in front of the TCP header, so they are taken out first.
 #[test]
 fn reset_answers_a_real_syn_with_ip_options_or_extension_headers() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("prsto");
     ns.ip(&["link", "set", "lo", "up"]);
     ns.run(|| {
-        let mut b = Bench::bare().expect("root");
+        let mut b = Bench::bare();
         b.dp.attach("lo").expect("attaching to lo");
         b.add(spec(
             Action::Reset { probability: 1.0 },

@@ -47,7 +47,7 @@ fn drop_partition(between: &[&str], and: &[&str], one_way: bool) -> FaultSpec {
 /// `--port 2379-2381`: every port of the range, both ways, v4 and v6; 2378 and 2382 pass.
 #[test]
 fn a_range_drops_each_of_its_ports_and_not_the_ports_beside_it() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(range(2379, 2381, Protocol::Tcp));
     let mut dropped = Vec::new();
     for port in 2379..=2381 {
@@ -95,7 +95,7 @@ fn a_range_drops_each_of_its_ports_and_not_the_ports_beside_it() {
 /// a third port.
 #[test]
 fn a_tuple_drops_the_flow_between_its_two_ports_either_way() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(tuple(2380, 43210, Direction::Both));
     let mut dropped = Vec::new();
     for (a, c) in [("10.0.0.1", "10.0.0.2"), ("[fd00::1]", "[fd00::2]")] {
@@ -131,7 +131,7 @@ fn a_tuple_drops_the_flow_between_its_two_ports_either_way() {
 /// (2380 → 43210) passes.
 #[test]
 fn a_one_way_tuple_spares_the_other_order() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(tuple(2380, 43210, Direction::ToPort));
     for (a, c) in [("10.0.0.1", "10.0.0.2"), ("[fd00::1]", "[fd00::2]")] {
         let (remote, port) = (format!("{a}:43210"), format!("{c}:2380"));
@@ -149,7 +149,7 @@ fn a_one_way_tuple_spares_the_other_order() {
 /// every port, TCP and UDP, both ways; one bit outside either side passes.
 #[test]
 fn a_partition_cuts_its_address_pairs_and_not_one_bit_outside() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let fault = b.add(drop_partition(
         &["10.0.0.0/24", "fd00::/64"],
         &["10.0.1.5", "fd01::1"],
@@ -207,7 +207,7 @@ fn a_partition_cuts_its_address_pairs_and_not_one_bit_outside() {
 /// `--one-way`: from `between` to `and` only; the answers pass.
 #[test]
 fn a_one_way_partition_cuts_one_direction_only() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(drop_partition(
         &["10.0.0.2", "fd00::2"],
         &["10.0.0.3", "fd00::3"],
@@ -226,7 +226,7 @@ fn a_one_way_partition_cuts_one_direction_only() {
 /// each cuts its own pairs, whichever prefix is longest.
 #[test]
 fn overlapping_partitions_each_cut_their_own_pairs() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let a = b.add(drop_partition(&["10.0.0.0/24"], &["10.0.1.5"], false));
     let c = b.add(drop_partition(&["10.0.0.7"], &["10.0.2.0/24"], true));
     b.expect(
@@ -274,7 +274,7 @@ fn overlapping_partitions_each_cut_their_own_pairs() {
 /// there; RSTs themselves pass (never a RST for a RST).
 #[test]
 fn a_reset_partition_answers_tcp_and_drops_the_rest() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     b.add(partition(
         &["10.0.0.2"],
         &["10.0.0.3"],
@@ -306,7 +306,7 @@ fn a_reset_partition_answers_tcp_and_drops_the_rest() {
 /// the packet; the partition's drop comes first and the port's fault never sees it.
 #[test]
 fn a_partition_acts_before_the_ports_faults() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let reset = b.add(spec(
         Action::Reset { probability: 1.0 },
         80,
@@ -337,7 +337,7 @@ fn a_partition_acts_before_the_ports_faults() {
 /// range's drop on the tuple's flow; other flows of the port meet the range's drop first.
 #[test]
 fn on_one_port_the_older_fault_acts_first_whatever_its_target() {
-    let Some(mut b) = Bench::new() else { return };
+    let mut b = Bench::new();
     let mut tuple_reset = spec(
         Action::Reset { probability: 1.0 },
         2380,
