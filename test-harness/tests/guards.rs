@@ -6,18 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use test_harness::{
-    CLIENT_IF, Netns, NotReady, Process, SERVER_IF, SERVER_V4, VethPair, is_root, run, wait_for_log,
+    CLIENT_IF, Netns, NotReady, Process, SERVER_IF, SERVER_V4, VethPair, run, wait_for_log,
 };
 
 const PREFIX: &str = "fdh-";
-
-fn root() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: not root; the harness's tests create network namespaces");
-        return false;
-    }
-    true
-}
 
 fn namespaces() -> String {
     run(Command::new("ip").args(["netns", "list"])).unwrap()
@@ -40,9 +32,7 @@ fn temp(name: &str) -> PathBuf {
 
 #[test]
 fn a_namespace_goes_with_its_guard_even_when_the_test_panics() {
-    if !root() {
-        return;
-    }
+    test_harness::require_root();
     let mut name = String::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let ns = Netns::new(PREFIX, "panic").unwrap();
@@ -57,9 +47,7 @@ fn a_namespace_goes_with_its_guard_even_when_the_test_panics() {
 
 #[test]
 fn run_executes_inside_the_namespace_and_passes_its_panic_on() {
-    if !root() {
-        return;
-    }
+    test_harness::require_root();
     let ns = Netns::new(PREFIX, "run").unwrap();
     let inode =
         |path: &str| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -86,9 +74,7 @@ fn run_executes_inside_the_namespace_and_passes_its_panic_on() {
 
 #[test]
 fn a_veth_pair_joins_two_namespaces_and_carries_traffic() {
-    if !root() {
-        return;
-    }
+    test_harness::require_root();
     let pair = VethPair::new(PREFIX, "veth").unwrap();
     let server_addrs = pair.server.ip(&["-br", "addr", "show", SERVER_IF]).unwrap();
     assert!(server_addrs.contains(SERVER_V4), "{server_addrs}");
@@ -112,9 +98,7 @@ fn a_veth_pair_joins_two_namespaces_and_carries_traffic() {
 
 #[test]
 fn remove_stale_removes_namespaces_of_dead_processes_only() {
-    if !root() {
-        return;
-    }
+    test_harness::require_root();
     let mut gone = Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
