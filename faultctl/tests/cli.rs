@@ -1,6 +1,6 @@
 //! faultctl without a daemon: completions, the man page, `version`, and the exit codes that
 //! need no daemon (0, 1, 2). Codes 3 and 4 (refused by faultd, backoff FAIL) need a real
-//! faultd: fault-daemon/tests/cli.rs.
+//! faultd: fault-daemon/tests/integration/cli.rs.
 
 use std::process::{Command, Output};
 

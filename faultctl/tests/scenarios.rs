@@ -1,7 +1,7 @@
 //! `faultctl run --check`: scenario files checked without a daemon — the examples in
 //! examples/scenarios/ pass, and mistakes are one line naming file:line:column and the
 //! field, with exit code 1. Running scenarios against a real faultd:
-//! fault-daemon/tests/scenario_run.rs.
+//! fault-daemon/tests/integration/scenario_run.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -146,7 +146,7 @@ impl FaultdOptions {
             args: Vec::new(),
             log: log.into(),
             remove_log: false,
-            ready_within: Duration::from_secs(30),
+            ready_within: Duration::from_secs(120),
             stop_within: Duration::from_secs(5),
         }
     }

@@ -6,8 +6,8 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages: LLVM for bpf-linker, iproute2 for the tests' namespaces and veths,
 /// iptables for the bench's comparison with iptables DROP rules, prometheus for `promtool
-/// check metrics` on faultd's metrics (tests/observe.rs), etcd (server and etcdctl) for the
-/// three-member cluster of tests/multinode.rs. (No protoc: faultd-api compiles the protos
+/// check metrics` on faultd's metrics (tests/integration/observe.rs), etcd (server and etcdctl) for the
+/// three-member cluster of tests/integration/multinode.rs. (No protoc: faultd-api compiles the protos
 /// with protox, and the Python tests' stubs come from grpcio-tools.)
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",

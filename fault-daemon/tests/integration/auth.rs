@@ -4,7 +4,7 @@
 //! Unix socket, the socket's owner (sock_diag) on loopback TCP, a client certificate over
 //! TLS.
 
-mod harness;
+use crate::harness;
 
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};

@@ -1,7 +1,7 @@
 //! `faultctl backoff`: a client's reconnect backoff judged from the SYNs the kernel saw,
 //! with no server at all (`refuse --record` answers every attempt).
 
-mod harness;
+use crate::harness;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! scripts: exit codes, `--json` on every command, `version`. faultd's own log: plain text
 //! in a file, or JSON.
 
-mod harness;
+use crate::harness;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream, UdpSocket};

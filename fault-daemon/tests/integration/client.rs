@@ -6,7 +6,7 @@
 //! session.rs): its `client_holder` test applies a fault through the client, prints its id
 //! and session, and waits to be killed.
 
-mod harness;
+use crate::harness;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -207,7 +207,7 @@ fn sigkill_of_a_client_process_leaves_no_fault() {
         .cmd(exe.to_str().unwrap())
         .args([
             "--exact",
-            "client_holder",
+            "client::client_holder",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -2,9 +2,8 @@
 //! what the kernel's rule map holds, every id was given once and none was lost, and each
 //! fault has a counter slot of its own that counts from zero.
 
-mod harness;
-#[path = "support/kernel_rules.rs"]
-mod kernel_rules;
+use crate::harness;
+use crate::kernel_rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};

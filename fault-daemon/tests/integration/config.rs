@@ -4,7 +4,7 @@
 //! its entry and key, by an unprivileged `--check-config`; a file refused at start leaves
 //! the traffic as it was; the repository's example file checks.
 
-mod harness;
+use crate::harness;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

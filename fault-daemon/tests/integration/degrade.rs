@@ -6,7 +6,7 @@
 //! machines) the delay tests check that faultd refuses them cleanly and print why they
 //! measure nothing; `cargo xtask vm-test` runs them on a kernel that has fq.
 
-mod harness;
+use crate::harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -1,6 +1,6 @@
 //! System tests of `drop` with real processes and real sockets in a network namespace.
 
-mod harness;
+use crate::harness;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -5,7 +5,7 @@
 //! The datagrams go to a UDP port with a drop fault on `lo` in a namespace, each test from
 //! its own source ports, so that a line names exactly the packets that caused it.
 
-mod harness;
+use crate::harness;
 
 use std::fs::File;
 use std::net::UdpSocket;

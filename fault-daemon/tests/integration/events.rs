@@ -2,7 +2,7 @@
 //! as a gap, and `faultctl backoff` judges from the attempts of its port, never from a
 //! history that other events pushed them out of.
 
-mod harness;
+use crate::harness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -2,9 +2,8 @@
 //! faultctl's parser, which refuses much of this before it is sent), and after each
 //! refusal the daemon's list and the kernel's rule map exactly as before.
 
-mod harness;
-#[path = "support/kernel_rules.rs"]
-mod kernel_rules;
+use crate::harness;
+use crate::kernel_rules;
 
 use faultd::proto::{self, action::Kind, fault_service_client::FaultServiceClient};
 use harness::*;

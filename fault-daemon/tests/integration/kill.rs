@@ -2,7 +2,7 @@
 //! and of peer filters, UDP and events, with real sockets, over `lo` and a veth, IPv4 and
 //! IPv6.
 
-mod harness;
+use crate::harness;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

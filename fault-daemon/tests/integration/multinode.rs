@@ -4,9 +4,8 @@
 //! connections across the partition time out, those within a side are made, and after the
 //! heal all are made again. Then the same with a real clustered peer, etcd.
 
-#[path = "harness/cluster.rs"]
-mod cluster;
-mod harness;
+use crate::cluster;
+use crate::harness;
 
 use std::io::ErrorKind;
 use std::time::Duration;

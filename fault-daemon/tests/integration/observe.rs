@@ -3,7 +3,7 @@
 //! health service, and the Prometheus metrics (`promtool check metrics` accepts them and
 //! their counters follow the packets a fault drops).
 
-mod harness;
+use crate::harness;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, UdpSocket};

@@ -6,9 +6,8 @@
 //! connection resuming after the partition heals. The nodes are killed by their PIDs when
 //! a test ends, passed or failed.
 
-mod harness;
-#[path = "support/node_process.rs"]
-mod node_process;
+use crate::harness;
+use crate::node_process;
 
 use std::time::Duration;
 

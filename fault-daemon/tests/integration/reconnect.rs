@@ -7,7 +7,7 @@
 //! checks that the kernel's SYN recorder (`faultctl record` + `faultctl backoff`) and the
 //! userspace retry listener see the same attempts.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::net::TcpListener as StdListener;

@@ -2,7 +2,7 @@
 //! of connections that never say anything, neither grow faultd's memory without bound nor
 //! keep a normal client out.
 
-mod harness;
+use crate::harness;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

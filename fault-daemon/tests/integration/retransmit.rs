@@ -5,7 +5,7 @@
 //! never count as sent (nothing unacknowledged, nothing retransmitted), or its
 //! retransmissions would fail locally (TcpExt TCPRetransFail).
 
-mod harness;
+use crate::harness;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -8,9 +8,8 @@
 //! - Interruption: SIGINT, SIGTERM and SIGKILL of `faultctl run` leave no fault behind, in
 //!   faultd's list nor in the kernel's rule map.
 
-mod harness;
-#[path = "support/kernel_rules.rs"]
-mod kernel_rules;
+use crate::harness;
+use crate::kernel_rules;
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;

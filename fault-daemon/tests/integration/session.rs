@@ -6,7 +6,7 @@
 //! faults to it, prints the session id and holds on until it is killed (or, with `close`,
 //! drops the client — ending the session — on a line on stdin and lives on).
 
-mod harness;
+use crate::harness;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -70,7 +70,7 @@ fn spawn_holder(ns: &Netns, mode: &str) -> (Child, u64) {
         .cmd(exe.to_str().unwrap())
         .args([
             "--exact",
-            "session_holder",
+            "session::session_holder",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -1,7 +1,7 @@
 //! System tests of `slice` and of corrupt's `--byte-percent`: real sockets over a
 //! namespace's `lo` and across a veth, IPv4 and IPv6, judged by what the applications read.
 
-mod harness;
+use crate::harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -45,7 +45,7 @@ use crate::harness::{read_for, tcp_state};
 /// Set to its address in a node process's environment.
 pub const NODE_ENV: &str = "FAULTD_TEST_PARTITION_NODE";
 /// The test that is a node's entry point (see the module doc).
-pub const NODE_TEST: &str = "partition_node";
+pub const NODE_TEST: &str = "partition::partition_node";
 pub const TCP_PORT: u16 = 7000;
 pub const UDP_PORT: u16 = 7001;
 /// What a node's answers start with, to tell them from libtest's own lines.

@@ -291,6 +291,8 @@ pub struct TestRun {
     pub name: String,
     /// Where the binary is inside the VM.
     pub path: String,
+    /// libtest's arguments (`--test-threads=1 --nocapture`, and the area's filter).
+    pub args: String,
 }
 
 pub struct Init<'a> {
@@ -340,10 +342,11 @@ echo "{MARK} kernel $(uname -r)"
     for t in init.tests {
         s.push_str(&format!(
             "echo \"{MARK} begin {name}\"\n\
-             timeout -s KILL {secs} {path} --test-threads=1 --nocapture 2>&1\n\
+             timeout -s KILL {secs} {path} {args} 2>&1\n\
              echo \"{MARK} end {name} $?\"\n",
             name = t.name,
             path = t.path,
+            args = t.args,
             secs = init.test_timeout_secs,
         ));
     }

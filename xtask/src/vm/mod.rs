@@ -21,7 +21,8 @@ use anyhow::{Context as _, bail};
 use initramfs::{Archive, Init, TestRun, marker};
 use report::{Column, Outcome};
 
-/// Test binaries the VM cannot run, and why; they still run on the host.
+/// Areas (modules of the system tests' binary, `tests/integration/AREA.rs`) the VM cannot
+/// run, and why; they still run on the host. Left out with a filter, and shown as "not run".
 const NOT_IN_VM: &[(&str, &str)] = &[
     (
         "auth",
@@ -39,7 +40,7 @@ const NOT_IN_VM: &[(&str, &str)] = &[
         "needs Python with grpcio, which the VM's busybox userland has not",
     ),
 ];
-/// Binaries the VM runs first: the measurements only the VM can make.
+/// Areas the VM runs first: the measurements only the VM can make.
 const FIRST_IN_VM: &[&str] = &["degrade"];
 /// Programs from this machine the tests call (iproute2, util-linux's `setpriv`,
 /// prometheus's `promtool`, which checks faultd's metrics, and the many-node test's etcd),
@@ -48,13 +49,14 @@ const PROGRAMS: &[&str] = &["ip", "tc", "setpriv", "promtool", "etcd", "etcdctl"
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// Only these test binaries (fault-daemon/tests/NAME.rs), comma-separated.
+    /// Only these areas, comma-separated: a module of the system tests
+    /// (fault-daemon/tests/integration/NAME.rs) or `programs` (the program tests).
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
     /// Do not run the tests on this machine's kernel, only in the VM.
     #[arg(long)]
     pub no_host: bool,
-    /// Seconds one test binary may take (in the VM and on the host) before it is killed.
+    /// Seconds one area may take (in the VM and on the host) before it is killed.
     #[arg(long, default_value_t = 600)]
     pub test_timeout: u64,
     /// Seconds the whole VM run may take before qemu is stopped.
@@ -75,6 +77,26 @@ impl Default for Options {
 
 /// Runs the matrix and prints its table; fails when any test failed on any kernel.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    prepare(opts)?.run()
+}
+
+/// A matrix ready to run: the tests built, the kernel fetched, the initramfs written.
+pub struct Prepared {
+    opts: Options,
+    started: Instant,
+    root: PathBuf,
+    logs: PathBuf,
+    build: Build,
+    kernel: kernel::Kernel,
+    initrd: PathBuf,
+    /// Held until the run is over: one run at a time.
+    _lock: File,
+}
+
+/// Everything before the VM boots: setup, the build (`cargo test --workspace --no-run`,
+/// the same artifacts `cargo test --workspace` runs), the kernel and the initramfs. After
+/// it, the run needs no cargo: `cargo xtask test` runs the host's tests meanwhile.
+pub fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
     let started = Instant::now();
     crate::setup::vm()?;
     let root = crate::workspace_root();
@@ -88,8 +110,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         lock.lock().context("locking target/vm")?;
     }
 
-    let names = test_names(&root, &opts.tests)?;
-    let build = build(&names)?;
+    let build = build(&opts.tests)?;
     let kernel = kernel::fetch(&vm_dir)?;
 
     let plan = vm_plan(&build.tests);
@@ -102,75 +123,72 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         size / 1_000_000,
         t.elapsed().as_secs_f64()
     );
-
-    let label = kernel.release.clone();
-    let log = logs.join(format!("{label}.log"));
-    eprintln!(
-        "xtask: booting Debian's {label} in qemu (TCG); console in {}",
-        log.display()
-    );
-    let boot = qemu::boot(
-        &kernel.image,
-        &initrd,
-        &label,
-        Duration::from_secs(opts.vm_timeout),
-        &log,
-    )?;
-    let vm_column = vm_column(&kernel, &build.tests, &boot, &log);
-
-    let mut columns = Vec::new();
-    if !opts.no_host {
-        columns.push(host_column(&build.tests, &root, &logs, opts)?);
-    }
-    columns.push(vm_column);
-
-    print!("{}", report::render(&columns));
-    eprintln!(
-        "xtask: vm-test took {:.0} s (VM: boot {}, whole run {:.0} s)",
-        started.elapsed().as_secs_f64(),
-        boot.boot
-            .map_or_else(|| "-".to_string(), |b| format!("{:.1} s", b.as_secs_f64())),
-        boot.elapsed.as_secs_f64()
-    );
-    let totals = report::totals(&columns);
-    if totals.failed > 0 {
-        bail!(
-            "{} test(s) failed in the kernel matrix (logs in {})",
-            totals.failed,
-            logs.display()
-        );
-    }
-    Ok(())
+    Ok(Prepared {
+        opts: opts.clone(),
+        started,
+        root,
+        logs,
+        build,
+        kernel,
+        initrd,
+        _lock: lock,
+    })
 }
 
-/// The integration tests of fault-daemon (one binary per `tests/NAME.rs` or
-/// `tests/NAME/main.rs`, as cargo finds them), or those asked for.
-fn test_names(root: &Path, only: &[String]) -> anyhow::Result<Vec<String>> {
-    let dir = root.join("fault-daemon/tests");
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().join("main.rs").is_file() {
-                return Some(name);
-            }
-            Some(name.strip_suffix(".rs")?.to_string())
-        })
-        .collect();
-    names.sort();
-    if !only.is_empty() {
-        for n in only {
-            if !names.contains(n) {
-                bail!(
-                    "no test binary {n}: fault-daemon/tests has {}",
-                    names.join(", ")
-                );
-            }
+impl Prepared {
+    /// Boots the VM, runs the areas there (and on this machine unless `--no-host`), prints
+    /// the table; fails when any test failed on any kernel.
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self {
+            opts,
+            started,
+            root,
+            logs,
+            build,
+            kernel,
+            initrd,
+            _lock,
+        } = self;
+        let opts = &opts;
+        let label = kernel.release.clone();
+        let log = logs.join(format!("{label}.log"));
+        eprintln!(
+            "xtask: booting Debian's {label} in qemu (TCG); console in {}",
+            log.display()
+        );
+        let boot = qemu::boot(
+            &kernel.image,
+            &initrd,
+            &label,
+            Duration::from_secs(opts.vm_timeout),
+            &log,
+        )?;
+        let vm_column = vm_column(&kernel, &build.tests, &boot, &log);
+
+        let mut columns = Vec::new();
+        if !opts.no_host {
+            columns.push(host_column(&build.tests, &root, &logs, opts)?);
         }
-        names.retain(|n| only.contains(n));
+        columns.push(vm_column);
+
+        print!("{}", report::render(&columns));
+        eprintln!(
+            "xtask: vm-test took {:.0} s (VM: boot {}, whole run {:.0} s)",
+            started.elapsed().as_secs_f64(),
+            boot.boot
+                .map_or_else(|| "-".to_string(), |b| format!("{:.1} s", b.as_secs_f64())),
+            boot.elapsed.as_secs_f64()
+        );
+        let totals = report::totals(&columns);
+        if totals.failed > 0 {
+            bail!(
+                "{} test(s) failed in the kernel matrix (logs in {})",
+                totals.failed,
+                logs.display()
+            );
+        }
+        Ok(())
     }
-    Ok(names)
 }
 
 struct Build {
@@ -179,12 +197,32 @@ struct Build {
     faultctl: PathBuf,
 }
 
+/// One row of the matrix: an area of fault-daemon's tests, run as one libtest process.
 struct TestBin {
+    /// The area: a module of the system tests' binary, or `programs`.
     name: String,
     exe: PathBuf,
+    /// The libtest filter that picks the area's tests out of its binary (`degrade::`), if
+    /// the binary has more than one area.
+    filter: Option<String>,
     /// Its tests, from `--list`.
     tests: Vec<String>,
 }
+
+impl TestBin {
+    /// libtest's arguments for running the area.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--test-threads=1".to_string(), "--nocapture".to_string()];
+        args.extend(self.filter.clone());
+        args
+    }
+}
+
+/// The test binaries of fault-daemon (cargo's test targets: `tests/integration`, the system
+/// tests, one module per area; `tests/programs`, the program tests).
+const BINARIES: &[&str] = &["integration", "programs"];
+/// The binary whose modules are areas of their own.
+const AREAS_BINARY: &str = "integration";
 
 /// The binaries the VM runs, in order.
 fn vm_plan(tests: &[TestBin]) -> Vec<&TestBin> {
@@ -196,23 +234,22 @@ fn vm_plan(tests: &[TestBin]) -> Vec<&TestBin> {
     plan
 }
 
-/// `cargo test --no-run` for the chosen test binaries; their paths (and faultd's, which the
-/// tests reference by absolute path) come from cargo's JSON messages. faultctl, a crate of
-/// its own, is built first; the tests look for it beside faultd.
-fn build(names: &[String]) -> anyhow::Result<Build> {
+/// `cargo test --no-run` for fault-daemon's test binaries; their paths (and faultd's, which
+/// the tests reference by absolute path) come from cargo's JSON messages. faultctl, a crate
+/// of its own, is built first; the tests look for it beside faultd. The areas are the
+/// binaries' (the system tests' modules, from `--list`), or those of `only`.
+fn build(only: &[String]) -> anyhow::Result<Build> {
     crate::cargo(&["build", "--package", "faultctl"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // The whole workspace's tests, as `cargo test --workspace` builds them: the same
+    // artifacts, so that `cargo xtask test` builds them once for both columns.
     cmd.args([
         "test",
+        "--workspace",
         "--no-run",
         "--message-format=json-render-diagnostics",
-        "--package",
-        "fault-daemon",
     ]);
-    for n in names {
-        cmd.args(["--test", n]);
-    }
     let out = cmd
         .current_dir(crate::workspace_root())
         .stderr(Stdio::inherit())
@@ -242,13 +279,39 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
             .cloned()
             .unwrap_or_default();
         let is = |k: &str| kinds.iter().any(|v| v == k);
-        if is("test") && names.contains(&name) {
+        let ours = msg["target"]["src_path"]
+            .as_str()
+            .is_some_and(|p| p.contains("/fault-daemon/tests/"));
+        if is("test") && ours && BINARIES.contains(&name.as_str()) {
             let exe = PathBuf::from(exe);
-            tests.push(TestBin {
-                tests: list_tests(&exe)?,
-                name,
-                exe,
-            });
+            let listed = list_tests(&exe)?;
+            if name == AREAS_BINARY {
+                let mut areas: Vec<String> = listed
+                    .iter()
+                    .filter_map(|t| t.split_once("::").map(|(m, _)| m.to_string()))
+                    .collect();
+                areas.dedup();
+                for area in areas {
+                    let prefix = format!("{area}::");
+                    tests.push(TestBin {
+                        tests: listed
+                            .iter()
+                            .filter(|t| t.starts_with(&prefix))
+                            .cloned()
+                            .collect(),
+                        filter: Some(prefix),
+                        name: area,
+                        exe: exe.clone(),
+                    });
+                }
+            } else {
+                tests.push(TestBin {
+                    tests: listed,
+                    filter: None,
+                    name,
+                    exe,
+                });
+            }
         } else if is("bin") && msg["profile"]["test"] == false {
             if name == "faultd" {
                 faultd = Some(PathBuf::from(exe));
@@ -256,6 +319,18 @@ fn build(names: &[String]) -> anyhow::Result<Build> {
         }
     }
     tests.sort_by(|a, b| a.name.cmp(&b.name));
+    if !only.is_empty() {
+        let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+        for n in only {
+            if !names.contains(&n.as_str()) {
+                bail!(
+                    "no area {n}: fault-daemon's tests have {}",
+                    names.join(", ")
+                );
+            }
+        }
+        tests.retain(|t| only.contains(&t.name));
+    }
     let faultd: PathBuf = faultd.context("cargo built no faultd binary")?;
     let faultctl = faultd.with_file_name("faultctl");
     if !faultctl.is_file() {
@@ -324,12 +399,19 @@ fn initramfs(
         a.program(&bin.to_string_lossy(), &initramfs::stripped(bin, &stage)?)?;
     }
     let mut runs = Vec::new();
+    let mut copied: Vec<&Path> = Vec::new();
     for bin in plan {
-        let path = format!("/vm-tests/{}", bin.name);
-        a.program(&path, &initramfs::stripped(&bin.exe, &stage)?)?;
+        // One copy of each binary, whatever the number of its areas.
+        let file = bin.exe.file_name().unwrap_or_default().to_string_lossy();
+        let path = format!("/vm-tests/{file}");
+        if !copied.contains(&bin.exe.as_path()) {
+            a.program(&path, &initramfs::stripped(&bin.exe, &stage)?)?;
+            copied.push(&bin.exe);
+        }
         runs.push(TestRun {
             name: bin.name.clone(),
             path,
+            args: bin.args().join(" "),
         });
     }
     let mut modules = Vec::new();
@@ -469,13 +551,13 @@ fn host_column(
         .trim()
         .to_string();
     let mut results = Vec::new();
-    for TestBin { name, exe, .. } in tests {
+    for bin @ TestBin { name, exe, .. } in tests {
         eprintln!("xtask: [host] running {name}");
         let started = Instant::now();
         let log = logs.join(format!("host-{name}.log"));
         let file = File::create(&log)?;
         let mut child = Command::new(exe)
-            .args(["--test-threads=1", "--nocapture"])
+            .args(bin.args())
             .current_dir(root.join("fault-daemon"))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
