@@ -11,9 +11,13 @@
 //! 2. [`throughput`]: at 10 000 faults, in the same rounds: no faultd, faultd, the same rules
 //!    as iptables DROP rules, a userspace TCP proxy.
 //! 3. [`apply_latency`] and 4. [`churn`]: a second faultd with no other faults.
+//! 6. [`accuracy`]: on that faultd, how closely a delay and a rate keep to what they ask and
+//!    how soon a killed client's faults go, each beside its target; a miss is reported, never
+//!    a failure (the system tests assert only the bounds faultd guarantees on any machine).
 //!
 //! `XTASK_BENCH_BIN_DIR=DIR` benches the faultd and faultctl in DIR instead of building them.
 
+mod accuracy;
 mod api;
 mod apply_latency;
 mod churn;
@@ -132,6 +136,8 @@ pub struct Results {
     pub churn: churn::ChurnResult,
     /// Pass-through cost with ranges, tuples and a partition installed (issue #14).
     pub targets: packet_cost::TargetsCost,
+    /// Delay and rate accuracy, teardown time, beside their targets.
+    pub accuracy: accuracy::Accuracy,
     pub seconds: f64,
 }
 
@@ -271,6 +277,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let faultctl_ns = apply_latency::faultctl(&ns, &faultctl, FAULTCTL_PORT, cfg.faultctl_reps)?;
     eprintln!("bench: churn for {:?}", cfg.churn);
     let churn = churn::run(&ns, CHURN_PORT_A, CHURN_PORT_B, cfg.churn)?;
+    eprintln!("bench: accuracy (delay, rate, teardown)");
+    let accuracy = accuracy::run(&ns, &faultctl)?;
     drop(daemon);
     drop(ns);
 
@@ -288,6 +296,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         faultctl_ns,
         churn,
         targets,
+        accuracy,
         seconds: start.elapsed().as_secs_f64(),
     };
     let json = cfg.out_dir.join("results.json");
@@ -301,10 +310,18 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         .unwrap_or_default();
     // The soak section is written by `--soak` runs only: keep it.
     let old = std::fs::read_to_string(&cfg.report).unwrap_or_default();
-    let text = soak::keep_section(&old, report::markdown(&results, &plot_name));
+    let mut markdown = report::markdown(&results, &plot_name);
+    markdown.push_str(&format!(
+        "\n## Accuracy\n\nHow closely faults keep to what they ask, beside the targets (a miss \
+         is reported, never a failure; the system tests assert only the bounds faultd \
+         guarantees on any machine):\n\n{}",
+        accuracy::table(&results.accuracy)
+    ));
+    let text = soak::keep_section(&old, markdown);
     std::fs::write(&cfg.report, &text)
         .with_context(|| format!("writing {}", cfg.report.display()))?;
     eprintln!("{}", report::summary(&results));
+    eprintln!("bench: accuracy\n{}", accuracy::table(&results.accuracy));
     let t = &results.targets;
     eprintln!(
         "bench: with {} richer-target faults: over the no-op program (median ns) {:?}; \
