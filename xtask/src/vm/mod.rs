@@ -39,6 +39,36 @@ const NOT_IN_VM: &[(&str, &str)] = &[
         "reconnect",
         "needs Python with grpcio, which the VM's busybox userland has not",
     ),
+    // Userspace only: what they check does not depend on the kernel, and this machine's
+    // column runs them; the VM's minutes go to what only 6.1 can show.
+    (
+        "config",
+        "faultd's configuration file and --check-config: userspace only, run on this machine",
+    ),
+    (
+        "client",
+        "the Rust client's builders and guards: userspace only, run on this machine",
+    ),
+    (
+        "session",
+        "faultd's sessions (a client's faults go with its stream): userspace only, run on \
+         this machine",
+    ),
+    (
+        "scenario_run",
+        "faultctl run's schedule and interruption: userspace only, run on this machine",
+    ),
+];
+/// Single tests the VM leaves out (libtest `--skip`), and why.
+const SKIPPED_IN_VM: &[(&str, &str)] = &[
+    (
+        "daemon::two_faultd_racing_for_one_interface_never_both_win",
+        "the interface lock is a file lock, not the kernel's: run on this machine",
+    ),
+    (
+        "daemon::a_starter_that_opened_the_lock_file_before_the_holder_exited_loses",
+        "the interface lock is a file lock, not the kernel's: run on this machine",
+    ),
 ];
 /// Areas the VM runs first: the measurements only the VM can make.
 const FIRST_IN_VM: &[&str] = &["degrade"];
@@ -215,6 +245,23 @@ impl TestBin {
         let mut args = vec!["--test-threads=1".to_string(), "--nocapture".to_string()];
         args.extend(self.filter.clone());
         args
+    }
+
+    /// The same in the VM, leaving out [`SKIPPED_IN_VM`].
+    fn vm_args(&self) -> Vec<String> {
+        let mut args = self.args();
+        for (test, _) in self.skipped_in_vm() {
+            // A substring, as libtest's filters are (`--exact` would apply to the area's
+            // filter too): the full path names one test.
+            args.extend(["--skip".to_string(), test.to_string()]);
+        }
+        args
+    }
+
+    fn skipped_in_vm(&self) -> impl Iterator<Item = &(&'static str, &'static str)> {
+        SKIPPED_IN_VM
+            .iter()
+            .filter(|(t, _)| self.tests.iter().any(|mine| mine == t))
     }
 }
 
@@ -411,7 +458,7 @@ fn initramfs(
         runs.push(TestRun {
             name: bin.name.clone(),
             path,
-            args: bin.args().join(" "),
+            args: bin.vm_args().join(" "),
         });
     }
     let mut modules = Vec::new();
@@ -491,6 +538,12 @@ fn vm_column(kernel: &kernel::Kernel, tests: &[TestBin], boot: &qemu::Boot, log:
         let outcome = match sections.iter().find(|(n, _, _)| n == name) {
             Some((_, lines, rc)) => {
                 let mut outcome = report::parse(lines, *rc);
+                let left_out: Vec<&str> = bin.skipped_in_vm().map(|(_, why)| *why).collect();
+                if !left_out.is_empty() {
+                    outcome.not_run += left_out.len() as u32;
+                    outcome.not_run_why =
+                        Some(format!("{} left out: {}", left_out.len(), left_out[0]));
+                }
                 // Skips are checked against what this kernel may lack (the VM's 6.1 has
                 // sch_fq: nothing that needs fq may skip there).
                 outcome.check_skips(&kernel.release, |t| {
