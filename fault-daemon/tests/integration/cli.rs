@@ -411,11 +411,11 @@ fn events_follow_prints_events_as_they_happen() {
     let early = connect();
     let mut follower = Follower::start(&ns);
     let syn = |from: std::net::SocketAddr| format!("fault={id} syn {from} -> 127.0.0.1:7501");
-    let first = follower.line_with(&syn(early), Duration::from_secs(10));
+    let first = follower.line_with(&syn(early), WAIT);
 
     for _ in 0..2 {
         let from = connect();
-        let line = follower.line_with(&syn(from), Duration::from_secs(5));
+        let line = follower.line_with(&syn(from), WAIT);
         assert!(kernel_ns(&line) > kernel_ns(&first), "{line} after {first}");
     }
     assert!(

@@ -87,7 +87,7 @@ fn a_guard_silences_a_connection_until_it_drops() {
         drop(guard);
         let took = wait_no_faults(&client, "a dropped guard").await;
         eprintln!("the dropped guard's fault went in {took:?}");
-        let got = read_exact_within(&mut server_sock, 4, Duration::from_secs(15)).unwrap();
+        let got = read_exact_within(&mut server_sock, 4, WAIT).unwrap();
         assert_eq!(
             got, b"held",
             "TCP delivers the held data once the guard is gone"

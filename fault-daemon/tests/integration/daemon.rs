@@ -581,8 +581,8 @@ fn sigterm_with_a_follower_and_an_idle_connection_exits() {
     assert_eq!(code, Some(0), "log:\n{}", daemon.log_text());
     assert_eq!(wait_until_clean(&ns, "lo"), Vec::<String>::new());
     // The follower's stream ended, and it was told why.
-    let status = exit_within(&mut follower.child, Duration::from_secs(5))
-        .expect("the follower's stream outlived faultd");
+    let status =
+        exit_within(&mut follower.child, WAIT).expect("the follower's stream outlived faultd");
     // UNAVAILABLE: faultctl says the daemon is gone (exit code 2, "daemon unreachable").
     assert_eq!(status, Some(2));
     let mut err = String::new();
@@ -713,10 +713,10 @@ fn a_second_signal_during_loading_exits_at_once() {
         &ns,
         "load2",
     );
-    wait_for_log(&daemon, "loading the programs", Duration::from_secs(10));
+    wait_for_log(&daemon, "loading the programs", WAIT);
     // SAFETY: signalling our own child by PID.
     unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
-    wait_for_log(&daemon, "stopping before serving", Duration::from_secs(5));
+    wait_for_log(&daemon, "stopping before serving", WAIT);
     // SAFETY: as above.
     unsafe { libc::kill(daemon.pid(), libc::SIGINT) };
     let code = exit_within(&mut daemon.child, load_within()).unwrap();

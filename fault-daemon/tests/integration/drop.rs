@@ -18,7 +18,7 @@ fn connect_pair(addr: &str, port: u16) -> (TcpStream, TcpStream) {
 
 fn echo_once(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {
     from.write_all(msg).unwrap();
-    let got = read_exact_within(to, msg.len(), Duration::from_secs(5)).unwrap();
+    let got = read_exact_within(to, msg.len(), WAIT).unwrap();
     assert_eq!(got, msg);
 }
 
@@ -74,10 +74,9 @@ fn drop_silences_a_connection_that_resumes_after_rm() {
 
     ns.faultctl_ok(&["rm", &id]);
     // TCP retransmits the held data on the very same connection.
-    let got =
-        read_exact_within(&mut server, b"lost-for-now".len(), Duration::from_secs(15)).unwrap();
+    let got = read_exact_within(&mut server, b"lost-for-now".len(), WAIT).unwrap();
     assert_eq!(got, b"lost-for-now");
-    let got = read_exact_within(&mut client, b"also-held".len(), Duration::from_secs(15)).unwrap();
+    let got = read_exact_within(&mut client, b"also-held".len(), WAIT).unwrap();
     assert_eq!(got, b"also-held");
     echo_once(&mut client, &mut server, b"after");
     assert_eq!(ns.run(|| snmp("Tcp", "OutRsts")), rsts_before);
@@ -115,7 +114,7 @@ fn one_way_drop_over_veth_in_both_families() {
             None
         );
         pair.server.faultctl_ok(&["rm", &id]);
-        let got = read_exact_within(&mut client, 25, Duration::from_secs(15)).unwrap();
+        let got = read_exact_within(&mut client, 25, WAIT).unwrap();
         assert_eq!(got, b"server to client vanishes");
     }
 }

@@ -29,7 +29,7 @@ fn start_faultd(ns: &Netns, extra: &[&str]) -> Daemon {
         .spawn()
         .expect("spawn faultd");
     let mut daemon = Daemon { child, log };
-    daemon.wait_ready(Duration::from_secs(30)).unwrap();
+    daemon.wait_ready(ready_wait()).unwrap();
     daemon
 }
 

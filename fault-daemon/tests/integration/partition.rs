@@ -195,7 +195,7 @@ fn a_partition_cuts_exactly_the_flows_across_it_and_heals() {
     assert_eq!(reachability(&mut nodes), expected(false, false));
     // TCP retransmits the held bytes on the very same connection.
     assert_eq!(
-        nodes[1].read("held", 4, Duration::from_secs(15)),
+        nodes[1].read("held", 4, WAIT),
         Read::Bytes(b"held".to_vec())
     );
 }

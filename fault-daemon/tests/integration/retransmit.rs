@@ -94,7 +94,7 @@ fn a_drop_on_lo_makes_the_sender_retransmit_on_its_timeout() {
 
     ns.faultctl_ok(&["rm", &id]);
     // The next retransmission gets through, on the same connection.
-    let got = read_exact_within(&mut server, 4, Duration::from_secs(15)).unwrap();
+    let got = read_exact_within(&mut server, 4, WAIT).unwrap();
     assert_eq!(got, b"held");
     echo(&mut client, &mut server, b"after");
 }

@@ -321,8 +321,8 @@ fn an_interrupted_run_leaves_no_fault_behind() {
         (libc::SIGKILL, "SIGKILL"),
     ] {
         let (mut run, rows) = spawn_run(&ns, &file);
-        assert_eq!(next_row(&rows, Duration::from_secs(10))["event"], "start");
-        let added = next_row(&rows, Duration::from_secs(10));
+        assert_eq!(next_row(&rows, WAIT)["event"], "start");
+        let added = next_row(&rows, WAIT);
         assert_eq!(added["event"], "add", "{added}");
         let listed = ns.faults_json();
         let session = listed[0]["session_id"].as_u64().unwrap();
@@ -343,7 +343,7 @@ fn an_interrupted_run_leaves_no_fault_behind() {
             continue;
         }
         assert_eq!(status.code(), Some(0), "{name}: {status}");
-        let healed = next_row(&rows, Duration::from_secs(10));
+        let healed = next_row(&rows, WAIT);
         assert_eq!(healed["event"], "heal", "{healed}");
         let why = if signal == libc::SIGINT {
             "interrupted"

@@ -161,7 +161,7 @@ fn sigkill_of_the_client_removes_its_faults() {
         "the session-less fault stays"
     );
     // The kernel no longer acts: TCP's retransmission arrives.
-    let got = read_exact_within(&mut server, 4, Duration::from_secs(15)).unwrap();
+    let got = read_exact_within(&mut server, 4, WAIT).unwrap();
     assert_eq!(got, b"held");
 }
 

@@ -32,7 +32,7 @@ fn transfer(from: &TcpStream, mut to: &TcpStream, data: &[u8]) -> (Vec<u8>, Vec<
     let mut writer = from.try_clone().unwrap();
     let sent = data.to_vec();
     let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
-    to.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    to.set_read_timeout(Some(WAIT)).unwrap();
     let (mut got, mut sizes) = (Vec::new(), Vec::new());
     let mut buf = vec![0u8; 65_536];
     let deadline = Instant::now() + Duration::from_secs(20);
