@@ -87,10 +87,10 @@ pub struct Options {
     #[arg(long)]
     pub no_host: bool,
     /// Seconds one area may take (in the VM and on the host) before it is killed.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1800)]
     pub test_timeout: u64,
     /// Seconds the whole VM run may take before qemu is stopped.
-    #[arg(long, default_value_t = 2400)]
+    #[arg(long, default_value_t = 5400)]
     pub vm_timeout: u64,
 }
 
@@ -99,8 +99,8 @@ impl Default for Options {
         Self {
             tests: Vec::new(),
             no_host: false,
-            test_timeout: 600,
-            vm_timeout: 2400,
+            test_timeout: 1800,
+            vm_timeout: 5400,
         }
     }
 }
