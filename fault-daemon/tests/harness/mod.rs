@@ -408,6 +408,30 @@ pub fn tcp_state(fd: &impl AsRawFd) -> u8 {
 
 pub const TCP_ESTABLISHED: u8 = 1;
 
+/// Data segments a TCP socket has received (TCP_INFO `tcpi_data_segs_in`): the kernel's
+/// count, whatever the application's reads merged.
+pub fn tcp_data_segs_in(fd: &impl AsRawFd) -> u32 {
+    let mut info = [0u8; 232];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: buffer and length are valid; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(
+        len >= 156,
+        "TCP_INFO of {len} bytes has no tcpi_data_segs_in"
+    );
+    // struct tcp_info: tcpi_data_segs_in is the u32 at byte 152 (Linux >= 4.6).
+    u32::from_ne_bytes(info[152..156].try_into().unwrap())
+}
+
 /// A counter from /proc/net/snmp of the calling thread's namespace, e.g. ("Tcp", "OutRsts").
 pub fn snmp(group: &str, name: &str) -> u64 {
     let text = fs::read_to_string("/proc/thread-self/net/snmp").unwrap();

@@ -296,10 +296,11 @@ struct Transfer {
     took: Duration,
 }
 
-/// Opens a connection to `port` (its fault already in place) and reads `total` payload
-/// bytes while the other end writes as fast as it can; fails when they have not all come
-/// within a generous deadline (the rate must limit the flow, not stop it).
-fn transfer(s: &Scenario, port: u16, total: u64, way: Way) -> Transfer {
+/// Opens a connection to `port` (its fault already in place) and reads while the other end
+/// writes as fast as it can, until `total` payload bytes came or `window` passed, whichever
+/// is first (and, however slow the machine, until something came: the rate must limit the
+/// flow, not stop it). The bounds the callers check hold for whatever time it took.
+fn transfer(s: &Scenario, port: u16, total: u64, window: Duration, way: Way) -> Transfer {
     let listener = s.listen(port);
     let wire_before = faulted_iface_bytes(s);
     let start = Instant::now();
@@ -326,9 +327,10 @@ fn transfer(s: &Scenario, port: u16, total: u64, way: Way) -> Transfer {
     reader
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let deadline = start + Duration::from_secs(120);
+    let deadline = start + WAIT;
     let mut payload = 0u64;
-    while payload < total && Instant::now() < deadline {
+    while payload < total && (start.elapsed() < window || payload == 0) && Instant::now() < deadline
+    {
         if let Ok(n) = reader.read(&mut buf) {
             payload += n as u64;
         }
@@ -339,8 +341,8 @@ fn transfer(s: &Scenario, port: u16, total: u64, way: Way) -> Transfer {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert!(
-        payload >= total,
-        "{way:?}: only {payload} of {total} bytes within {took:?}: the rate stopped the flow"
+        payload > 0,
+        "{way:?}: nothing within {took:?}: the rate stopped the flow"
     );
     Transfer {
         payload,
@@ -376,9 +378,10 @@ fn rate_holds_a_transfer_to_the_limit() {
         let mut policed = false;
         for &way in ways {
             let paced = fq.is_ok() && (s.kind() == "lo" || way == Way::FromPort);
-            // 1.5 s worth at the limit: the bounds below do not depend on how fast this
-            // machine is, only on what the rate lets through in the time the transfer took.
-            let t = transfer(s, 5106, 1_500_000, way);
+            // 1.5 s worth at the limit, or what 3 s bring (policed TCP loses time to the
+            // drops): the bounds below do not depend on how fast this machine is, only on
+            // what the rate lets through in the time the transfer took.
+            let t = transfer(s, 5106, 1_500_000, Duration::from_secs(3), way);
             let secs = t.took.as_secs_f64();
             // Reported, never asserted: the accuracy is `cargo xtask bench`'s figure.
             eprintln!(

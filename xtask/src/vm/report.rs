@@ -194,6 +194,16 @@ pub struct Totals {
     pub not_run: u32,
 }
 
+/// A test's name with its row's in front, unless libtest's name has it already (an area's
+/// tests are named `area::test`).
+fn qualified(bin: &str, test: &str) -> String {
+    if test.starts_with(&format!("{bin}::")) {
+        test.to_string()
+    } else {
+        format!("{bin}::{test}")
+    }
+}
+
 pub fn totals(columns: &[Column]) -> Totals {
     let mut t = Totals {
         passed: 0,
@@ -284,7 +294,7 @@ pub fn render(columns: &[Column]) -> String {
                 o.skips
                     .iter()
                     .filter(|(t, _)| !o.failures.contains(t))
-                    .map(move |(t, why)| format!("  {} {bin}::{t}: {why}", c.kernel))
+                    .map(move |(t, why)| format!("  {} {}: {why}", c.kernel, qualified(bin, t)))
             })
         })
         .collect();
@@ -301,7 +311,7 @@ pub fn render(columns: &[Column]) -> String {
                 let mut v: Vec<String> = o
                     .failures
                     .iter()
-                    .map(|t| format!("  {} {bin}::{t}", c.kernel))
+                    .map(|t| format!("  {} {}", c.kernel, qualified(bin, t)))
                     .collect();
                 if let Some(p) = &o.problem {
                     v.push(format!("  {} {bin}: {p}", c.kernel));
