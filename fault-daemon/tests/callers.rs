@@ -93,7 +93,7 @@ fn admits_root_and_refuses_nobody(ns: &Netns, addr: &str, port: u16) {
         serde_json::from_str(&ok(faultctl_at(ns, addr, &["list", "--json"]), &what)).unwrap();
     let fault = list
         .as_array()
-        .and_then(|faults| faults.iter().find(|f| f["id"].to_string() == id))
+        .and_then(|faults| faults.iter().find(|f| f["id"].as_u64() == id.parse().ok()))
         .unwrap_or_else(|| panic!("{what}: fault {id} not listed: {list}"));
     assert_eq!(fault["owner"]["uid"], 0, "{what}: {fault}");
     assert_eq!(fault["owner"]["command"], "faultctl", "{what}: {fault}");

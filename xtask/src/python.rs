@@ -64,6 +64,10 @@ pub fn tests() -> anyhow::Result<()> {
     let faultd = root.join("target/debug/faultd");
     pytest(&python, &root, &faultd, "clients/python/tests", &[])?;
     let modules = node_modules(&root)?;
+    eprintln!(
+        "xtask: the acceptance matrix runs on this host only: the kernel matrix's VM \
+         (xtask vm-test) boots a busybox initramfs that carries no Python or Node runtime"
+    );
     pytest(
         &python,
         &root,
