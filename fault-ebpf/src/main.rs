@@ -148,16 +148,16 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
                 Hook::TcEgress => reset::Way::BackIn,
                 _ => reset::Way::BackOut,
             };
-            match reset::send_rst(ctx, pkt, ifindex, way) {
-                Ok(action) => {
-                    events::emit(EVENT_RST_SENT, fault_id, pkt, unsafe { bpf_ktime_get_ns() });
-                    action
-                }
+            // To the sender, or to both ends after a limit's cut; the verdict, or an error
+            // below zero (see reset::send_rst).
+            let sent = reset::send_rst(ctx, pkt, ifindex, way, hook);
+            if sent >= 0 {
+                events::emit(EVENT_RST_SENT, fault_id, pkt, unsafe { bpf_ktime_get_ns() });
+                sent as i32
+            } else {
                 // The packet is half rewritten or cannot be answered: it must not go on.
-                Err(_) => {
-                    log::reset_failed(hook, fault_id);
-                    TC_ACT_SHOT
-                }
+                log::reset_failed(hook, fault_id);
+                TC_ACT_SHOT
             }
         }
     }

@@ -127,7 +127,11 @@ pub struct Effects {
     pub corrupt: u8,
     pub stall: u8,
     pub duplicate: u8,
-    pub _pad: u8,
+    /// A limit cut the flow with `--then reset`: the RST goes to both ends, not only to the
+    /// packet's sender ([`Effects::take_cut`]). A flag beside the verdict, not a verdict of
+    /// its own: one more value returned up the rule walk multiplied the verifier's paths
+    /// through the XDP program past its million instructions.
+    pub cut: u8,
 }
 
 /// How a corrupt fault changes the packet (`Effects::corrupt`): one byte, or each byte with
@@ -141,6 +145,18 @@ impl Effects {
     pub fn current(hook: Hook) -> Option<&'static Effects> {
         // SAFETY: a per-CPU map value, valid for the program's run; see EFFECTS.
         EFFECTS.get_ptr(hook as u32).map(|fx| unsafe { &*fx })
+    }
+
+    /// Whether the Reset verdict this hook just had is a limit's cut (the RST then goes to
+    /// both ends); clears the flag, so that no later packet of this CPU and hook sees it.
+    #[inline(always)]
+    pub fn take_cut(hook: Hook) -> bool {
+        let Some(fx) = Self::current_mut(hook) else {
+            return false;
+        };
+        let cut = fx.cut != 0;
+        fx.cut = 0;
+        cut
     }
 
     /// This hook's effects, to add to.
@@ -167,6 +183,7 @@ impl Effects {
             write_volatile(&raw mut (*fx).corrupt, 0);
             write_volatile(&raw mut (*fx).stall, 0);
             write_volatile(&raw mut (*fx).duplicate, 0);
+            write_volatile(&raw mut (*fx).cut, 0);
             Some(&mut *fx)
         }
     }
@@ -621,6 +638,14 @@ fn act(slot: &FaultSlot, pkt: &Packet, at: &Where, fx: &mut Effects) -> Outcome 
             fx.stall = 1;
             Outcome::Altered
         }
+        ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE => {
+            let verdict = limit(slot, pkt, side, now);
+            // A limit's Reset is a cut: both ends get a RST (see Effects::cut).
+            if let Verdict::Reset { .. } = verdict {
+                fx.cut = 1;
+            }
+            verdict.into()
+        }
         _ => decide_fate(slot, pkt, side, now).into(),
     }
 }
@@ -732,7 +757,6 @@ fn decide_fate(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict 
             events::emit(EVENT_SYN, slot.fault_id, pkt, now);
             Verdict::Pass
         }
-        ACTION_LIMIT_BYTES | ACTION_LIMIT_AGE => limit(slot, pkt, side, now),
         _ => Verdict::Pass,
     }
 }
@@ -768,8 +792,9 @@ fn limit(slot: &FaultSlot, pkt: &Packet, side: Side, now: u64) -> Verdict {
     };
     match (over, slot.then) {
         (false, _) => Verdict::Pass,
-        // RSTs are what kill the flow: among them, the ones this fault forged, which a
-        // veth's other hook sees on their way back.
+        // RSTs are what kill the flow: among them, the ones this fault forged, which meet
+        // the programs again (the receiver's at once, sent on; the sender's on a veth's
+        // other hook on its way back). A Reset here goes to both ends (see act).
         (true, THEN_RESET) if is_rst_now(pkt) => Verdict::Pass,
         (true, THEN_RESET) => Verdict::Reset {
             fault_id: slot.fault_id,

@@ -66,22 +66,82 @@ fn peer_groups(stream: &impl AsRawFd) -> io::Result<Vec<u32>> {
 /// end, which is in this network namespace when the connection came over loopback. Only
 /// its uid and socket: its process, which takes a scan of /proc, is left to
 /// [`with_process`].
+///
+/// Every kind of local caller is found: an IPv4 socket, an IPv6 one (`::1`), and an IPv6
+/// socket talking IPv4 through v4-mapped addresses (`[::ffff:127.0.0.1]:p`), which is how
+/// gRPC's C core (Python's grpcio, Ruby, C#, C++, PHP) and dual-stack stacks such as Netty
+/// connect to `127.0.0.1`. The lookup stays exact (the connection's 4-tuple, established
+/// only) in each family asked ([`lookups`]); a caller found in none is refused, and the
+/// reason names the families tried.
 pub fn tcp_peer(local: SocketAddr, peer: SocketAddr) -> Caller {
     let unknown = |why: String| Caller::Unknown { peer, why };
-    // A v4 client of a dual-stack listener is an IPv4 socket.
-    let (local, peer_socket) = (unmapped(local), unmapped(peer));
-    match socket_owner(peer_socket, local) {
-        Ok(Some(owner)) => Caller::Local(LocalCaller {
-            uid: owner.uid,
-            gids: Vec::new(),
-            pid: None,
-            command: String::new(),
-            via: format!("tcp from {peer}"),
-            socket_inode: Some(owner.inode),
-            found: Default::default(),
-        }),
-        Ok(None) => unknown("the kernel has no established socket with that address".into()),
-        Err(e) => unknown(format!("sock_diag: {e}")),
+    let lookups = lookups(peer, local);
+    let mut errors = Vec::new();
+    for lookup in &lookups {
+        match socket_owner(lookup.src, lookup.dst) {
+            Ok(Some(owner)) => {
+                return Caller::Local(LocalCaller {
+                    uid: owner.uid,
+                    gids: Vec::new(),
+                    pid: None,
+                    command: String::new(),
+                    via: format!("tcp from {peer}"),
+                    socket_inode: Some(owner.inode),
+                    found: Default::default(),
+                });
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("sock_diag in {}: {e}", lookup.family)),
+        }
+    }
+    let tried = lookups
+        .iter()
+        .map(|l| l.family)
+        .collect::<Vec<_>>()
+        .join(" and ");
+    if errors.is_empty() {
+        unknown(format!(
+            "the kernel has no established socket with that address; asked sock_diag in {tried}"
+        ))
+    } else {
+        unknown(errors.join("; "))
+    }
+}
+
+/// One exact sock_diag lookup: the caller's socket by its local address `src` and remote
+/// `dst`, in one address family.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// For people: "AF_INET", "AF_INET6 with v4-mapped addresses", "AF_INET6".
+    pub family: &'static str,
+}
+
+/// The lookups that find the socket at the other end of a connection from `peer` to
+/// `local` (as faultd's accepted socket sees them; a dual-stack listener sees an IPv4
+/// client v4-mapped). An IPv4 peer may hold an IPv4 socket or an IPv6 one with v4-mapped
+/// addresses (`IPV6_V6ONLY` off): AF_INET first, then AF_INET6 with both addresses mapped.
+/// An IPv6 peer holds an IPv6 socket.
+pub fn lookups(peer: SocketAddr, local: SocketAddr) -> Vec<Lookup> {
+    match (unmapped(peer), unmapped(local)) {
+        (src @ SocketAddr::V4(_), dst @ SocketAddr::V4(_)) => vec![
+            Lookup {
+                src,
+                dst,
+                family: "AF_INET",
+            },
+            Lookup {
+                src: mapped(src),
+                dst: mapped(dst),
+                family: "AF_INET6 with v4-mapped addresses",
+            },
+        ],
+        (src, dst) => vec![Lookup {
+            src,
+            dst,
+            family: "AF_INET6",
+        }],
     }
 }
 
@@ -98,6 +158,14 @@ pub fn with_process(mut caller: LocalCaller) -> LocalCaller {
     caller.command = pid.map(command_of).unwrap_or_default();
     caller.pid = pid;
     caller
+}
+
+/// An IPv4 address as a dual-stack IPv6 socket holds it (`::ffff:a.b.c.d`).
+fn mapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), addr.port()),
+        IpAddr::V6(_) => addr,
+    }
 }
 
 fn unmapped(addr: SocketAddr) -> SocketAddr {
@@ -164,11 +232,16 @@ pub fn socket_owner(src: SocketAddr, dst: SocketAddr) -> io::Result<Option<Socke
         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
             let h = &response.header;
             // An exact lookup falls back to a listener, and a closed socket leaves a
-            // time-wait entry reported as uid 0: only the connection itself counts.
-            let same = h.socket_id.source_port == wanted.source_port
-                && h.socket_id.destination_port == wanted.destination_port
-                && h.socket_id.source_address == wanted.source_address
-                && h.socket_id.destination_address == wanted.destination_address;
+            // time-wait entry reported as uid 0: only the connection itself counts. The
+            // kernel looks a v4 tuple up in the IPv4 tables whichever family is asked, and
+            // answers in the socket's own family: a dual-stack socket's addresses come
+            // back v4-mapped, an IPv4 socket's plain. The same 4-tuple either way.
+            let found = |addr: IpAddr, port: u16| unmapped(SocketAddr::new(addr, port));
+            let same = found(h.socket_id.source_address, h.socket_id.source_port) == unmapped(src)
+                && found(
+                    h.socket_id.destination_address,
+                    h.socket_id.destination_port,
+                ) == unmapped(dst);
             Ok((same && h.state == TCP_ESTABLISHED).then_some(SocketOwner {
                 uid: h.uid,
                 inode: h.inode,
@@ -313,6 +386,123 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A connection from `client` (bound to `from`, connected to the listener's port at
+    /// `to`) to a listener on `listen`: the caller, as faultd identifies it.
+    fn caller_of(listen: &str, from: socket2::Domain, to: &str) -> (Caller, u32) {
+        use socket2::{Protocol, SockAddr, Socket, Type};
+        let listener = std::net::TcpListener::bind(listen).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = Socket::new(from, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        if from == socket2::Domain::IPV6 {
+            // Dual stack, whatever net.ipv6.bindv6only says: as grpcio's sockets are.
+            client.set_only_v6(false).unwrap();
+        }
+        let to: SocketAddr = format!("{to}:{port}").parse().unwrap();
+        client.connect(&SockAddr::from(to)).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        let client_local = client.local_addr().unwrap().as_socket().unwrap();
+        let caller = tcp_peer(local, peer);
+        // The client's socket is what was named: its inode is the one sock_diag gives for
+        // the client's own view of the connection.
+        let inode = socket_owner(client_local, to)
+            .unwrap()
+            .expect("client socket")
+            .inode;
+        drop(client);
+        (caller, inode)
+    }
+
+    fn identified(caller: &Caller, inode: u32) {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        match caller {
+            Caller::Local(c) => {
+                assert_eq!(c.uid, uid, "{caller}");
+                assert_eq!(c.socket_inode, Some(inode), "{caller}");
+            }
+            other => panic!("not identified: {other}"),
+        }
+    }
+
+    /// IPv4, IPv6 and IPv4 through a dual-stack IPv6 socket (v4-mapped, as grpcio's), to
+    /// listeners on 127.0.0.1, ::1 and a dual-stack [::]: each caller is found.
+    #[test]
+    fn every_kind_of_local_caller_is_identified() {
+        use socket2::Domain;
+        for (listen, from, to) in [
+            ("127.0.0.1:0", Domain::IPV4, "127.0.0.1"),
+            ("127.0.0.1:0", Domain::IPV6, "[::ffff:127.0.0.1]"),
+            ("[::1]:0", Domain::IPV6, "[::1]"),
+        ] {
+            let (caller, inode) = caller_of(listen, from, to);
+            identified(&caller, inode);
+        }
+        // A dual-stack listener sees an IPv4 client v4-mapped, whatever its socket.
+        let listener = socket2::Socket::new(Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        listener.set_only_v6(false).unwrap();
+        let any: SocketAddr = "[::]:0".parse().unwrap();
+        listener.bind(&any.into()).unwrap();
+        listener.listen(8).unwrap();
+        let listener: std::net::TcpListener = listener.into();
+        let port = listener.local_addr().unwrap().port();
+        for to in ["127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"] {
+            let to: SocketAddr = format!("{to}:{port}").parse().unwrap();
+            let client = std::net::TcpStream::connect(to).unwrap();
+            let (server, peer) = listener.accept().unwrap();
+            let local = server.local_addr().unwrap();
+            let inode = socket_owner(client.local_addr().unwrap(), to)
+                .unwrap()
+                .expect("client socket")
+                .inode;
+            identified(&tcp_peer(local, peer), inode);
+        }
+    }
+
+    #[test]
+    fn the_lookups_follow_the_peers_family() {
+        let v4 = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let tried: Vec<_> = lookups(v4("127.0.0.1:5000"), v4("[::ffff:127.0.0.1]:7447"))
+            .into_iter()
+            .map(|l| (l.src.to_string(), l.dst.to_string(), l.family))
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("127.0.0.1:5000".into(), "127.0.0.1:7447".into(), "AF_INET"),
+                (
+                    "[::ffff:127.0.0.1]:5000".into(),
+                    "[::ffff:127.0.0.1]:7447".into(),
+                    "AF_INET6 with v4-mapped addresses"
+                ),
+            ]
+        );
+        let v6 = lookups(v4("[::1]:5000"), v4("[::1]:7447"));
+        assert_eq!(v6.len(), 1);
+        assert_eq!(v6[0].family, "AF_INET6");
+    }
+
+    /// What cannot be identified is refused, and the reason says where faultd looked.
+    #[test]
+    fn an_unknown_caller_is_told_which_families_were_asked() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let Caller::Unknown { why, .. } = tcp_peer(local, nobody) else {
+            panic!("identified a socket that does not exist");
+        };
+        assert!(
+            why.contains("asked sock_diag in AF_INET and AF_INET6 with v4-mapped addresses"),
+            "{why}"
+        );
+        let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let Caller::Unknown { why, .. } = tcp_peer(local, "[::1]:1".parse().unwrap()) else {
+            panic!("identified a socket that does not exist");
+        };
+        assert!(why.ends_with("asked sock_diag in AF_INET6"), "{why}");
     }
 
     #[test]

@@ -52,6 +52,7 @@ mod packets;
 mod harness;
 
 mod capture;
+mod cut;
 mod degrade;
 mod fixture;
 mod flows;

@@ -39,6 +39,7 @@ __all__ = [
     "Fault",
     "default_address",
     "default_client",
+    "set_default_address",
     "DEFAULT_TCP",
     "FaultdError",
     "InvalidArgument",
@@ -61,6 +62,24 @@ def default_client():
             _default = Client()
             atexit.register(_default.close)
         return _default
+
+
+def set_default_address(addr):
+    """Makes ``addr`` the address of every :class:`Client` made without one and of the
+    module-level functions (``faultd.drop(...)``, ``with faultd.limit_bytes(...)``) in this
+    process, ahead of ``FAULTD_ADDR``; ``None`` goes back to :func:`default_address`'s own
+    rule. The module-level functions' client, if connected elsewhere, is closed (its faults
+    end with its session) and reconnects at next use. The pytest plugin calls this with the
+    faultd that ``--faultd-start`` started, so that everything in the test session reaches it.
+    """
+    global _default
+    import faultd.client as _client
+
+    _client._chosen = addr or None
+    with _default_lock:
+        if _default is not None and _default.addr != default_address():
+            _default.close()
+            _default = None
 
 
 def _shortcut(name):

@@ -29,10 +29,19 @@ _THEN = {None: pb.THEN_UNSPECIFIED, "drop": pb.THEN_DROP, "reset": pb.THEN_RESET
 _REFUSE = {"rst": pb.REFUSE_MODE_RST, "drop": pb.REFUSE_MODE_DROP}
 
 
+# The address faultd.set_default_address() chose for this process (the pytest plugin's
+# --faultd-start daemon); None when nothing did.
+_chosen = None
+
+
 def default_address():
-    """``FAULTD_ADDR`` when set; else the Unix socket of the faultd serving this thread's
-    network namespace, ``/run/faultd/faultd-<netns inode>.sock``, when it exists (faultd's
-    own rule); else ``127.0.0.1:7447``."""
+    """The address :func:`faultd.set_default_address` chose for this process (the pytest
+    plugin does, for the faultd ``--faultd-start`` started); else ``FAULTD_ADDR`` when set;
+    else the Unix socket of the faultd serving this thread's network namespace,
+    ``/run/faultd/faultd-<netns inode>.sock``, when it exists (faultd's own rule); else
+    ``127.0.0.1:7447``."""
+    if _chosen:
+        return _chosen
     env = os.environ.get("FAULTD_ADDR")
     if env:
         return env

@@ -1,9 +1,14 @@
 """pytest fixtures for faultd, registered by the ``pytest11`` entry point.
 
 - ``faultd_client`` (session): a :class:`faultd.Client` connected to faultd. With
-  ``--faultd-start IFACE`` (or ``FAULTD_START``) it first starts a faultd on IFACE, when
-  permitted: as root, with the binary ``--faultd-bin`` (or ``FAULTD_BIN``, or ``faultd`` on
-  PATH); otherwise the tests that use it are skipped, with the reason.
+  ``--faultd-start IFACE`` (or ``FAULTD_START``) the session first starts a faultd on IFACE,
+  when permitted: as root, with the binary ``--faultd-bin`` (or ``FAULTD_BIN``, or
+  ``faultd`` on PATH); otherwise the tests that use it are skipped, with the reason.
+  That faultd is then the default address of the whole session
+  (:func:`faultd.set_default_address`, and ``FAULTD_ADDR`` for the processes tests start):
+  the module-level functions (``with faultd.limit_bytes(...)``) and every
+  ``faultd.Client()`` made without an address reach it, with no ``FAULTD_ADDR`` to set.
+- ``faultd_address`` (session): the address ``faultd_client`` uses.
 - ``faultd`` (function): the client for one test; whatever that test added is removed when
   it ends, passed or failed. ``faultd.gate(port)`` gives userver-style conditions.
 """
@@ -70,11 +75,12 @@ class _Daemon:
 
 
 def _start_daemon(config, iface):
+    """The started faultd, or the reason it cannot be started (a str)."""
     binary = config.getoption("--faultd-bin") or shutil.which("faultd")
     if os.geteuid() != 0:
-        pytest.skip(f"--faultd-start {iface}: starting faultd needs root (euid {os.geteuid()})")
+        return f"--faultd-start {iface}: starting faultd needs root (euid {os.geteuid()})"
     if not binary or not os.access(binary, os.X_OK):
-        pytest.skip(f"--faultd-start {iface}: no faultd binary (give --faultd-bin or FAULTD_BIN)")
+        return f"--faultd-start {iface}: no faultd binary (give --faultd-bin or FAULTD_BIN)"
     daemon = _Daemon(binary, iface)
     try:
         daemon.wait_ready()
@@ -84,20 +90,54 @@ def _start_daemon(config, iface):
     return daemon
 
 
-@pytest.fixture(scope="session")
-def faultd_client(request):
-    """A faultd client for the whole session; its faults die with the session."""
+@pytest.fixture(scope="session", autouse=True)
+def _faultd_started(request):
+    """With --faultd-start: the faultd this session started (or why it could not be), made
+    the session's default address before any test runs, so that code which never sees a
+    fixture (the module-level functions, a ``faultd.Client()`` deep in a helper) reaches it.
+    Stopped, and the default put back, when the session ends."""
     iface = request.config.getoption("--faultd-start")
-    daemon = _start_daemon(request.config, iface) if iface else None
-    addr = daemon.addr if daemon else request.config.getoption("--faultd-addr")
-    client = _faultd.Client(addr, name=f"pytest pid {os.getpid()}")
+    if not iface:
+        yield None
+        return
+    daemon = _start_daemon(request.config, iface)
+    if isinstance(daemon, str):
+        yield daemon
+        return
+    previous = os.environ.get("FAULTD_ADDR")
+    _faultd.set_default_address(daemon.addr)
+    os.environ["FAULTD_ADDR"] = daemon.addr  # for the processes tests start
+    try:
+        yield daemon
+    finally:
+        if previous is None:
+            os.environ.pop("FAULTD_ADDR", None)
+        else:
+            os.environ["FAULTD_ADDR"] = previous
+        _faultd.set_default_address(None)  # closes the shortcuts' client first
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def faultd_address(request, _faultd_started):
+    """faultd's address for this session: the started one's with --faultd-start, else
+    --faultd-addr, else :func:`faultd.default_address`."""
+    if isinstance(_faultd_started, str):
+        pytest.skip(_faultd_started)
+    if _faultd_started is not None:
+        return _faultd_started.addr
+    return request.config.getoption("--faultd-addr") or _faultd.default_address()
+
+
+@pytest.fixture(scope="session")
+def faultd_client(faultd_address):
+    """A faultd client for the whole session; its faults die with the session."""
+    client = _faultd.Client(faultd_address, name=f"pytest pid {os.getpid()}")
     try:
         client.list()  # fail here, clearly, when faultd is not reachable
         yield client
     finally:
         client.close()
-        if daemon:
-            daemon.stop()
 
 
 class TestFaults:
