@@ -185,6 +185,8 @@ pub struct Datapath {
     held: Vec<Held>,
     /// Address-only partitions (see `partitions`).
     partitions: crate::partitions::PartitionMaps,
+    /// The duplicate fault's copies in flight, and the sweep of lost ones.
+    copies: crate::copies::Sweeper,
 }
 
 impl Datapath {
@@ -248,6 +250,10 @@ impl Datapath {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
         let partitions = crate::partitions::PartitionMaps::take(&mut ebpf)
             .map_err(|e| kernel("the partition maps", e))?;
+        let copies = HashMap::try_from(take(&mut ebpf, "COPIES")?)
+            .map_err(|e| kernel("map COPIES", e))?;
+        let copies = crate::copies::Sweeper::start(copies)
+            .map_err(|e| kernel("the thread sweeping COPIES", e))?;
         Ok(Self {
             ebpf: Some(ebpf),
             rules,
@@ -266,6 +272,7 @@ impl Datapath {
             cpus,
             held: Vec::new(),
             partitions,
+            copies,
         })
     }
 
@@ -418,6 +425,11 @@ impl Datapath {
             .collect();
         maps.sort_by(|a, b| a.name.cmp(&b.name));
         maps
+    }
+
+    /// The duplicate fault's copies sent and not seen come by yet (see [`crate::copies`]).
+    pub fn copies(&self) -> &crate::copies::Sweeper {
+        &self.copies
     }
 
     /// The loaded programs, for BPF_PROG_TEST_RUN in tests and benchmarks.

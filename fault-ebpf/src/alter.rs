@@ -8,7 +8,6 @@
 //! until the stack or the NIC completes it over the changed bytes, so it is left alone.
 
 use aya_ebpf::{
-    bindings::BPF_F_INGRESS,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -46,7 +45,7 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, fx: &Effects, hook: Hook, ifindex: u
     }
     // Last, so that the copy carries every other change too.
     if fx.duplicate != 0 {
-        let _ = duplicate(ctx, pkt, hook, ifindex);
+        let _ = duplicate(ctx, hook, ifindex);
     }
 }
 
@@ -113,18 +112,10 @@ fn set_departure(ctx: &TcContext, fx: &Effects) {
     unsafe { (*skb).tstamp = departure };
 }
 
-/// Sends a copy of the packet the same way it is going. The copy is recognised when it
-/// comes by the programs again (crate::copies), so it is not copied again; its mark is the
-/// original's, untouched.
+/// Sends a copy of the packet the same way it is going. The copy carries a token that only
+/// it has (crate::copies), by which the programs know it when it comes by, so it is not
+/// copied again; its mark is the original's, untouched.
 #[inline(always)]
-fn duplicate(ctx: &TcContext, pkt: &Packet, hook: Hook, ifindex: u32) -> Result<(), i64> {
-    if hook != Hook::TcIngress {
-        return copies::sending_out(|| ctx.clone_redirect(ifindex, 0));
-    }
-    copies::note_ingress_copy(ctx, pkt);
-    let sent = ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64);
-    if sent.is_err() {
-        copies::take_ingress_copy(ctx, pkt);
-    }
-    sent
+fn duplicate(ctx: &TcContext, hook: Hook, ifindex: u32) -> Result<(), i64> {
+    copies::send_copy(ctx, ifindex, hook == Hook::TcIngress)
 }

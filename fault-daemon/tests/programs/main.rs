@@ -52,6 +52,7 @@ mod packets;
 mod harness;
 
 mod capture;
+mod copies;
 mod degrade;
 mod fixture;
 mod flows;
