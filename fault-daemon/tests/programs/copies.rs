@@ -107,7 +107,11 @@ fn only_the_copy_with_a_pending_token_is_taken_once() {
         let pending = b.dp.copies().pending();
         assert_eq!(pending.len(), 1, "one copy in flight: {pending:?}");
         let (token, entry) = pending[0];
-        assert_eq!(entry.cb, [foreign[0], foreign[1]], "the words the token took");
+        assert_eq!(
+            entry.cb,
+            [foreign[0], foreign[1]],
+            "the words the token took"
+        );
         let carrying = [token as u32, (token >> 32) as u32, 3, 4, 5];
 
         // The copy comes by: taken, untouched, its cb the original's again.
@@ -122,7 +126,10 @@ fn only_the_copy_with_a_pending_token_is_taken_once() {
         // The same token again (a stale one), and a token never sent: originals.
         for (what, cb) in [
             ("stale token", carrying),
-            ("wrong token", [token as u32 ^ 1, (token >> 32) as u32, 3, 4, 5]),
+            (
+                "wrong token",
+                [token as u32 ^ 1, (token >> 32) as u32, 3, 4, 5],
+            ),
         ] {
             let (run, ctx) = b.run_skb(Hook::TcIngress, frame, &with_cb(cb));
             assert_eq!(run.verdict, Verdict::Pass, "{what}");

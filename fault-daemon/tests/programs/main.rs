@@ -61,6 +61,7 @@ mod marks;
 mod matching;
 mod oracle;
 mod parsing;
+mod partitions;
 mod passthru;
 mod peek;
 mod reset;
