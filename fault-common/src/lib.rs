@@ -128,6 +128,25 @@ pub const EVENT_FLOW_UNTRACKED: u32 = 7;
 /// Capacity of the limits' per-flow state map (`FLOWS`) and of the first-hit map (`SEEN`)
 /// as compiled, and the default of `--max-flows`; the daemon sizes both at load.
 pub const MAX_FLOWS: u32 = 65_536;
+/// Copies a duplicate fault has sent and not yet seen come by (`COPIES`, keyed by the
+/// token the copy carries in `skb->cb`; see fault-ebpf/src/copies.rs). A copy sent out
+/// comes by inside the send; one sent in waits in a receive backlog, at most
+/// `netdev_max_backlog` (1 000 by default) per CPU. When the map is full, no copy is sent.
+pub const MAX_PENDING_COPIES: u32 = 16_384;
+/// A pending copy older than this was lost on its way (dropped before faultd's program saw
+/// it); faultd deletes its entry (`Datapath::sweep_copies`).
+pub const PENDING_COPY_TTL_NS: u64 = 2_000_000_000;
+
+/// A copy sent and not yet seen (`COPIES` value): the `cb` words of the original that the
+/// copy's token took the place of, given back to the copy when it is recognised, and when
+/// it was sent (bpf_ktime_get_ns: CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingCopy {
+    pub cb: [u32; 2],
+    pub sent_ns: u64,
+}
+
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
@@ -502,6 +521,7 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for PartitionState {}
     unsafe impl aya::Pod for PartitionSlot {}
+    unsafe impl aya::Pod for PendingCopy {}
 }
 
 #[cfg(test)]

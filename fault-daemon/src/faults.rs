@@ -770,6 +770,22 @@ impl FaultSpec {
             }
             _ => {}
         }
+        // The handshake's options are agreed by both ends: a slice rewrites the MSS and
+        // window scale of the SYN and of the SYN-ACK, which travel in opposite directions.
+        // One direction would rewrite one of them (issue #23, defect 3): the client turns
+        // window scaling off while the server keeps it, and windows are overrun. Rewriting
+        // the other one too would act on packets outside the fault's direction.
+        if matches!(self.action, Action::Slice { .. }) && self.target.direction != Direction::Both {
+            return Err(FaultError::invalid(
+                "target.direction",
+                format!(
+                    "slice acts in both directions, got {}: the MSS and window scale options \
+                     of the SYN and of the SYN-ACK, which go opposite ways, are rewritten \
+                     together or the two ends disagree on window scaling",
+                    self.target.direction
+                ),
+            ));
+        }
         // A partition resets TCP and drops the rest.
         if self.action.needs_tcp()
             && self.target.protocol != Protocol::Tcp
@@ -932,6 +948,12 @@ pub trait RuleSink: Send {
     fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError>;
     /// The counters of a slot, summed over CPUs.
     fn read_counters(&self, counter: u32) -> Result<FaultCounters, FaultError>;
+    /// Returns once every program run that may have read the rules as they were before the
+    /// call has ended (an RCU grace period): what those runs held of a removed fault (its
+    /// counter slot, its flows' state) is then no packet's any more.
+    fn wait_for_readers(&mut self) -> Result<(), FaultError> {
+        Ok(())
+    }
     /// Deletes the per-flow state the programs keep for these (removed) faults. Best
     /// effort: ids are never reused, so what is left over is never read again, only takes
     /// room; the sink reports its own failures.
@@ -963,9 +985,15 @@ pub struct FaultTable {
     /// per key was 3 MB of faultd's heap with 100 000 faults.
     by_key: HashMap<PortKey, SmallVec<[u64; 2]>>,
     last_id: u64,
-    /// Counter slots of removed faults. A slot is here or with exactly one fault, never
-    /// both: a new fault's slot is zeroed, which must never hit a live fault's counters.
+    /// Counter slots of removed faults, free for a new fault. A slot is here, in
+    /// `retired_counters` or with exactly one fault, never two of them: a new fault's slot
+    /// is zeroed, which must never hit a live fault's counters.
     free_counters: Vec<u32>,
+    /// Counter slots of removed faults that packets may still be counting into (they read
+    /// the fault's rule before it left the index): free only after a grace period
+    /// (`RuleSink::wait_for_readers`), else a packet of the old fault counts on the new one
+    /// and uses its rate state (issue #23, defect 7).
+    retired_counters: Vec<u32>,
     next_counter: u32,
     /// Ports (tcp) no fault may touch: faultd's own API.
     protected_tcp_ports: Vec<u16>,
@@ -1068,7 +1096,7 @@ impl FaultTable {
         spec.validate()?;
         let expires = self.check_ttl(&spec, now)?;
         self.check_room(&spec)?;
-        let counter = self.take_counter()?;
+        let counter = self.take_counter(sink)?;
         let spec = FaultSpec {
             label: self.shared_label(spec.label),
             ..spec
@@ -1089,7 +1117,8 @@ impl FaultTable {
         self.insert(fault.clone());
         if let Err(e) = self.write_keys(&fault.spec, sink) {
             self.unlink(fault.id);
-            self.free_counters.push(counter);
+            // Some of its keys may have been in force a moment.
+            self.retired_counters.push(counter);
             // Best effort: put back what the programs saw before.
             let _ = self.write_keys(&fault.spec, sink);
             return Err(e);
@@ -1116,7 +1145,7 @@ impl FaultTable {
             let _ = self.write_keys(&fault.spec, sink);
             return Err(e);
         }
-        self.free_counters.push(fault.counter);
+        self.retired_counters.push(fault.counter);
         Ok(fault)
     }
 
@@ -1254,19 +1283,27 @@ impl FaultTable {
         Ok(())
     }
 
-    fn take_counter(&mut self) -> Result<u32, FaultError> {
+    /// A counter slot no packet counts into: a free one, a never used one, or else the
+    /// retired ones after one grace period for all of them (so the wait is rare: once per
+    /// as many removals as there are retired slots).
+    fn take_counter(&mut self, sink: &mut dyn RuleSink) -> Result<u32, FaultError> {
         if let Some(c) = self.free_counters.pop() {
             return Ok(c);
         }
         // The counter maps hold --max-faults slots (datapath::MapSizes).
-        if self.next_counter >= self.limits.max_faults.min(MAX_FAULTS as usize) as u32 {
+        if self.next_counter < self.limits.max_faults.min(MAX_FAULTS as usize) as u32 {
+            self.next_counter += 1;
+            return Ok(self.next_counter - 1);
+        }
+        if self.retired_counters.is_empty() {
             return Err(FaultError::Exhausted(format!(
                 "all {} counter slots are taken (faultd --max-faults)",
                 self.next_counter
             )));
         }
-        self.next_counter += 1;
-        Ok(self.next_counter - 1)
+        sink.wait_for_readers()?;
+        self.free_counters.append(&mut self.retired_counters);
+        Ok(self.free_counters.pop().expect("retired slots were moved"))
     }
 
     fn shared_label(&mut self, label: Arc<str>) -> Arc<str> {
@@ -1822,6 +1859,31 @@ mod decode_tests {
         specs
     }
 
+    /// Issue #23, defect 3: a slice in one direction would rewrite one handshake packet.
+    #[test]
+    fn a_slice_in_one_direction_is_refused_naming_the_direction() {
+        for direction in [Direction::ToPort, Direction::FromPort] {
+            let mut s = spec(
+                80,
+                Protocol::Tcp,
+                Action::Slice {
+                    bytes: 100,
+                    spacing: Duration::ZERO,
+                },
+            );
+            s.target.direction = direction;
+            match s.validate() {
+                Err(FaultError::Invalid { field, reason }) => {
+                    assert_eq!(field, "target.direction", "{reason}");
+                    assert!(reason.contains(&direction.to_string()), "{reason}");
+                }
+                other => panic!("{direction}: {other:?}"),
+            }
+            s.target.direction = Direction::Both;
+            s.validate().expect("both directions");
+        }
+    }
+
     #[test]
     fn every_action_reads_back_as_its_spec() {
         let specs = every_action();
@@ -1986,6 +2048,10 @@ pub mod tests {
         pub resets: Vec<u32>,
         /// The fault ids of each forget_flows call, in order.
         pub forgotten: Vec<Vec<u64>>,
+        /// Grace periods waited for (wait_for_readers).
+        pub waits: usize,
+        /// Each counter slot zeroed, with the grace periods waited before it.
+        pub resets_after: Vec<(u32, usize)>,
         /// The partitions as last written.
         pub partitions: CompiledPartitions,
     }
@@ -2002,8 +2068,13 @@ pub mod tests {
             };
             Ok(())
         }
+        fn wait_for_readers(&mut self) -> Result<(), FaultError> {
+            self.waits += 1;
+            Ok(())
+        }
         fn reset_counters(&mut self, counter: u32) -> Result<(), FaultError> {
             self.resets.push(counter);
+            self.resets_after.push((counter, self.waits));
             Ok(())
         }
         fn read_counters(&self, _: u32) -> Result<FaultCounters, FaultError> {
@@ -2130,12 +2201,13 @@ pub mod tests {
         );
         assert_eq!(table.len(), 1);
         sink.fail_writes = false;
-        // The id and counter of the failed add are not burnt.
+        // The id of the failed add is not burnt. Its counter slot waits for a grace period
+        // (its key may have been in force a moment): the next fault takes a fresh one.
         let f = table
             .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
             .unwrap();
         assert_eq!(f.id, 2);
-        assert_eq!(f.counter, 1);
+        assert_eq!(f.counter, 2);
     }
 
     #[test]
@@ -2159,7 +2231,8 @@ pub mod tests {
             "the new fault took the live fault's counter slot"
         );
         assert_eq!(sink.resets, [next.counter], "only the new slot is zeroed");
-        // Once the removal succeeds the slot is free, once: two new faults, two slots.
+        // Once the removal succeeds the slot is retired (free after a grace period): two
+        // new faults, two slots, neither shared.
         table.remove(live.id, &mut sink).unwrap();
         let a = table
             .add(drop_spec(3, Protocol::Tcp), now(), &mut sink)
@@ -2167,10 +2240,39 @@ pub mod tests {
         let b = table
             .add(drop_spec(4, Protocol::Tcp), now(), &mut sink)
             .unwrap();
-        assert_eq!(a.counter, live.counter);
         let counters: std::collections::HashSet<u32> = table.iter().map(|f| f.counter).collect();
         assert_eq!(counters.len(), table.len(), "a slot shared: {counters:?}");
         assert_ne!(b.counter, a.counter);
+    }
+
+    /// Issue #23, defect 7: a removed fault's counter slot (and rate state, indexed alike)
+    /// is reused only after a grace period, so that a packet still counting on the removed
+    /// fault never counts on the new one. No wait while never used slots remain.
+    #[test]
+    fn a_removed_faults_counter_slot_is_reused_only_after_a_grace_period() {
+        let mut table = FaultTable::default().with_limits(Limits {
+            max_faults: 2,
+            ..Limits::default()
+        });
+        let mut sink = MemorySink::default();
+        let a = table
+            .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        table.remove(a.id, &mut sink).unwrap();
+        let b = table
+            .add(drop_spec(2, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_ne!(b.counter, a.counter, "a fresh slot first");
+        assert_eq!(sink.waits, 0, "no wait while fresh slots remain");
+        let c = table
+            .add(drop_spec(3, Protocol::Tcp), now(), &mut sink)
+            .unwrap();
+        assert_eq!(c.counter, a.counter, "the retired slot, once all are used");
+        assert_eq!(
+            sink.resets_after.last(),
+            Some(&(c.counter, 1)),
+            "zeroed after one grace period"
+        );
     }
 
     #[test]
@@ -2299,7 +2401,11 @@ pub mod tests {
 
     #[test]
     fn counters_are_reused_after_removal() {
-        let mut table = FaultTable::default();
+        // Once every slot has been used (here one), after a grace period.
+        let mut table = FaultTable::default().with_limits(Limits {
+            max_faults: 1,
+            ..Limits::default()
+        });
         let mut sink = MemorySink::default();
         let a = table
             .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
@@ -2309,6 +2415,7 @@ pub mod tests {
             .add(drop_spec(1, Protocol::Tcp), now(), &mut sink)
             .unwrap();
         assert_eq!(b.counter, a.counter);
+        assert_eq!(sink.waits, 1);
         assert_ne!(b.id, a.id, "ids are never reused");
     }
 

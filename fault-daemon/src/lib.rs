@@ -21,6 +21,7 @@ pub mod api;
 pub mod capabilities;
 pub mod config;
 pub mod connections;
+pub mod copies;
 pub mod datapath;
 pub mod ebpf_log;
 pub mod events;

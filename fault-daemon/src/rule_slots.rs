@@ -127,6 +127,12 @@ impl RuleSlots {
         Ok(())
     }
 
+    /// Returns once every program run that began before the call has ended (one RCU grace
+    /// period): for what else packets may hold of a removed rule (counter slots, flows).
+    pub fn wait_for_readers(&mut self) -> Result<(), FaultError> {
+        self.grace.wait()
+    }
+
     /// A slot number no packet can reach.
     fn take_slot(&mut self) -> Result<u32, FaultError> {
         if let Some(slot) = self.free.pop() {

@@ -8,8 +8,7 @@
 //! until the stack or the NIC completes it over the changed bytes, so it is left alone.
 
 use aya_ebpf::{
-    bindings::BPF_F_INGRESS,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_set_tstamp},
     programs::TcContext,
 };
 use fault_common::{DELAY_HORIZON_NS, PROTO_UDP};
@@ -24,6 +23,9 @@ pub(crate) const CSUM_FIELD_2: u64 = 2;
 /// A UDP checksum of 0 means "none": keep it so, and never produce 0 by accident.
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 const TCP_WINDOW: u32 = 14;
+/// `BPF_SKB_TSTAMP_DELIVERY_MONO` (include/uapi/linux/bpf.h, 5.18+): aya's bindings have it
+/// only in an anonymous enum's module.
+const BPF_SKB_TSTAMP_DELIVERY_MONO: u32 = 1;
 
 /// Carries out the effects; each is best effort (a failed rewrite leaves the packet as it
 /// was, which is still a valid packet). Not inlined, for the stack (see rules::decide).
@@ -46,7 +48,7 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, fx: &Effects, hook: Hook, ifindex: u
     }
     // Last, so that the copy carries every other change too.
     if fx.duplicate != 0 {
-        let _ = duplicate(ctx, pkt, hook, ifindex);
+        let _ = duplicate(ctx, hook, ifindex);
     }
 }
 
@@ -110,21 +112,24 @@ fn set_departure(ctx: &TcContext, fx: &Effects) {
     }
     base = base.max(fx.not_before_ns);
     let departure = (base + fx.delay_ns).min(now + DELAY_HORIZON_NS);
-    unsafe { (*skb).tstamp = departure };
+    // Marked a delivery time (mono_delivery_time on 6.1, tstamp_type on 6.11+), as TCP's
+    // own departure times are: the redirect path (`__bpf_tx_skb` → `skb_clear_tstamp`)
+    // clears any other tstamp, so a UDP copy sent out by a duplicate fault would lose it
+    // and leave ahead of its original (issue #23, defect 5). A plain store of
+    // `__sk_buff->tstamp` leaves the type as it was. The helper refuses a packet whose
+    // `skb->protocol` is not IPv4 or IPv6 (a VLAN tag the device does not take off): the
+    // plain store still gives the original its time there.
+    // SAFETY: the context pointer is valid for the program's run.
+    let typed = unsafe { bpf_skb_set_tstamp(skb, departure, BPF_SKB_TSTAMP_DELIVERY_MONO) };
+    if typed != 0 {
+        unsafe { (*skb).tstamp = departure };
+    }
 }
 
-/// Sends a copy of the packet the same way it is going. The copy is recognised when it
-/// comes by the programs again (crate::copies), so it is not copied again; its mark is the
-/// original's, untouched.
+/// Sends a copy of the packet the same way it is going. The copy carries a token that only
+/// it has (crate::copies), by which the programs know it when it comes by, so it is not
+/// copied again; its mark is the original's, untouched.
 #[inline(always)]
-fn duplicate(ctx: &TcContext, pkt: &Packet, hook: Hook, ifindex: u32) -> Result<(), i64> {
-    if hook != Hook::TcIngress {
-        return copies::sending_out(|| ctx.clone_redirect(ifindex, 0));
-    }
-    copies::note_ingress_copy(ctx, pkt);
-    let sent = ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64);
-    if sent.is_err() {
-        copies::take_ingress_copy(ctx, pkt);
-    }
-    sent
+fn duplicate(ctx: &TcContext, hook: Hook, ifindex: u32) -> Result<(), i64> {
+    copies::send_copy(ctx, ifindex, hook == Hook::TcIngress)
 }

@@ -113,9 +113,10 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
         ctx.len(),
         pkt.as_mut_ptr(),
     );
-    // A copy a duplicate fault is sending out has been through the faults already. After
-    // the pass-through test: copies are of faulted packets, so never pass there.
-    if hook == Hook::TcEgress && copies::is_egress_copy() {
+    // A copy a duplicate fault sent has been through the faults already: recognised by the
+    // token only it carries (crate::copies). After the pass-through test: copies are of
+    // faulted packets, so never pass there, and other packets pay nothing for the check.
+    if copies::take_copy(ctx) {
         return TC_ACT_OK;
     }
     if parsed != packet::PARSED {
@@ -124,10 +125,6 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> i32 {
     }
     // SAFETY: parse wrote every field.
     let pkt = unsafe { pkt.assume_init_ref() };
-    // A copy a duplicate fault sent in, back from the receive backlog.
-    if hook == Hook::TcIngress && copies::take_ingress_copy(ctx, pkt) {
-        return TC_ACT_OK;
-    }
     let seen = rules::Seen {
         hook,
         loopback: role & ROLE_LOOPBACK != 0,

@@ -11,8 +11,10 @@
 //! Cost when no partition is installed: the pass-through test reads the gate word beside the
 //! faulted ports' summary words (rules::partitions_gated_in), and none of this runs.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_loop},
     macros::map,
     maps::{Array, LpmTrie, lpm_trie::Key},
 };
@@ -82,10 +84,87 @@ pub fn decide(pkt: &Packet, seen: &Seen) -> Verdict {
     if cut == 0 {
         return Verdict::Pass;
     }
-    let Some(slot) = PARTITION_SLOTS.get(lowest_bit(cut) / 2) else {
+    // Every partition that cuts the pair is tried, lowest number first, until one acts
+    // (issue #23, defect 2): one for another protocol, one whose action another hook
+    // carries, or one whose probability said no leaves the packet to the next.
+    let mut walk = Walk {
+        pkt,
+        seen,
+        cut,
+        protocol: bit,
+        acted: ACTED_NONE,
+        fault_id: 0,
+    };
+    // bpf_loop: the verifier checks the callback once, not once per partition (a bounded
+    // loop would be walked, or unrolled, 32 times).
+    // SAFETY: the callback has the signature bpf_loop expects and `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_PARTITIONS,
+            try_partition as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        );
+    }
+    match walk.acted {
+        ACTED_DROP => Verdict::Drop,
+        ACTED_RESET => Verdict::Reset {
+            fault_id: walk.fault_id,
+        },
+        _ => Verdict::Pass,
+    }
+}
+
+/// What the walk found ([`Walk::acted`]). Plain numbers, not a [`Verdict`] held in the walk:
+/// LLVM stores an enum's payload word even for the variants without one, from a register
+/// it never set, and the verifier refuses to read that register ("!read_ok").
+const ACTED_NONE: u32 = 0;
+const ACTED_DROP: u32 = 1;
+const ACTED_RESET: u32 = 2;
+
+/// The partitions cutting a packet's pair that are still to be tried, shared with
+/// [`try_partition`].
+struct Walk<'a> {
+    pkt: &'a Packet,
+    seen: &'a Seen,
+    /// Two bits per partition, as `partitions_cutting` gives them; cleared as tried.
+    cut: u64,
+    /// The packet's PARTITION_TCP or PARTITION_UDP.
+    protocol: u8,
+    /// `ACTED_*`, and the partition's fault for a reset.
+    acted: u32,
+    fault_id: u64,
+}
+
+/// One step: the lowest-numbered partition left. Returns 1 to stop (none left, or it
+/// acted), 0 to try the next.
+extern "C" fn try_partition(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `decide` gave it.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    if walk.cut == 0 {
+        return 1;
+    }
+    let (i, bits) = lowest_partition(walk.cut);
+    walk.cut &= !bits;
+    match act(i, walk.pkt, walk.seen, walk.protocol) {
+        Verdict::Drop => walk.acted = ACTED_DROP,
+        Verdict::Reset { fault_id } => {
+            walk.acted = ACTED_RESET;
+            walk.fault_id = fault_id;
+        }
+        Verdict::Pass | Verdict::PassChanged => return 0,
+    }
+    1
+}
+
+/// What partition `i` does with a packet between its sides: `Pass` if it does not act
+/// (another protocol, another hook, its probability said no, a RST under reset).
+#[inline(always)]
+fn act(i: u32, pkt: &Packet, seen: &Seen, protocol: u8) -> Verdict {
+    let Some(slot) = PARTITION_SLOTS.get(i) else {
         return Verdict::Pass;
     };
-    if slot.protocols & bit == 0
+    if slot.protocols & protocol == 0
         || hooks_for(slot.action, 0, seen.loopback) & (1 << seen.hook as u32) == 0
     {
         return Verdict::Pass;
@@ -154,33 +233,25 @@ fn word_v6(addr: &[u32; 4]) -> u64 {
     PARTITION_V6.get(Key::new(128, *addr)).copied().unwrap_or(0)
 }
 
-/// Index of the lowest set bit of a non-zero word, by halving: BPF has no instruction for
-/// it, and LLVM's table for `trailing_zeros` would be data the programs must not need.
+/// The lowest-numbered partition among the `cut` bits (non-zero), and its two bits.
+///
+/// Without branches: the verifier walks the callback again for each state it reaches at
+/// its start, and a search by halving gave each of its 64 outcomes a `cut` of its own, so
+/// the states never met and the walk passed the verifier's million instructions. Without a
+/// table too (what LLVM makes of `trailing_zeros` here): the programs must need no data.
+/// The one bit `first` is at an even position 2·i ≤ 62, so `first & MASK` is below 2^63 and
+/// its negation has the top bit set exactly when it is not zero: that bit is bit k of 2·i
+/// for the mask of the positions with bit k set.
 #[inline(always)]
-fn lowest_bit(mut w: u64) -> u32 {
-    let mut n = 0;
-    if w & 0xffff_ffff == 0 {
-        w >>= 32;
-        n += 32;
-    }
-    if w & 0xffff == 0 {
-        w >>= 16;
-        n += 16;
-    }
-    if w & 0xff == 0 {
-        w >>= 8;
-        n += 8;
-    }
-    if w & 0xf == 0 {
-        w >>= 4;
-        n += 4;
-    }
-    if w & 0x3 == 0 {
-        w >>= 2;
-        n += 2;
-    }
-    if w & 0x1 == 0 {
-        n += 1;
-    }
-    n
+fn lowest_partition(cut: u64) -> (u32, u64) {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let low = cut & cut.wrapping_neg();
+    let first = (low | low >> 1) & EVEN;
+    let bit = |mask: u64| (first & mask).wrapping_neg() >> 63;
+    let i = bit(0xcccc_cccc_cccc_cccc)
+        | bit(0xf0f0_f0f0_f0f0_f0f0) << 1
+        | bit(0xff00_ff00_ff00_ff00) << 2
+        | bit(0xffff_0000_ffff_0000) << 3
+        | bit(0xffff_ffff_0000_0000) << 4;
+    (i as u32, first * 3)
 }

@@ -99,6 +99,10 @@ const ALLOWED_WITHOUT_FQ: &[(&str, &str)] = &[
     ),
     ("fq_is_restored_on_sigterm", "no sch_fq"),
     (
+        "a_delayed_copy_leaves_no_earlier_than_its_original",
+        "no sch_fq",
+    ),
+    (
         "a_configured_root_qdisc_is_kept_and_the_delay_refused",
         "no sch_fq",
     ),

@@ -26,6 +26,7 @@ use harness::{Daemon, FAULTCTL, Netns, require_faultctl};
 
 mod auth;
 mod backoff;
+mod callers;
 mod cli;
 mod client;
 mod concurrency;
@@ -35,6 +36,7 @@ mod degrade;
 mod drop;
 mod ebpf_log;
 mod events;
+mod exact;
 mod grpc_status;
 mod kill;
 mod multinode;

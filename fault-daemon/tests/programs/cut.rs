@@ -115,12 +115,10 @@ fn limit_bytes(then: Then) -> Action {
 /// copy, the receiver's RST, is seen on the namespace's `lo` (sent out of it from egress,
 /// received on it from ingress).
 fn cuts_both_ends(role: u32, hooks: &[(Hook, Verdict)]) {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pcut");
     ns.run(|| {
-        let mut b = Bench::bare().expect("root");
+        let mut b = Bench::bare();
         b.role(TEST_RUN_IFINDEX, role);
         let fault = b.add(spec(
             limit_bytes(Then::Reset),
@@ -218,12 +216,10 @@ fn a_cut_on_loopback_sends_a_rst_to_both_ends() {
 /// `--then drop` stays silent: no RST to anyone, no copy.
 #[test]
 fn a_cut_with_then_drop_sends_nothing() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = super::harness::Netns::new("pcutd");
     ns.run(|| {
-        let mut b = Bench::new().expect("root");
+        let mut b = Bench::new();
         b.add(spec(
             limit_bytes(Then::Drop),
             8801,

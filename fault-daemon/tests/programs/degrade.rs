@@ -511,6 +511,12 @@ fn rate_fault_in_a_reused_slot_starts_with_a_full_bucket() {
         &pattern(1400),
     )
     .build();
+    // One slot: a removed fault's slot is reused only once every slot has been used, after
+    // a grace period (issue #23, defect 7).
+    b.table = faultd::faults::FaultTable::default().with_limits(faultd::faults::Limits {
+        max_faults: 1,
+        ..Default::default()
+    });
     let old = b.add(police(100_000));
     for _ in 0..150 {
         b.verdict(Hook::Xdp, &frame);

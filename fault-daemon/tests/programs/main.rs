@@ -52,6 +52,7 @@ mod packets;
 mod harness;
 
 mod capture;
+mod copies;
 mod cut;
 mod degrade;
 mod fixture;
@@ -61,6 +62,7 @@ mod marks;
 mod matching;
 mod oracle;
 mod parsing;
+mod partitions;
 mod passthru;
 mod peek;
 mod reset;

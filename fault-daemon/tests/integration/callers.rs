@@ -13,7 +13,7 @@
 //! Everything runs in network namespaces the tests create, as root; processes are stopped
 //! by PID and namespaces removed by their guards, also when a test fails.
 
-mod harness;
+use crate::harness;
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -120,9 +120,7 @@ fn admits_root_and_refuses_nobody(ns: &Netns, addr: &str, port: u16) {
 /// dual-stack IPv6 socket with v4-mapped addresses, as grpcio connects.
 #[test]
 fn ipv4_and_v4_mapped_callers_are_identified() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("callv4");
     let _daemon = Daemon::start(&ns, &["lo"]);
     admits_root_and_refuses_nobody(&ns, "127.0.0.1:7447", 7811);
@@ -132,9 +130,7 @@ fn ipv4_and_v4_mapped_callers_are_identified() {
 /// `--listen [::1]:7447`: an IPv6 caller is identified the same way.
 #[test]
 fn ipv6_callers_are_identified() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new("callv6");
     let _daemon = Daemon::try_start(&ns, &["lo"], &["--listen", "[::1]:7447"])
         .unwrap_or_else(|log| panic!("faultd --listen [::1]:7447 did not start: {log}"));
@@ -197,12 +193,10 @@ fn both_ends_reset(client: &TcpStream, server: &TcpStream, what: &str, cut: impl
             Some(libc::ECONNRESET),
             "{what}: the {end}'s blocked recv: {err}"
         );
+        // Only a RST ends the recv with ECONNRESET before its 20 s guard (a silent cut gives
+        // EAGAIN): the figure is a measurement, not an assertion (bench's domain).
         let after = when.saturating_duration_since(at);
-        eprintln!("{what}: the {end}'s recv failed {after:?} after the cut");
-        assert!(
-            after < Duration::from_secs(1),
-            "{what}: the {end} learnt of the cut after {after:?}"
-        );
+        eprintln!("MEASURE {what}: the {end}'s recv failed {after:?} after the cut");
     }
 }
 
@@ -217,9 +211,7 @@ fn scenarios(tag: &str) -> Vec<Scenario> {
 
 #[test]
 fn limit_bytes_then_reset_resets_a_blocked_reader_at_both_ends() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     for s in scenarios("cutb") {
         let what = format!("{} {}", s.kind(), s.server_addr);
         let listener = s.listen(7820);
@@ -243,9 +235,7 @@ fn limit_bytes_then_reset_resets_a_blocked_reader_at_both_ends() {
 
 #[test]
 fn limit_age_then_reset_resets_a_blocked_reader_at_both_ends() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     for s in scenarios("cuta") {
         let what = format!("{} {}", s.kind(), s.server_addr);
         let listener = s.listen(7821);
@@ -272,9 +262,7 @@ fn limit_age_then_reset_resets_a_blocked_reader_at_both_ends() {
 /// `--then drop`: the cut is silent, as documented; a reader blocked in recv hears nothing.
 #[test]
 fn limit_bytes_then_drop_leaves_a_blocked_reader_waiting() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let s = Scenario::lo_v4("cutd");
     let listener = s.listen(7822);
     s.faultctl(&[
