@@ -390,6 +390,11 @@ pub fn expected_backoff_verdict(
 
 /// TCP state of a socket, from TCP_INFO (1 = ESTABLISHED, 7 = CLOSE, …).
 pub fn tcp_state(fd: &impl AsRawFd) -> u8 {
+    tcp_info(fd).0[0]
+}
+
+/// The socket's TCP_INFO bytes and how many of them the kernel filled.
+fn tcp_info(fd: &impl AsRawFd) -> ([u8; 232], usize) {
     let mut info = [0u8; 232];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: buffer and length are valid; the kernel writes at most `len` bytes.
@@ -403,7 +408,7 @@ pub fn tcp_state(fd: &impl AsRawFd) -> u8 {
         )
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info[0]
+    (info, len as usize)
 }
 
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -411,19 +416,7 @@ pub const TCP_ESTABLISHED: u8 = 1;
 /// Data segments a TCP socket has received (TCP_INFO `tcpi_data_segs_in`): the kernel's
 /// count, whatever the application's reads merged.
 pub fn tcp_data_segs_in(fd: &impl AsRawFd) -> u32 {
-    let mut info = [0u8; 232];
-    let mut len = info.len() as libc::socklen_t;
-    // SAFETY: buffer and length are valid; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let (info, len) = tcp_info(fd);
     assert!(
         len >= 156,
         "TCP_INFO of {len} bytes has no tcpi_data_segs_in"
